@@ -1,0 +1,92 @@
+"""Test helpers: the deterministic weight fill of ``compat/README.md`` and golden-data access.
+
+The fill makes a network's numbers reproducible without a checkpoint: every tensor of an
+official-format state dict is a pure function of its key and shape. ``golden_model_n2.npz`` was
+computed by the official code with these weights (``n_obj = 2``).
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+#: tests/data of the repository (golden npz files, official state-dict manifest)
+TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+
+def deterministic_uniform(key: str, n: int) -> np.ndarray:
+    """``n`` float64 numbers in [-1, 1) from the splitmix64-style hash of ``(crc32(key), i)``."""
+    seed = np.uint64(zlib.crc32(key.encode()))
+    with np.errstate(over="ignore"):
+        x = np.arange(n, dtype=np.uint64) * _GOLDEN + seed * _MIX1
+        x ^= x >> np.uint64(30)
+        x *= _MIX1
+        x ^= x >> np.uint64(27)
+        x *= _MIX2
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53 * 2.0 - 1.0
+
+
+def deterministic_tensor(key: str, shape: Iterable[int]) -> np.ndarray:
+    """The float32 array the compat fill rule assigns to the state-dict entry ``key`` of ``shape``."""
+    shape = tuple(int(s) for s in shape)
+    u = deterministic_uniform(key, int(np.prod(shape, dtype=np.int64)))
+    if key.endswith("bias"):
+        v = 0.1 * u
+    elif len(shape) >= 2:
+        fan_in = int(np.prod(shape[2:] if len(shape) == 5 else shape[1:]))
+        v = u * np.sqrt(3.0 / fan_in)
+    else:
+        v = 1.0 + 0.1 * u
+    return v.astype(np.float32).reshape(shape)
+
+
+def official_manifest(n_obj: int | None = None) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the official T-LESS state dict, optionally with ``n_obj`` objects."""
+    import json
+
+    with open(TEST_DATA / "official_state_dict_tless.json") as f:
+        manifest = {k: tuple(v) for k, v in json.load(f).items()}
+    if n_obj is not None:
+        manifest = {
+            k: ((n_obj,) + s[1:] if k.startswith("backbone.decoder.") else s) for k, s in manifest.items()
+        }
+    return manifest
+
+
+def deterministic_official_state_dict(manifest: Mapping[str, Iterable[int]]):
+    """Official-format state dict (torch tensors) filled by the compat rule, aliases applied
+    (``backbone.base_model.{4..7}.*`` take the values of ``backbone.layer{1..4}.0.*``)."""
+    import torch
+
+    sd = {k: torch.from_numpy(deterministic_tensor(k, s)) for k, s in manifest.items()}
+    for k in sd:
+        if k.startswith("backbone.base_model."):
+            parts = k.split(".")
+            idx = int(parts[2])
+            if 4 <= idx <= 7:
+                src = f"backbone.layer{idx - 3}.0." + ".".join(parts[3:])
+                sd[k] = sd[src]
+    return sd
+
+
+def load_golden(name: str = "golden_model_n2.npz") -> dict[str, np.ndarray]:
+    """All arrays of a golden npz in tests/data as a dict."""
+    with np.load(TEST_DATA / name) as z:
+        return {k: z[k] for k in z.files}
+
+
+def max_rel_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| (the golden tolerance metric, 1e-3 passes)."""
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"shape {a.shape} != expected {e.shape}")
+    return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-30))

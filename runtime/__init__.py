@@ -1,0 +1,1 @@
+"""MRC-Net Edge runtime: torch-free preprocessing, renderer, backends and pipeline."""

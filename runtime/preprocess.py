@@ -1,0 +1,186 @@
+"""From an image, a camera and a detection box to the network input (SPEC section 1). No torch.
+
+Every detection becomes a TTA group of ``n_rot`` crops (in-plane rotations by k * 360/n_rot deg),
+each ``CROP_SIZE`` x ``CROP_SIZE`` with 4 channels: BGR / 255 and the box map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .geometry import tta_rotations
+
+CROP_SIZE = 256  # pixels, the network's input size
+PAD_SCALE = 1.5  # square crop side = PAD_SCALE * max(box w, box h)
+BOX_MAP_GROW = (0.25 + 0.25) * 0.25  # each side of the box map grows by this share of w / h
+FOV_VARIANTS = ("inference", "training")
+
+
+class InputError(ValueError):
+    """Bad user input (image, camera or box); the message names the input."""
+
+
+@dataclass
+class CropBatch:
+    """The network input for D detections x T in-plane rotations (N = D * T rows, detection-major).
+
+    crops (N, 4, S, S) float32: BGR in [0, 1] and the box map; K_roi (N, 3, 3) float64 crop cameras;
+    box_loc (N, 4) float64 box in the crop (x1, y1, x2, y2) in [0, 1] crop units; fov (N, 3) float64;
+    Rz (N, 3, 3) float64 the in-plane rotation of each crop; M (N, 2, 3) float64 the affine warp
+    image -> crop; n_rot = T.
+    """
+
+    crops: np.ndarray
+    K_roi: np.ndarray
+    box_loc: np.ndarray
+    fov: np.ndarray
+    Rz: np.ndarray
+    M: np.ndarray
+    n_rot: int
+
+    @property
+    def n_detections(self) -> int:
+        return len(self.crops) // self.n_rot
+
+    @staticmethod
+    def concat(batches: list["CropBatch"]) -> "CropBatch":
+        if not batches:
+            raise InputError("no detections to batch")
+        fields = ("crops", "K_roi", "box_loc", "fov", "Rz", "M")
+        return CropBatch(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in fields},
+                         n_rot=batches[0].n_rot)
+
+
+def box_map(box_loc: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """Box maps: (N, 4) boxes (x1, y1, x2, y2) in [0, 1] crop units -> (N, size, size) float32.
+
+    1 inside the box grown on each side by ``BOX_MAP_GROW`` of its width / height, the bounds
+    rounded to pixels (``[round(x1 * size), round(x2 * size))``) and clipped; 0 elsewhere.
+    """
+    box_loc = np.asarray(box_loc, np.float64).reshape(-1, 4)
+    w = box_loc[:, 2] - box_loc[:, 0]
+    h = box_loc[:, 3] - box_loc[:, 1]
+    grown = np.stack([box_loc[:, 0] - BOX_MAP_GROW * w, box_loc[:, 1] - BOX_MAP_GROW * h,
+                      box_loc[:, 2] + BOX_MAP_GROW * w, box_loc[:, 3] + BOX_MAP_GROW * h], 1)
+    px = np.clip(np.round(grown * size), 0, size).astype(np.int64)
+    out = np.zeros((len(box_loc), size, size), np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(px):
+        out[i, y1:y2, x1:x2] = 1.0
+    return out
+
+
+def box_loc_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of (N, H, W) masks in crop units: x1 = xmin / W, x2 = xmax / W with xmax the
+    last covered pixel index (SPEC section 4). Empty masks give (0, 0, 0, 0). -> (N, 4) float64."""
+    masks = np.asarray(masks).astype(bool)
+    n, h, w = masks.shape
+    out = np.zeros((n, 4), np.float64)
+    cols, rows = masks.any(1), masks.any(2)
+    for i in range(n):
+        xs, ys = np.flatnonzero(cols[i]), np.flatnonzero(rows[i])
+        if len(xs):
+            out[i] = (xs[0] / w, ys[0] / h, xs[-1] / w, ys[-1] / h)
+    return out
+
+
+def check_image(image: np.ndarray, name: str = "image", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate an image (H, W, 3) BGR or (H, W) grey, uint8 or float in 0..255 -> (H, W, 3) float32.
+
+    ``size`` = (width, height) expected, if given.
+    """
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        raise InputError(f"{name}: not an image (got {type(image).__name__})")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise InputError(f"{name}: expected an HxWx3 BGR or HxW grey image, got shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]}, expected {size[0]}x{size[1]}")
+    return image.astype(np.float32, copy=False)
+
+
+def check_camera(K: np.ndarray, name: str = "camera K") -> np.ndarray:
+    """Validate a 3x3 pinhole camera matrix -> (3, 3) float64."""
+    K = np.asarray(K, np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"{name}: expected a finite 3x3 camera matrix with fx, fy > 0, got {K.tolist()}")
+    return K
+
+
+def clip_box(box_xyxy: np.ndarray, width: int, height: int, name: str = "box") -> np.ndarray:
+    """Clamp a box (x1, y1, x2, y2) in pixels to the image; empty or outside -> InputError."""
+    b = np.asarray(box_xyxy, np.float64).reshape(-1)
+    if b.shape != (4,) or not np.all(np.isfinite(b)):
+        raise InputError(f"{name}: expected 4 finite numbers (x1, y1, x2, y2), got {np.asarray(box_xyxy).tolist()}")
+    c = np.array([np.clip(b[0], 0, width), np.clip(b[1], 0, height), np.clip(b[2], 0, width), np.clip(b[3], 0, height)])
+    if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+        raise InputError(f"{name}: box {b.tolist()} is empty or outside the {width}x{height} image")
+    return c
+
+
+def prepare_detection(
+    image: np.ndarray,
+    K: np.ndarray,
+    box_xyxy: np.ndarray,
+    n_rot: int = 4,
+    fov_variant: str = "inference",
+    size: int = CROP_SIZE,
+    scale: float = 1.0 / 255.0,
+) -> CropBatch:
+    """The TTA group of one detection (SPEC section 1).
+
+    image (H, W, 3) BGR, values 0..255 (uint8 or float); K (3, 3); box_xyxy (4,) pixels.
+    fov_variant: "inference" (the official inference: offsets from the box centre) or "training"
+    (offsets from the principal point). Returns a CropBatch of n_rot rows.
+    """
+    if fov_variant not in FOV_VARIANTS:
+        raise InputError(f"fov_variant: {fov_variant!r} is not one of {FOV_VARIANTS}")
+    img = check_image(image)
+    K = check_camera(K)
+    H, W = img.shape[:2]
+    x1, y1, x2, y2 = clip_box(box_xyxy, W, H)
+    w, h = x2 - x1, y2 - y1
+    cx, cy = np.clip((x1 + x2) / 2.0, 0, W), np.clip((y1 + y2) / 2.0, 0, H)
+    s = PAD_SCALE * max(w, h)
+    r = size / s
+    Rz = tta_rotations(n_rot)
+    Kinv = np.linalg.inv(K)
+    base = np.array([0.5 - w / (2 * s), 0.5 - h / (2 * s), 0.5 + w / (2 * s), 0.5 + h / (2 * s)])
+    corners = np.array([[base[0], base[1]], [base[2], base[1]], [base[2], base[3]], [base[0], base[3]]]) - 0.5
+
+    crops = np.empty((n_rot, 4, size, size), np.float32)
+    K_roi = np.empty((n_rot, 3, 3))
+    box_loc = np.empty((n_rot, 4))
+    fov = np.empty((n_rot, 3))
+    M = np.empty((n_rot, 2, 3))
+    for k in range(n_rot):
+        T_rot = K @ Rz[k] @ Kinv
+        c = T_rot @ np.array([cx, cy, 1.0])
+        c = c[:2] / c[2]
+        T_img2roi = np.array([[r, 0.0, -r * (c[0] - s / 2)], [0.0, r, -r * (c[1] - s / 2)], [0.0, 0.0, 1.0]])
+        A = T_img2roi @ T_rot
+        A = A / A[2, 2]
+        M[k] = A[:2]
+        warped = cv2.warpAffine(img, M[k], (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        crops[k, :3] = np.moveaxis(warped, 2, 0) * scale
+        K_roi[k] = T_img2roi @ K
+        rc = corners @ Rz[k][:2, :2].T + 0.5
+        box_loc[k] = (*rc.min(0), *rc.max(0))
+        if fov_variant == "inference":
+            fov[k] = ((c[0] - cx) / K[0, 0], (c[1] - cy) / K[1, 1], s / K[0, 0])
+        else:
+            fov[k] = ((c[0] - K[0, 2]) / K[0, 0], (c[1] - K[1, 2]) / K[1, 1], s / K[0, 0])
+    crops[:, 3] = box_map(box_loc, size)
+    return CropBatch(crops, K_roi, box_loc, fov, Rz.copy(), M, n_rot)
+
+
+def prepare_detections(image, K, boxes_xyxy, n_rot: int = 4, fov_variant: str = "inference",
+                       size: int = CROP_SIZE) -> CropBatch:
+    """All detections of one image, detection-major: (D, 4) boxes -> CropBatch of D * n_rot rows."""
+    img = check_image(image)
+    return CropBatch.concat([prepare_detection(img, K, b, n_rot, fov_variant, size) for b in boxes_xyxy])
