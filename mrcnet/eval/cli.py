@@ -1,0 +1,58 @@
+"""``mrcnet-eval``: BOP'19 metrics of a results CSV on a BOP split (a thin wrapper of bop_eval)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="BOP dataset folder (models[_eval]/, <split>/<scene>/...).")
+@click.option("--split", default="test", show_default=True, help="Split folder name.")
+@click.option("--split-type", default=None, help="Split type, e.g. primesense (test_primesense/).")
+@click.option("--results", required=True, type=click.Path(dir_okay=False),
+              help="BOP'19 results CSV (scene_id,im_id,obj_id,score,R,t,time).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder for scores_bop19.json/.md [default: <results>_eval/ next to the CSV].")
+@click.option("--targets", default=None,
+              help="Targets file [default: DATA/test_targets_bop19.json, else derived from the "
+                   "annotations].")
+@click.option("--metrics", default="vsd,mssd,mspd", show_default=True,
+              help="Comma-separated subset of vsd,mssd,mspd (AR needs all three).")
+@click.option("--visib-gt-min", default=-1.0, show_default=True, type=float,
+              help="-1: the inst_count most visible instances per target (BOP'19); >= 0: a "
+                   "visible-fraction threshold.")
+@click.option("--vsd-delta", default=None, type=float,
+              help="VSD visibility tolerance, mm [default: 15; 5 when the dataset folder is "
+                   "named itodd, as bop_toolkit].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_gt_min, vsd_delta,
+         no_progress):
+    """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""
+    from mrcnet.data.bop import BopFormatError
+    from mrcnet.runtime.render import MeshError, RenderContextError
+
+    from .bop_eval import (Bop19Params, EvalError, default_vsd_delta, evaluate_bop19,
+                           format_markdown, write_report)
+
+    if vsd_delta is None:
+        vsd_delta = default_vsd_delta(data_dir)
+    params = Bop19Params(visib_gt_min=visib_gt_min, vsd_delta=vsd_delta)
+    try:
+        report = evaluate_bop19(data_dir, results, split=split, split_type=split_type,
+                                targets=targets, params=params,
+                                metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                                progress=not no_progress)
+    except (EvalError, BopFormatError, MeshError, RenderContextError) as e:
+        raise click.ClickException(str(e)) from None
+    if out_dir is None:
+        res = Path(results)
+        out_dir = res.parent / f"{res.stem}_eval"
+    js, md = write_report(report, out_dir)
+    click.echo(format_markdown(report))
+    click.echo(f"wrote {js} and {md}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
