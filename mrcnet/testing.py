@@ -90,3 +90,59 @@ def max_rel_error(actual, expected) -> float:
     if a.shape != e.shape:
         raise AssertionError(f"shape {a.shape} != expected {e.shape}")
     return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-30))
+
+
+#: golden_model_n2.npz key -> (model output key, channels kept (None = all)); the depth range of
+#: the golden network is T-LESS's (0.05, 1.7).
+GOLDEN_OUTPUTS: dict[str, tuple[str, "int | None"]] = {
+    "emb_real": ("emb", None),
+    "mask_real": ("mask_logit", None),
+    "pose_logits": ("pose_logits", None),
+    "depth_logits": ("depth_logits", None),
+    "trans_logits": ("trans_logits", None),
+    "pose_id": ("pose_id", None),
+    "depth_id": ("depth_id", None),
+    "quat_init": ("quat_init", None),
+    "rot_init": ("R_init", None),
+    "trans_xy_init": ("persp_init", 2),
+    "trans_3d_init": ("t_init", None),
+    "mask_synt": ("mask_logit_synt", None),
+    "reg_x8_head": ("reg_x8", 8),  # output of decoder.reg_conv_x8 (after GN + SiLU)
+    "reg_pool": ("reg_map", 16),  # output of decoder.reg_pool (ASPP): its first 16 = the input's
+    "pose_res": ("pose_res", None),
+    "depth_res": ("depth_res", None),
+    "trans_res": ("trans_res", None),
+    "rot_final": ("R", None),
+    "translation_persp": ("persp", None),
+    "trans_3d_final": ("t", None),
+}
+GOLDEN_DEPTH_RANGE = (0.05, 1.7)
+
+
+def golden_model(n_obj: int = 2, preset: str = "paper"):
+    """The network with the deterministic official-format weights (through the official key
+    mapping: aliases and the unused stem included), as the golden data was computed."""
+    from mrcnet.checkpoint import convert_official_state_dict, model_from_state_dict
+
+    sd = convert_official_state_dict(deterministic_official_state_dict(official_manifest(n_obj)))
+    return model_from_state_dict(sd, GOLDEN_DEPTH_RANGE, preset)
+
+
+def golden_inputs(z: Mapping[str, np.ndarray]) -> dict:
+    """Model inputs (torch) of a golden npz: crops, obj_index, fov, K_roi, render."""
+    import torch
+
+    return {
+        "crops": torch.from_numpy(z["input_real"]),
+        "obj_index": torch.from_numpy(z["obj_cls"]).long(),
+        "fov": torch.from_numpy(z["fov"]),
+        "K_roi": torch.from_numpy(z["intrinsics"]),
+        "render": torch.from_numpy(z["input_synt"]),
+    }
+
+
+def golden_view(out: Mapping, key: str) -> np.ndarray:
+    """The model output compared with golden ``key`` (see :data:`GOLDEN_OUTPUTS`)."""
+    name, keep = GOLDEN_OUTPUTS[key]
+    a = out[name].detach().cpu().numpy()
+    return a if keep is None else a[:, :keep]

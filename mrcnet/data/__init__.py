@@ -5,6 +5,7 @@ Torch-free modules (importable without torch):
                              test targets, BOP'22 detections, BOP'19 result CSVs) and ``BopDataset``.
     ``mrcnet.data.objects``  T-LESS-like procedural parts with declared symmetries.
     ``mrcnet.data.scenes``   Synthetic BOP splits rendered with ``mrcnet.runtime.render``.
+    ``mrcnet.data.backgrounds``  Procedural / folder backgrounds for the synthetic images.
     ``mrcnet.data.video``    Demo clips (mp4 + per-frame GT, camera, detections).
     ``mrcnet.data.cli``      ``mrcnet-synth`` console script.
 

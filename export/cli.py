@@ -1,0 +1,83 @@
+"""``mrcnet-export``: a checkpoint -> an export directory (ONNX graphs, engines, manifest, models).
+
+Thin click wrapper over :func:`mrcnet.export.exporter.export_checkpoint`; every user error is one
+line on stderr and exit status 2 (1 for an unexpected failure).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .exporter import BACKENDS, PRECISIONS, ExportError, ExportResult, default_checkpoint, default_models_dir
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def summary_lines(res: ExportResult) -> list[str]:
+    """Human-readable summary: files and sizes, parameter counts, parity figures."""
+    lines = [f"export directory: {res.out_dir}  (objects {res.obj_ids}, {res.seconds:.1f} s)"]
+    for k, n in res.sizes.items():
+        lines.append(f"  {k:<22} {Path(res.files[k]).name:<28} {_fmt_bytes(n):>12}")
+    p = res.n_params
+    lines.append("parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in p.items()))
+    for name, fig in res.parity.items():
+        keys = [k for k in ("max", "pose_logits", "R", "t", "argmax_agree", "rot_agree_5deg",
+                            "t_agree_5mm", "max_abs") if k in fig]
+        lines.append(f"parity {name}: " + ", ".join(
+            f"{k} {fig[k]:.3g}" if isinstance(fig[k], float) else f"{k} {fig[k]}" for k in keys))
+    return lines
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint (.pth, official or project format). Default: the shipped demo model.")
+@click.option("--dataset", default=None,
+              help="Dataset preset (tless, lmo, ycbv, itodd, synth). Default: from the checkpoint.")
+@click.option("--object-ids", default=None, help="Comma-separated BOP object ids to keep, e.g. 5,7.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+              help="BOP models folder (obj_XXXXXX.ply). Default: the shipped demo's models.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Export directory to write.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--max-detections", type=int, default=8, show_default=True,
+              help="TensorRT optimisation profile: up to this many detections (4 crops each).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="BOP dataset root or split folder for int8 calibration crops.")
+@click.option("--calib-split", default=None, help="Split of --calib-data (e.g. test_primesense). Default: auto.")
+@click.option("--calib-count", type=int, default=32, show_default=True, help="Calibration detections.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precision, max_detections, calib_data,
+         calib_split, calib_count, quiet):
+    """Export an MRC-Net checkpoint to ONNX (and TensorRT) for the torch-free runtime."""
+    from .exporter import export_checkpoint
+    from .subset import SubsetError, parse_object_ids
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[mrcnet-export] {msg}", err=True)
+
+    try:
+        ids = parse_object_ids(object_ids)
+        if checkpoint is None:
+            checkpoint = default_checkpoint()
+            if not checkpoint.is_file():
+                raise ExportError(f"--checkpoint not given and the shipped demo model {checkpoint} does not exist")
+        res = export_checkpoint(checkpoint, out_dir, dataset=dataset, object_ids=ids,
+                                models_dir=models_dir if models_dir is not None else default_models_dir(),
+                                backend=backend, precision=precision, max_detections=max_detections,
+                                calib_data=calib_data, calib_split=calib_split, calib_count=calib_count,
+                                progress=progress)
+    except (ExportError, SubsetError) as e:
+        click.echo(f"mrcnet-export: error: {e}", err=True)
+        sys.exit(2)
+    for line in summary_lines(res):
+        click.echo(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

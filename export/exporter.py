@@ -1,0 +1,271 @@
+"""Checkpoint -> self-contained export directory (the library behind ``mrcnet-export``).
+
+:func:`export_checkpoint` loads a checkpoint (official or project format), keeps the requested
+objects, writes ``classifier.onnx`` / ``regressor.onnx`` (checked, shape-inferred, annotated), copies
+the objects' BOP meshes into ``models/``, measures ORT-vs-PyTorch parity, optionally quantises to
+int8 (ONNX Runtime, QDQ) or builds TensorRT engines, and writes ``manifest.json`` last (atomically),
+so a directory with a manifest is always complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .manifest import (
+    CLASSIFIER_ONNX,
+    MODELS_DIR,
+    REGRESSOR_ONNX,
+    build_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+BACKENDS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ExportError(RuntimeError):
+    """A user-facing export failure: one line naming the input (checkpoint, objects, models...)."""
+
+
+def default_checkpoint() -> Path:
+    """The shipped demo model's checkpoint (``mrcnet/assets/demo_model.pth`` or
+    ``mrcnet/assets/demo/model.pth``, whichever exists; the first when neither does)."""
+    assets = Path(__file__).resolve().parent.parent / "mrcnet" / "assets"
+    cands = [assets / "demo_model.pth", assets / "demo" / "model.pth"]
+    for c in cands:
+        if c.is_file():
+            return c
+    return cands[0]
+
+
+def default_models_dir() -> Path:
+    """The shipped demo's BOP models (``DEMO_DIR/models``)."""
+    from mrcnet.runtime.manifest import DEMO_DIR
+
+    return DEMO_DIR / MODELS_DIR
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    out_dir: Path
+    obj_ids: list[int]
+    files: dict[str, Path] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes
+    n_params: dict[str, int] = field(default_factory=dict)
+    parity: dict[str, dict] = field(default_factory=dict)
+    engines: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None = None):
+    """Load ``checkpoint`` with :func:`mrcnet.checkpoint.load_checkpoint`.
+
+    A checkpoint holding fewer objects than the dataset preset (e.g. a 2-object model of T-LESS)
+    loads only with ``object_ids`` naming its objects in order (as many ids as it has objects).
+    Returns the model (``model.meta['obj_ids']`` = its BOP ids).
+    """
+    from mrcnet.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ExportError(f"--checkpoint: file not found: {path}")
+    try:
+        return load_checkpoint(path, dataset=dataset)
+    except CheckpointError as e:
+        first_error = str(e)
+    except Exception as e:  # torch.load of a non-checkpoint file
+        raise ExportError(f"--checkpoint {path}: cannot load ({str(e).splitlines()[0][:200]})") from None
+    if object_ids is None or dataset is None:
+        hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
+        raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
+    return _load_with_ids(path, dataset, list(object_ids), first_error)
+
+
+def _load_with_ids(path: Path, dataset: str, object_ids: list[int], first_error: str):
+    """A checkpoint whose objects are ``object_ids`` of ``dataset`` (fewer than the preset)."""
+    import torch
+
+    from mrcnet.checkpoint import FORMAT, N_OBJ_KEY, CheckpointError, check_state_dict, convert_official_state_dict
+    from mrcnet.model import ModelConfig, build_model, get_config
+    from mrcnet.runtime.presets import get_dataset
+
+    ds = get_dataset(dataset)
+    missing = [i for i in object_ids if i not in ds.obj_ids]
+    if missing:
+        raise ExportError(f"--object-ids: {missing} are not objects of dataset {ds.name!r} ({list(ds.obj_ids)})")
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = ckpt.get("network", ckpt)
+    meta = dict(ckpt.get("meta") or {})
+    if meta.get("format") != FORMAT:
+        sd = convert_official_state_dict(sd)
+    n_obj = int(sd[N_OBJ_KEY].shape[0]) if N_OBJ_KEY in sd else -1
+    if n_obj != len(object_ids):
+        raise ExportError(f"--checkpoint {path}: {first_error}; it holds {n_obj} objects, --object-ids names "
+                          f"{len(object_ids)}")
+    cfg = ModelConfig.from_dict(meta["config"]) if "config" in meta else get_config(meta.get("preset", "paper"))
+    model = build_model(n_obj, ds.depth_range, cfg)
+    try:
+        check_state_dict(model, sd)
+    except CheckpointError as e:
+        raise ExportError(f"--checkpoint {path}: {e}") from None
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    model.meta = {"source": "official" if meta.get("format") != FORMAT else "project", "preset": cfg.name,
+                  "dataset": ds.name, "obj_ids": list(object_ids), "depth_range": list(ds.depth_range),
+                  "fov_variant": meta.get("fov_variant", "official"), "n_obj": n_obj}
+    return model
+
+
+def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
+    """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
+    ``models_dir`` into ``out_dir/models/`` (each file via a temporary name + os.replace)."""
+    src = Path(models_dir)
+    if not src.is_dir():
+        raise ExportError(f"--models: folder not found: {src}")
+    names = [f"obj_{int(i):06d}.ply" for i in obj_ids]
+    missing = [n for n in names if not (src / n).is_file()]
+    if missing:
+        raise ExportError(f"--models {src}: missing {', '.join(missing)}")
+    if (src / "models_info.json").is_file():
+        names.append("models_info.json")
+    dst = Path(out_dir) / MODELS_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for n in names:
+        fd, tmp = tempfile.mkstemp(prefix=f".{n}.", suffix=".tmp", dir=dst)
+        os.close(fd)
+        shutil.copyfile(src / n, tmp)
+        os.replace(tmp, dst / n)
+        out.append(dst / n)
+    return out
+
+
+def _fov_variant(meta_value: str | None) -> str:
+    """Checkpoint meta ``'official'`` (the official inference fov) -> runtime ``'inference'``."""
+    return "training" if meta_value == "training" else "inference"
+
+
+def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object_ids: Sequence[int] | None = None,
+                      models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
+                      calib_data=None, calib_split: str | None = None, calib_count: int = 32,
+                      parity_detections: int = 2, progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a checkpoint to ``out_dir`` (see the module docstring).
+
+    dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
+    to keep (None = all of the checkpoint's); models_dir: BOP models folder (default: the demo's);
+    backend ``onnx`` | ``tensorrt``; precision ``fp32`` | ``fp16`` (TensorRT only) | ``int8``;
+    max_detections: TensorRT profile maximum (N = 4 x detections); calib_data: BOP dataset root
+    (or split folder) for int8 calibration crops. Raises :class:`ExportError` (one line).
+    """
+    from mrcnet import __version__
+
+    from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
+    from .subset import SubsetError, resolve_object_ids, subset_model
+
+    t0 = time.perf_counter()
+    say = progress or (lambda msg: None)
+    if backend not in BACKENDS:
+        raise ExportError(f"--backend: {backend!r} is not one of {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
+    if backend == "onnx" and precision == "fp16":
+        raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
+    if max_detections < 1:
+        raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+    if backend == "tensorrt":  # fail fast, before the (slow) export
+        from .tensorrt import TensorRTUnavailable, check_tensorrt
+
+        try:
+            check_tensorrt()
+        except TensorRTUnavailable as e:
+            raise ExportError(str(e)) from None
+    if dataset is not None:
+        from mrcnet.runtime.presets import get_dataset
+
+        try:
+            get_dataset(dataset)
+        except KeyError as e:
+            raise ExportError(f"--dataset: {e.args[0]}") from None
+
+    ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    say(f"loading {ckpt_path}")
+    model = load_model(ckpt_path, dataset, object_ids)
+    meta = model.meta
+    try:
+        keep = resolve_object_ids(object_ids, meta["obj_ids"])
+    except SubsetError as e:
+        raise ExportError(str(e)) from None
+    n_full = sum(p.numel() for p in model.parameters())
+    if keep != list(meta["obj_ids"]):
+        idx = [list(meta["obj_ids"]).index(i) for i in keep]
+        say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
+        model = subset_model(model, idx, inplace=True)
+    model.set_bn_group(4)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = out / "manifest.json"
+    if stale.exists():  # the manifest is written last: none while the directory is incomplete
+        stale.unlink()
+    models_src = Path(models_dir) if models_dir is not None else default_models_dir()
+    copied = copy_models(models_src, keep, out)
+    say(f"copied {len(copied)} model file(s) from {models_src}")
+
+    manifest = build_manifest(
+        dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
+        depth_range=meta["depth_range"], bins=model.cfg.bins, fov_variant=_fov_variant(meta.get("fov_variant")),
+        crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
+        checkpoint_sha256=sha256_file(ckpt_path))
+    res = ExportResult(out, keep)
+    paths = export_onnx(model, out, manifest, progress=say)
+    res.files.update(paths)
+    res.n_params = {"checkpoint": int(n_full), "exported_model": int(sum(p.numel() for p in model.parameters())),
+                    **{g: onnx_param_count(p) for g, p in paths.items()}}
+
+    n_crop = 4 * max(1, parity_detections)
+    feeds = example_inputs(len(keep), n_crop, seed=1, crop_size=model.cfg.crop_size)
+    res.parity["onnxruntime_fp32"] = onnx_parity(model, paths, feeds)
+    say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"
+        % (res.parity["onnxruntime_fp32"]["max"], res.parity["onnxruntime_fp32"]["argmax_agree"]))
+
+    extras = {}
+    if backend == "onnx" and precision == "int8":
+        from .quantize import calibration_feeds, quantize_graphs, quant_agreement
+
+        calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
+                                  models_dir=out / MODELS_DIR, progress=say)
+        qpaths = quantize_graphs(paths, calib, progress=say)
+        res.files.update({f"{g}_int8": p for g, p in qpaths.items()})
+        res.parity["onnxruntime_int8"] = quant_agreement(paths, qpaths, calib.held_out)
+        manifest.classifier.onnx = qpaths["classifier"].name
+        manifest.regressor.onnx = qpaths["regressor"].name
+        extras["onnx_fp32"] = {"classifier": CLASSIFIER_ONNX, "regressor": REGRESSOR_ONNX}
+        extras["calibration"] = calib.describe()
+    elif backend == "tensorrt":
+        from .tensorrt import build_engines
+
+        calib = None
+        if precision == "int8":
+            from .quantize import calibration_feeds
+
+            calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
+                                      models_dir=out / MODELS_DIR, progress=say)
+        entry, parity = build_engines(paths, out, precision=precision, max_detections=max_detections,
+                                      calib=calib, check_feeds=feeds, progress=say)
+        manifest.engines[precision] = entry
+        res.engines[precision] = entry
+        res.parity[f"tensorrt_{precision}"] = parity
+    for k, p in res.files.items():
+        res.sizes[k] = Path(p).stat().st_size
+    res.seconds = time.perf_counter() - t0
+    write_manifest(out, manifest, parity=res.parity, n_params=res.n_params,
+                   sizes_bytes={k: int(v) for k, v in res.sizes.items()}, **extras)
+    res.files["manifest"] = out / "manifest.json"
+    return res

@@ -1,0 +1,311 @@
+"""Static int8 quantisation (ONNX Runtime QDQ) and the calibration data shared with TensorRT int8.
+
+Calibration crops (:func:`calibration_feeds`):
+
+1. real crops from a BOP split (``--calib-data``: a dataset root, with ``--calib-split`` or the
+   first split folder holding annotated scenes, or a split folder itself): every visible instance
+   (``visib_fract >= 0.1``) of an exported object, box = ``bbox_visib``, preprocessed exactly as the
+   runtime does (:func:`mrcnet.runtime.preprocess.prepare_detection`: 4 in-plane rotations);
+2. fallback without ``--calib-data``: synthetic crops — each exported mesh rendered at random
+   poses (head-light Phong, :mod:`mrcnet.runtime.render`) over random-noise backgrounds, box = the
+   render's mask box.
+
+Stage-2 calibration inputs are what the runtime feeds the regressor: the classifier's tensors (from
+the PyTorch model) and the rendering at the stage-1 pose with ``K_roi``. A quarter of the
+detections (at least one) is held out for :func:`quant_agreement`.
+
+Quantisation (:func:`quantize_graphs`): ``onnxruntime.quantization.quantize_static``, QDQ format,
+uint8 activations / int8 per-channel weights (U8S8, the VNNI path of x86 CPUs), Conv, MatMul
+and Gemm quantised, MinMax calibration over batches of one detection (4 crops: BatchNorm groups).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .manifest import CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS, REGRESSOR_INPUTS
+
+log = logging.getLogger(__name__)
+GROUP = 4
+
+
+class CalibrationError(RuntimeError):
+    """No usable calibration data (one line naming the input)."""
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration feeds, one dict per detection (4 crops): ``feeds`` hold the classifier inputs,
+    ``render`` and the classifier outputs; ``held_out`` the concatenated held-out detections."""
+
+    feeds: list[dict]
+    held_out: dict
+    source: str
+    n_detections: int
+    sha256: str = ""
+    obj_counts: dict = field(default_factory=dict)
+
+    def classifier_batches(self) -> list[dict]:
+        return [{k: f[k] for k in CLASSIFIER_INPUTS} for f in self.feeds]
+
+    def regressor_batches(self) -> list[dict]:
+        return [{k: f[k] for k in REGRESSOR_INPUTS} for f in self.feeds]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "detections": self.n_detections, "held_out_detections":
+                len(self.held_out["crops"]) // GROUP, "objects": self.obj_counts, "sha256": self.sha256}
+
+
+# ------------------------------------------------------------------------------- detections
+def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
+    """(dataset root, split folder name) of ``root`` (a dataset root or a split folder)."""
+    if split:
+        if not (root / split).is_dir():
+            raise CalibrationError(f"--calib-split: {root / split} not found")
+        return root, split
+    if any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
+        return root.parent, root.name
+    prefer = ("test_primesense", "test", "val", "train_real", "train_pbr", "train")
+    cands = [p.name for p in sorted(root.iterdir()) if p.is_dir() and any(q.is_dir() and q.name.isdigit()
+                                                                          for q in p.iterdir())]
+    if not cands:
+        raise CalibrationError(f"--calib-data {root}: no BOP split folder (with scene folders) found")
+    cands.sort(key=lambda n: prefer.index(n) if n in prefer else len(prefer))
+    return root, cands[0]
+
+
+def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | None = None, models_dir=None):
+    """Up to ``count`` (image, K, box_xyxy, obj_id) of exported objects from a BOP split, spread
+    evenly over the split's visible instances."""
+    from mrcnet.data.bop import BopDataset, BopFormatError
+
+    root = Path(calib_data)
+    if not root.is_dir():
+        raise CalibrationError(f"--calib-data: folder not found: {root}")
+    root, split_name = _find_split(root, split)
+    models = "models"
+    if not (root / "models" / "models_info.json").is_file() and models_dir is not None:
+        models = str(Path(models_dir).resolve())
+    try:
+        ds = BopDataset(root, split_name, models=models)
+    except BopFormatError as e:
+        raise CalibrationError(f"--calib-data: {e}") from None
+    wanted = set(int(i) for i in obj_ids)
+    rows = [(rec, inst) for rec, inst in ds.instances(0.1) if inst.obj_id in wanted
+            and inst.info is not None and inst.info.get("bbox_visib") is not None
+            and min(inst.info["bbox_visib"][2:]) > 10]
+    if not rows:
+        raise CalibrationError(f"--calib-data {root / split_name}: no visible instance of objects {sorted(wanted)}")
+    pick = np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))
+    out, cache = [], {}
+    for i in pick:
+        rec, inst = rows[i]
+        key = (rec.scene_id, rec.im_id)
+        if key not in cache:
+            cache.clear()
+            cache[key] = rec.load_image("bgr")
+        x, y, w, h = inst.info["bbox_visib"]
+        out.append((cache[key], rec.K, np.array([x, y, x + w, y + h], float), inst.obj_id))
+    return out, f"BOP {root.name}/{split_name} ({len(rows)} visible instances)"
+
+
+def synthetic_detections(renderer, obj_ids: Sequence[int], count: int, seed: int = 0, width: int = 640,
+                         height: int = 480, depth_range=(0.3, 1.0)):
+    """``count`` synthetic (image, K, box, obj_id): a mesh at a random pose over a noise background.
+
+    depth_range: t_z in units of the focal length / 1000 (so about 300..1000 mm at f = 1000 px)."""
+    from mrcnet.runtime.geometry import quat_to_matrix
+
+    rng = np.random.default_rng(seed)
+    f = 1000.0 * width / 1280.0 * 2
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    out = []
+    tries = 0
+    while len(out) < count and tries < 20 * count:
+        tries += 1
+        oid = int(obj_ids[len(out) % len(obj_ids)])
+        q = rng.normal(size=4)
+        R = quat_to_matrix(q / np.linalg.norm(q))
+        tz = rng.uniform(*depth_range) * f
+        t = np.array([rng.uniform(-0.15, 0.15) * tz, rng.uniform(-0.1, 0.1) * tz, tz])
+        res = renderer.render([oid], R[None], t[None], K, width=width, height=height)
+        mask = res.mask[0]
+        if mask.sum() < 200:
+            continue
+        ys, xs = np.nonzero(mask)
+        bg = rng.uniform(0, 255, (height // 8, width // 8, 3)).astype(np.float32)
+        bg = np.kron(bg, np.ones((8, 8, 1), np.float32)) * rng.uniform(0.3, 1.0)
+        img = np.where(mask[..., None], res.rgb[0][..., ::-1] * 255.0, bg).astype(np.float32)
+        out.append((img, K, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float), oid))
+    if not out:
+        raise CalibrationError("synthetic calibration: the meshes are not visible in any rendering")
+    return out, f"synthetic renderings ({len(out)} views)"
+
+
+def render_inputs(renderer, obj_ids: Sequence[int], obj_index, R, t, K_roi, size: int) -> np.ndarray:
+    """Stage-2 input (N, 4, S, S) f32: the rendering (BGR in [0, 1]) at (R (N,3,3), t (N,3) mm) with
+    K_roi + the render's box map (as ``mrcnet.runtime.pipeline`` builds it)."""
+    ids = np.asarray(obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
+    res = renderer.render(ids, np.asarray(R, np.float64), np.asarray(t, np.float64), np.asarray(K_roi, np.float64),
+                          width=size, height=size)
+    out = np.empty((len(ids), 4, size, size), np.float32)
+    out[:, :3] = np.moveaxis(np.asarray(res.rgb, np.float32)[..., ::-1], -1, 1)
+    out[:, 3] = res.box_map
+    return out
+
+
+def calibration_feeds(model, manifest, calib_data=None, *, split: str | None = None, count: int = 32,
+                      models_dir=None, seed: int = 0, progress: Callable[[str], None] | None = None) -> CalibrationSet:
+    """Build the :class:`CalibrationSet` for ``model`` (PyTorch, the exported objects) and its manifest."""
+    import torch
+
+    from mrcnet.runtime.preprocess import prepare_detection
+    from mrcnet.runtime.render import Renderer, load_mesh
+
+    from .onnx_export import ClassifierGraph
+
+    say = progress or (lambda m: None)
+    obj_ids = list(manifest.obj_ids)
+    models_dir = Path(models_dir) if models_dir is not None else manifest.path(manifest.models_dir)
+    renderer = Renderer()
+    for oid in obj_ids:
+        renderer.add_object(oid, load_mesh(models_dir / f"obj_{oid:06d}.ply"))
+    count = max(2, int(count))
+    if calib_data is not None:
+        dets, source = bop_detections(calib_data, obj_ids, count, split, models_dir)
+    else:
+        dets, source = synthetic_detections(renderer, obj_ids, count, seed)
+    say(f"calibration: {len(dets)} detections from {source}")
+    feeds, counts = [], {}
+    h = hashlib.sha256()
+    for img, K, box, oid in dets:
+        b = prepare_detection(img, K, box, GROUP, manifest.fov_variant, manifest.crop_size)
+        f = {"crops": b.crops.astype(np.float32), "obj_index": np.full(GROUP, obj_ids.index(oid), np.int64),
+             "fov": b.fov.astype(np.float32), "K_roi": b.K_roi.astype(np.float32)}
+        with torch.no_grad():
+            s1 = ClassifierGraph(model)(*(torch.from_numpy(f[k]) for k in CLASSIFIER_INPUTS))
+        f.update({k: v.numpy() for k, v in zip(CLASSIFIER_OUTPUTS, s1)})
+        f["render"] = render_inputs(renderer, obj_ids, f["obj_index"], f["R_init"], f["t_init"], f["K_roi"],
+                                    manifest.crop_size)
+        h.update(f["crops"].tobytes()[:: 4096])
+        feeds.append(f)
+        counts[oid] = counts.get(oid, 0) + 1
+    n_hold = max(1, len(feeds) // 4)
+    held = {k: np.concatenate([f[k] for f in feeds[-n_hold:]]) for k in (*CLASSIFIER_INPUTS, "render")}
+    return CalibrationSet(feeds[:-n_hold], held, source, len(feeds), h.hexdigest(), counts)
+
+
+# ------------------------------------------------------------------------------ quantisation
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class R(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(batches)
+
+            def get_next(self):
+                return next(self.it, None)
+
+            def rewind(self):
+                self.it = iter(batches)
+
+        self.reader = R()
+
+
+def geometry_nodes(model_path, min_k: int = 16) -> list[str]:
+    """MatMul nodes that are pose geometry, not network layers: contracted dimension known and
+    < ``min_k`` (e.g. ``R6D @ R_init``, (N,3,3) x (N,3,3)), or unknown and outside every module scope
+    (the TorchScript exporter names layer nodes ``/module/path/MatMul``; the decoding functions'
+    nodes have no scope: ``/MatMul``). Quantising them would break the rotations."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    shapes = {}
+    for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "MatMul":
+            continue
+        b = shapes.get(n.input[1])
+        k = b[-2] if b and len(b) >= 2 else None
+        scoped = n.name.count("/") >= 2
+        if (k is not None and k < min_k) or (k is None and not scoped):
+            out.append(n.name)
+    return out
+
+
+def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarray]],
+                   op_types: Sequence[str] = ("Conv", "MatMul", "Gemm")) -> Path:
+    """Static QDQ quantisation of one graph (see the module docstring); atomic write. The pose
+    geometry MatMuls (:func:`geometry_nodes`) stay float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as td:
+        pre = Path(td) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception as e:  # pre-processing is an optimisation; quantise the raw graph then
+            log.warning("quant_pre_process failed (%s); quantising the raw graph", str(e).splitlines()[0])
+            pre = Path(fp32_path)
+        tmp = Path(td) / "q.onnx"
+        quantize_static(str(pre), str(tmp), _Reader(batches).reader, quant_format=QuantFormat.QDQ,
+                        nodes_to_exclude=geometry_nodes(pre),
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        os.replace(tmp, int8_path)
+    return int8_path
+
+
+def quantize_graphs(paths: Mapping[str, Path], calib: CalibrationSet,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """``classifier.int8.onnx`` and ``regressor.int8.onnx`` next to the fp32 graphs."""
+    say = progress or (lambda m: None)
+    out = {}
+    for graph, batches in (("classifier", calib.classifier_batches()), ("regressor", calib.regressor_batches())):
+        t0 = time.perf_counter()
+        p = Path(paths[graph])
+        out[graph] = quantize_graph(p, p.with_name(f"{graph}.int8.onnx"), batches)
+        say(f"quantised {graph}: {out[graph].name} ({out[graph].stat().st_size / 2**20:.1f} MiB, "
+            f"{time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def quant_agreement(fp32_paths: Mapping[str, Path], int8_paths: Mapping[str, Path], feeds: Mapping[str, np.ndarray],
+                    threads: int | None = None) -> dict:
+    """int8 vs fp32 ONNX Runtime on held-out detections (both chained stage 1 -> 2, the same
+    renders): argmax agreement per head, logits error, final rotation / translation differences."""
+    from mrcnet.runtime.geometry import rotation_angle_deg
+
+    from .onnx_export import ort_session, rel_err, run_ort
+
+    ref = run_ort({g: ort_session(p, threads) for g, p in fp32_paths.items()}, feeds)
+    got = run_ort({g: ort_session(p, threads) for g, p in int8_paths.items()}, feeds)
+    out = {f"{k}_argmax_agree": float((got[k].argmax(1) == ref[k].argmax(1)).mean())
+           for k in ("pose_logits", "depth_logits", "trans_logits")}
+    out["pose_logits_err"] = rel_err(got["pose_logits"], ref["pose_logits"])
+    ang = rotation_angle_deg(got["R"], ref["R"])
+    dt = np.linalg.norm(got["t"] - ref["t"], axis=-1)
+    out["rot_diff_deg_median"] = float(np.median(ang))
+    out["t_diff_mm_median"] = float(np.median(dt))
+    out["rot_agree_5deg"] = float((ang < 5).mean())
+    out["t_agree_5mm"] = float((dt < 5).mean())
+    out["crops"] = int(len(feeds["crops"]))
+    return out

@@ -1,0 +1,236 @@
+"""Checkpoints: the official MRC-Net format and the project's own, into :class:`MRCNet`.
+
+Official format (``tless.pth`` ...): ``{'network': state_dict, 'optimizer', 'scheduler',
+'last_epoch'}`` with two quirks (``compat/README.md``):
+
+- ``backbone.base_model.{4,5,6,7}.REST`` alias ``backbone.layer{1,2,3,4}.0.REST`` (the ResNet stages
+  registered twice): loaded once through the ``layerN`` names, the alias checked equal and dropped;
+- ``backbone.base_model.0.weight`` (a 3-channel stem) and ``backbone.base_model.1.*`` are unused by
+  the official forward: dropped.
+
+Every other key must match a parameter of the model by name and shape. Official checkpoints carry
+no metadata: the preset is ``paper``, the number of objects is read from the per-object decoder,
+the dataset (for the depth range and object ids) is the argument, or the only dataset preset with
+that many objects.
+
+Project format: ``{'network': state_dict, 'meta': {...}}`` (plus optional training state) with
+``meta`` = ``format``, ``version``, ``preset``, ``config`` (the full :class:`ModelConfig`),
+``n_obj``, ``dataset``, ``obj_ids``, ``depth_range``, ``bins``, ``fov_variant``
+(``'official'`` inference fov or ``'training'``).
+
+Both load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+
+from mrcnet.runtime.presets import DATASETS, get_dataset
+
+FORMAT = "mrcnet-edge"
+VERSION = 1
+#: official keys the model does not use (an unused 3-channel 7x7 stem and its BatchNorm)
+DROPPED_PREFIXES = ("backbone.base_model.0.", "backbone.base_model.1.")
+#: a per-object decoder tensor: its leading dimension is the number of objects
+N_OBJ_KEY = "backbone.decoder.conv_last.weights"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message is one line naming the key."""
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def official_key_map(key: str) -> tuple[str | None, str]:
+    """Official state-dict key -> ``(model key or None, reason)``.
+
+    reason: ``'load'`` (same name), ``'alias'`` (``backbone.base_model.{4..7}.*``: the model key is
+    the ``backbone.layer{1..4}.0.*`` it aliases) or ``'unused'`` (dropped stem)."""
+    if key.startswith(DROPPED_PREFIXES):
+        return None, "unused"
+    if key.startswith("backbone.base_model."):
+        parts = key.split(".")
+        idx = int(parts[2]) if parts[2].isdigit() else -1
+        if 4 <= idx <= 7:
+            return f"backbone.layer{idx - 3}.0." + ".".join(parts[3:]), "alias"
+        return None, "unknown"
+    return key, "load"
+
+
+def convert_official_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``network`` state dict -> model state dict (aliases folded, unused stem dropped).
+
+    An alias present without its ``layerN`` twin is loaded through it; one that differs from its
+    twin is an error. Unknown ``backbone.base_model.*`` keys are an error."""
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, tuple[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        target, why = official_key_map(k)
+        if why == "load":
+            out[k] = v
+        elif why == "alias":
+            aliases[target] = (k, v)  # type: ignore[index]
+        elif why == "unknown":
+            raise CheckpointError(f"unexpected official key {k!r} with shape {_shape(v)}: not part of MRC-Net")
+    for target, (k, v) in aliases.items():
+        if target not in out:
+            out[target] = v
+            continue
+        w = out[target]
+        if _shape(v) != _shape(w):
+            raise CheckpointError(f"alias {k!r} has shape {_shape(v)} but {target!r} has shape {_shape(w)}")
+        same = v.device.type != "meta" and (v.data_ptr() == w.data_ptr() or torch.equal(v, w))
+        if v.device.type != "meta" and not same:
+            raise CheckpointError(f"alias {k!r} differs from {target!r} (shape {_shape(v)}): not an official checkpoint")
+    return out
+
+
+def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` (one line, key and both shapes) unless ``sd`` has exactly
+    the model's keys with the model's shapes."""
+    ours = model.state_dict()
+    for k, v in sd.items():
+        if k not in ours:
+            raise CheckpointError(f"checkpoint key {k!r} (shape {_shape(v)}) does not exist in the model")
+        if _shape(v) != _shape(ours[k]):
+            raise CheckpointError(
+                f"checkpoint key {k!r} has shape {_shape(v)} but the model expects {_shape(ours[k])}"
+            )
+    for k, v in ours.items():
+        if k not in sd:
+            raise CheckpointError(f"checkpoint lacks key {k!r} (model shape {_shape(v)})")
+
+
+def _resolve_dataset(dataset, n_obj: int, meta: Mapping) -> tuple[str | None, tuple[int, ...], tuple[float, float]]:
+    """(dataset name, object ids, depth range) from the argument, the metadata, or the object count."""
+    if dataset is None and "depth_range" in meta and "obj_ids" in meta:
+        obj_ids, depth_range = tuple(meta["obj_ids"]), tuple(meta["depth_range"])
+        if len(obj_ids) != n_obj:
+            raise CheckpointError(
+                f"metadata lists {len(obj_ids)} object ids but checkpoint key {N_OBJ_KEY!r} has {n_obj} (leading dimension)"
+            )
+        return meta.get("dataset"), obj_ids, depth_range  # type: ignore[return-value]
+    name = dataset if dataset is not None else meta.get("dataset")
+    if name is None:
+        matches = [p.name for p in DATASETS.values() if p.n_objects == n_obj]
+        if len(matches) != 1:
+            raise CheckpointError(
+                f"cannot tell the dataset of a checkpoint with {n_obj} objects ({N_OBJ_KEY}); pass dataset="
+            )
+        name = matches[0]
+    preset = get_dataset(name)
+    obj_ids, depth_range = preset.obj_ids, preset.depth_range
+    if len(obj_ids) != n_obj:
+        raise CheckpointError(
+            f"dataset {preset.name!r} has {len(obj_ids)} objects but checkpoint key {N_OBJ_KEY!r} has "
+            f"{n_obj} (leading dimension)"
+        )
+    return preset.name, obj_ids, depth_range  # type: ignore[return-value]
+
+
+def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = 4):
+    """A model (eval mode) built around the tensors of a model-format state dict, without a random
+    initialisation (built on the meta device, then the tensors assigned); the number of objects
+    is read from ``sd``. Raises :class:`CheckpointError` on any key or shape mismatch."""
+    from mrcnet.geometry import BinTables
+    from mrcnet.model import MRCNet, get_config
+
+    cfg = get_config(cfg)
+    if N_OBJ_KEY not in sd:
+        raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
+    n_obj = int(sd[N_OBJ_KEY].shape[0])
+    with torch.device("meta"):
+        model = MRCNet(n_obj, depth_range, cfg, bn_group=bn_group)
+    model.tables = BinTables(cfg.bins, depth_range)
+    check_state_dict(model, sd)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.eval()
+
+
+def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
+                    bn_group: int = 4):
+    """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
+
+    path: ``.pth`` file; dataset: dataset preset name (depth range, object ids) - required for an
+    official checkpoint unless its object count identifies one; preset: model preset name or
+    :class:`ModelConfig` (default: the checkpoint's metadata, else ``paper``).
+    The model's ``meta`` attribute holds the resolved metadata (``dataset``, ``obj_ids``,
+    ``depth_range``, ``preset``, ``fov_variant``, ``source`` = ``'official'`` | ``'project'``).
+    Raises :class:`CheckpointError` on any mismatch.
+    """
+    from mrcnet.model import ModelConfig, get_config
+
+    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
+    if "network" in ckpt:
+        sd = ckpt["network"]
+    elif N_OBJ_KEY in ckpt:
+        sd = ckpt  # a bare state dict
+    else:
+        raise CheckpointError(f"{os.fspath(path)}: no 'network' entry (keys: {sorted(ckpt)[:8]})")
+    meta = dict(ckpt.get("meta") or {})
+    source = "project" if meta.get("format") == FORMAT else "official"
+    if source == "official":
+        sd = convert_official_state_dict(sd)
+    if N_OBJ_KEY not in sd:
+        raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
+    n_obj = int(sd[N_OBJ_KEY].shape[0])
+
+    if preset is not None:
+        cfg = get_config(preset)
+    elif "config" in meta:
+        cfg = ModelConfig.from_dict(meta["config"])
+    else:
+        cfg = get_config(meta.get("preset", "paper"))
+    ds_name, obj_ids, depth_range = _resolve_dataset(dataset, n_obj, meta)
+
+    model = model_from_state_dict(sd, depth_range, cfg, bn_group).to(device)
+    model.meta = {
+        "source": source,
+        "preset": cfg.name,
+        "dataset": ds_name,
+        "obj_ids": list(obj_ids),
+        "depth_range": list(depth_range),
+        "fov_variant": meta.get("fov_variant", "official"),
+        "n_obj": n_obj,
+    }
+    return model
+
+
+def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None, obj_ids=None,
+                    depth_range=None, fov_variant: str | None = None, **extra) -> dict:
+    """Write ``{'network': state_dict, 'meta': {...}, **extra}`` (project format).
+
+    Metadata defaults come from ``model.meta`` (set by :func:`load_checkpoint`) and ``model.cfg``;
+    ``extra`` holds optional training state (``optimizer``, ``epoch``, ...), which must be
+    ``weights_only``-loadable (tensors, numbers, strings, containers). Returns the meta dict.
+    """
+    old = dict(getattr(model, "meta", {}) or {})
+    ds = dataset if dataset is not None else old.get("dataset")
+    if obj_ids is None:
+        obj_ids = old.get("obj_ids") or (list(get_dataset(ds).obj_ids) if ds else list(range(1, model.n_obj + 1)))
+    if depth_range is None:
+        depth_range = old.get("depth_range") or list(model.tables.depth_range)
+    cfg = model.cfg
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "preset": cfg.name,
+        "config": cfg.to_dict(),
+        "n_obj": int(model.n_obj),
+        "dataset": ds,
+        "obj_ids": [int(i) for i in obj_ids],
+        "depth_range": [float(x) for x in depth_range],
+        "bins": cfg.to_dict()["bins"],
+        "fov_variant": fov_variant or old.get("fov_variant", "official"),
+    }
+    if len(meta["obj_ids"]) != model.n_obj:
+        raise CheckpointError(f"{len(meta['obj_ids'])} object ids for a model with {model.n_obj} objects")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"network": sd, "meta": meta, **extra}, os.fspath(path))
+    return meta

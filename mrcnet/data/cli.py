@@ -1,0 +1,173 @@
+"""``mrcnet-synth``: procedural objects, synthetic BOP scenes and demo clips (thin wrappers)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+
+def _device(value):
+    """``--device``: None, an EGL index (digits), ``cpu`` or ``cuda:K``."""
+    if value is None:
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+def _camera(width, height, fx, fy, cx, cy):
+    """(width, height, K (3, 3)) from the options; defaults from the ``synth`` preset and
+    ``scenes.default_K``."""
+    from .scenes import default_image_size, default_K
+
+    if width is None or height is None:
+        dw, dh = default_image_size()
+        width, height = width or dw, height or dh
+    K = default_K(width, height)
+    for (r, c), v in (((0, 0), fx), ((1, 1), fy), ((0, 2), cx), ((1, 2), cy)):
+        if v is not None:
+            K[r, c] = v
+    if fy is None and fx is not None:
+        K[1, 1] = fx
+    return width, height, K
+
+
+def _camera_options(f):
+    for opt in reversed([
+        click.option("--width", type=int, default=None, help="Image width (default: synth preset)."),
+        click.option("--height", type=int, default=None, help="Image height (default: synth preset)."),
+        click.option("--fx", type=float, default=None, help="Focal length x, px (default 0.9 * width)."),
+        click.option("--fy", type=float, default=None, help="Focal length y, px (default: fx)."),
+        click.option("--cx", type=float, default=None, help="Principal point x, px (default width/2)."),
+        click.option("--cy", type=float, default=None, help="Principal point y, px (default height/2)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.group(help="Synthetic data for MRC-Net: procedural CAD objects, BOP scenes, demo clips.")
+def main():
+    pass
+
+
+@main.command(help="Write N procedural T-LESS-like parts as BOP models/ (+ models_info.json).")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--families", default=None, help="Comma-separated part families to cycle through.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Render each part at R and R*S for its declared symmetries S and compare masks.")
+@click.option("--device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
+def objects(count, out, seed, families, check, device):
+    from . import objects as objs
+
+    t0 = time.perf_counter()
+    fams = [f.strip() for f in families.split(",")] if families else None
+    try:
+        parts = objs.write_objects(out, count, seed=seed, families=fams)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    all_ious: list = []
+    if check:
+        from pathlib import Path
+
+        from mrcnet.runtime.render import Renderer
+        r = Renderer(_device(device))
+        for p in parts:
+            r.add_object(p.obj_id, Path(out) / "models" / f"obj_{p.obj_id:06d}.ply")
+            ious = objs.check_symmetries(r, p.obj_id, p.info, seed=seed)
+            if ious and min(ious) < objs.SYMMETRY_IOU_MIN:
+                raise click.ClickException(
+                    f"object {p.obj_id} ({p.family}): a declared symmetry does not hold "
+                    f"(mask IoU {min(ious):.4f} < {objs.SYMMETRY_IOU_MIN})")
+            all_ious += ious
+    dt = time.perf_counter() - t0
+    for p in parts:
+        click.echo(f"  obj {p.obj_id:3d} {p.family:14s} diameter {p.info.diameter:6.1f} mm  "
+                   f"discrete {len(p.info.symmetries_discrete):2d}  continuous {len(p.info.symmetries_continuous)}")
+    msg = f"wrote {len(parts)} objects to {out}/models in {dt:.1f} s"
+    if all_ious:
+        msg += f"; symmetry check: {len(all_ious)} renders, worst mask IoU {min(all_ious):.4f}"
+    click.echo(msg)
+
+
+@main.command(help="Render a synthetic BOP split (resumes an interrupted run).")
+@click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Models folder (or a dataset folder with models/).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder.")
+@click.option("--images", "-n", type=click.IntRange(min=1), required=True)
+@_camera_options
+@click.option("--depth-range", type=(float, float), default=(300.0, 800.0), show_default=True,
+              help="Camera z of object centres, mm.")
+@click.option("--objects-per-image", type=(int, int), default=(3, 6), show_default=True)
+@click.option("--distractors", type=(int, int), default=(0, 3), show_default=True)
+@click.option("--images-per-scene", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--depth-scale", type=float, default=0.1, show_default=True, help="mm per depth unit.")
+@click.option("--box-jitter", type=float, default=0.0, show_default=True,
+              help="Detections: move box sides by up to this fraction of the box size.")
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of background images (default: procedural).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a split made with other settings.")
+@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
+           distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, seed,
+           overwrite, device):
+    from mrcnet.runtime.render import Renderer
+
+    from . import bop
+    from .scenes import SceneConfig, generate_scenes
+
+    width, height, K = _camera(width, height, fx, fy, cx, cy)
+    cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
+                      objects_per_image=objects_per_image, distractors_per_image=distractors,
+                      images_per_scene=images_per_scene, split=split, depth_scale=depth_scale,
+                      box_jitter=box_jitter, backgrounds=backgrounds)
+    try:
+        s = generate_scenes(models, out, images, cfg, seed=seed, renderer=Renderer(_device(device)),
+                            overwrite=overwrite)
+    except (ValueError, bop.BopFormatError) as e:
+        raise click.ClickException(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished images and their JSONs are kept in {out}; run the same "
+                   f"command again to resume", err=True)
+        raise SystemExit(130)
+    click.echo(f"{s['split_dir']}: {s['images']} images ({s['generated']} rendered, {s['resumed']} "
+               f"resumed), {s['instances']} new instances, {width}x{height}, "
+               f"{s['seconds']:.1f} s = {s['images_per_s']:.2f} images/s")
+    click.echo(f"detections: {s['detections']}" + (f"; targets: {s['targets']}" if s["targets"] else ""))
+
+
+@main.command(help="Render a demo clip (mp4) with per-frame GT poses, camera K and detections.")
+@click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Models folder (or a dataset folder with models/).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--frames", "-n", type=click.IntRange(min=1), default=90, show_default=True)
+@click.option("--fps", type=float, default=30.0, show_default=True)
+@_camera_options
+@click.option("--objects", "n_objects", type=click.IntRange(min=1), default=None,
+              help="Instances on the table (default: one of each object).")
+@click.option("--box-jitter", type=float, default=0.0, show_default=True)
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
+          backgrounds, seed, device):
+    from mrcnet.runtime.render import Renderer
+
+    from . import bop
+    from .video import generate_video
+
+    width, height, K = _camera(width, height, fx, fy, cx, cy)
+    try:
+        s = generate_video(models, out, n_frames=frames, fps=fps, width=width, height=height, K=K,
+                           n_objects=n_objects, seed=seed, box_jitter=box_jitter,
+                           backgrounds=backgrounds, renderer=Renderer(_device(device)))
+    except (ValueError, bop.BopFormatError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{s['video']}: {s['frames']} frames {width}x{height}, {s['instances']} objects, "
+               f"{s['detections']} detections, {s['seconds']:.1f} s = {s['frames_per_s']:.2f} frames/s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

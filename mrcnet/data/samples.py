@@ -1,0 +1,402 @@
+"""Training samples (SPEC section 5): a torch Dataset of object crops with the official targets.
+
+One sample = one annotated instance of a BOP split (box = ``bbox_visib``; instances with box width
+or height <= 10 px or ``visib_fract`` < 0.1 are skipped), cropped the SPEC-1 way with
+
+- dynamic zoom-in (training): box centre shifted by up to +-25 % of the box w / h, side
+  ``1.5 * max(w, h) * U(0.75, 1.25)``;
+- one random in-plane rotation ``k * 90 deg`` (k uniform in 0..3): the crop is warped through
+  ``K Rz K^-1`` exactly as :func:`mrcnet.runtime.preprocess.prepare_detection` does for its k-th TTA
+  crop, and the pose is rotated with it: ``R_k = Rz R``, ``t_k = Rz t``; ``K_roi`` is not rotated;
+- colour augmentation (albumentations) with probability 0.8: Gaussian noise, coarse dropout (the
+  dropped pixels leave the visible mask too), blur, brightness, invert, per-channel and global
+  multiply, contrast - the official imgaug recipe, each with its official probability; applied to
+  the 256x256 crop (the official code augments the whole image before cropping);
+- background replacement (probability ``bg_prob``): pixels outside ``mask_visib`` are replaced by a
+  random square window of another image of the split (or of a ``backgrounds`` folder).
+
+Targets (:mod:`mrcnet.train.targets`): soft rotation labels over the bins (symmetry-aware; cached
+per (object, rotated GT rotation), see ``label_cache``), soft depth and cell labels, the 64x64
+visible mask, subsampled model vertices (mm), the symmetry group (``sym_R``, ``sym_t``) and the
+diameter. :func:`collate_samples` pads vertices and symmetries of different objects with masks.
+
+Without ``augment`` (validation) the crop is the plain SPEC-1 crop (no zoom-in, k = 0, no colour or
+background change). Randomness is a pure function of ``(seed, epoch, index)``: the same sample comes
+out in any worker, process or resumed run (``set_epoch`` before each epoch).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mrcnet.data import bop
+from mrcnet.runtime.geometry import BinSpec, rotz, translation_to_persp
+from mrcnet.runtime.preprocess import CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image
+from mrcnet.train import targets as T
+
+log = logging.getLogger(__name__)
+
+MIN_BOX_PX = 10  # boxes with w or h <= this are skipped
+MIN_VISIB_FRACT = 0.1
+DZI_SHIFT = 0.25  # centre shift, fraction of the box w / h
+DZI_SCALE = (0.75, 1.25)  # side scale range
+COLOR_AUG_PROB = 0.8
+BG_PROB = 0.5
+
+
+# ------------------------------------------------------------------------------------ crops
+def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: float, k: int = 0,
+            n_rot: int = 4, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (SPEC 1).
+
+    Mirrors the warp of :func:`mrcnet.runtime.preprocess.prepare_detection` (which derives centre and
+    side from a box) for an explicit centre and side: ``T_rot = K Rz K^-1``, ``c' = T_rot c``,
+    ``T_img2roi = [[r, 0, -r (c'x - side/2)], [0, r, -r (c'y - side/2)], [0, 0, 1]]``, r = size/side.
+    image (H, W[, C]) any dtype; K (3, 3); center (2,) px; k in 0..n_rot-1.
+    Returns crop (size, size[, C]) (image dtype, zero outside), K_roi (3, 3) = T_img2roi K,
+    M (2, 3) the image -> crop warp, c_rot (2,) the rotated centre c' (px).
+    """
+    K = np.asarray(K, np.float64)
+    Rz = rotz(2.0 * np.pi * k / n_rot)
+    T_rot = K @ Rz @ np.linalg.inv(K)
+    c = T_rot @ np.array([center[0], center[1], 1.0])
+    c = c[:2] / c[2]
+    r = size / side
+    T_img2roi = np.array([[r, 0.0, -r * (c[0] - side / 2)], [0.0, r, -r * (c[1] - side / 2)], [0.0, 0.0, 1.0]])
+    A = T_img2roi @ T_rot
+    M = (A / A[2, 2])[:2]
+    crop = cv2.warpAffine(image, M, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return crop, T_img2roi @ K, M, c
+
+
+def box_location(box_xyxy: Sequence[float], center: Sequence[float], side: float, k: int = 0,
+                 n_rot: int = 4) -> np.ndarray:
+    """Box (x1, y1, x2, y2) px in the crop of (center, side), crop units, its corners rotated by
+    k * 360/n_rot deg about the crop centre (min / max): (4,) float64 (SPEC 1 ``box_loc``)."""
+    x1, y1, x2, y2 = box_xyxy
+    ox, oy = center[0] - side / 2, center[1] - side / 2
+    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64)
+    corners = (corners - (ox, oy)) / side - 0.5
+    Rz = rotz(2.0 * np.pi * k / n_rot)[:2, :2]
+    rc = corners @ Rz.T + 0.5
+    return np.array([*rc.min(0), *rc.max(0)])
+
+
+def dynamic_zoom_in(box_xyxy: Sequence[float], rng: np.random.Generator, shift: float = DZI_SHIFT,
+                    scale: tuple[float, float] = DZI_SCALE, pad: float = PAD_SCALE) -> tuple[np.ndarray, float]:
+    """Random crop centre (2,) px and side (px) around a box: centre + U(-shift, shift) * (w, h),
+    side = pad * max(w, h) * U(scale)."""
+    x1, y1, x2, y2 = box_xyxy
+    w, h = x2 - x1, y2 - y1
+    c = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + rng.uniform(-shift, shift, 2) * (w, h)
+    return c, pad * max(w, h) * rng.uniform(*scale)
+
+
+# ------------------------------------------------------------------------------ augmentation
+def color_augmenter(p: float = COLOR_AUG_PROB):
+    """The official imgaug recipe with albumentations, applied as a whole with probability p to
+    uint8 BGR crops (``mask`` follows the coarse dropout)."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.Sequential(
+                [
+                    A.GaussNoise(std_range=(0.0, 0.01), per_channel=True, p=0.5),
+                    A.CoarseDropout(num_holes_range=(20, 80), hole_height_range=(0.03, 0.06),
+                                    hole_width_range=(0.03, 0.06), fill=0, fill_mask=0, p=0.5),
+                    A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 1.2), p=0.5),
+                    A.RandomBrightnessContrast(brightness_limit=(-0.1, 0.1), contrast_limit=0.0, p=0.5),
+                    A.InvertImg(p=0.3 * 0.2),
+                    A.MultiplicativeNoise(multiplier=(0.6, 1.4), per_channel=True, p=0.5),
+                    A.MultiplicativeNoise(multiplier=(0.6, 1.4), per_channel=False, p=0.5),
+                    A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=(-0.5, 1.2), p=0.5),
+                ],
+                p=p,
+            )
+        ],
+        seed=0,
+    )
+
+
+# ----------------------------------------------------------------------------------- objects
+@dataclass
+class ObjectData:
+    """Per-object loss tensors: vertices (V, 3) f32 mm (subsampled), sym_R (S, 3, 3), sym_t (S, 3)
+    mm (identity first), diameter mm."""
+
+    vertices: torch.Tensor
+    sym_R: torch.Tensor
+    sym_t: torch.Tensor
+    diameter: float
+
+
+def load_object_data(models_dir, infos: dict, obj_ids: Sequence[int], n_vertices: int = 1000) -> dict[int, ObjectData]:
+    """``{obj_id: ObjectData}`` from ``models_dir/obj_XXXXXX.ply`` and the models_info entries."""
+    from mrcnet.runtime.render import load_mesh
+
+    out = {}
+    for oid in obj_ids:
+        path = Path(models_dir) / f"obj_{int(oid):06d}.ply"
+        if not path.is_file():
+            raise bop.BopFormatError(f"{path}: model file not found (object {oid})")
+        mesh = load_mesh(path)
+        R, t = T.symmetry_tensors(infos[oid])
+        out[int(oid)] = ObjectData(torch.from_numpy(T.subsample_vertices(mesh.vertices, n_vertices, seed=int(oid))),
+                                   torch.from_numpy(R), torch.from_numpy(t), float(infos[oid].diameter))
+    return out
+
+
+def find_split(root) -> str:
+    """The split folder of a dataset root: the only ``train*``/``test*``/``val*`` folder holding
+    scenes, else the first of train_pbr, train, val, test that exists."""
+    root = Path(root)
+    cands = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.split("_")[0] in ("train", "val", "test")
+                   and any(q.is_dir() and q.name.isdigit() for q in p.iterdir()))
+    if len(cands) == 1:
+        return cands[0]
+    for name in ("train_pbr", "train", "val", "test"):
+        if name in cands:
+            return name
+    raise bop.BopFormatError(f"{root}: no BOP split folder (train*/val*/test* with scene folders)")
+
+
+# ------------------------------------------------------------------------------------ dataset
+class TrainingSamples(Dataset):
+    """Object crops and targets from a BOP split.
+
+    root: dataset folder (``models/`` + split folders); split: split folder name (default
+    :func:`find_split`); obj_ids: the model's objects, in class-index order (default: all of
+    models_info); bins, depth_range: the output discretisation; augment: training (zoom-in,
+    rotation, colour, background) or validation crops; seed: randomness; n_vertices: model vertices
+    kept for the losses; label_cache: entries of the rotation-label LRU cache (0 = off);
+    backgrounds: optional folder of background images (default: other images of the split).
+
+    ``__getitem__`` returns a dict of tensors (N = one sample):
+    ``crops`` (4, S, S) f32 BGR/255 + box map; ``obj_index`` () i64 (0-based); ``obj_id`` () i64;
+    ``fov`` (3,) f32 (training variant); ``K_roi`` (3, 3) f32; ``k`` () i64 in-plane rotation index;
+    ``R`` (3, 3) f32 and ``t`` (3,) f32 mm: the pose in the rotated crop frame; ``persp`` (3,) f32
+    (dx, dy, d); ``rot_labels`` (n_rot,), ``depth_labels`` (n_depth,), ``cell_labels`` (n_cells^2,) f32;
+    ``mask`` (64, 64) f32 {0, 1}; ``vertices`` (V, 3) mm, ``sym_R`` (S, 3, 3), ``sym_t`` (S, 3) mm,
+    ``diameter`` () f32 mm; ``key`` (3,) i64 (scene_id, im_id, gt_id).
+    """
+
+    def __init__(self, root, bins: BinSpec, depth_range: tuple[float, float], split: str | None = None,
+                 obj_ids: Sequence[int] | None = None, augment: bool = True, seed: int = 0,
+                 n_vertices: int = 1000, label_cache: int = 4096, label_cache_dir=None, backgrounds=None,
+                 bg_prob: float = BG_PROB, color_prob: float = COLOR_AUG_PROB, size: int = CROP_SIZE):
+        self.root = Path(root)
+        self.split = split or find_split(self.root)
+        self.ds = bop.BopDataset(self.root, self.split)
+        self.obj_ids = [int(o) for o in (obj_ids if obj_ids is not None else self.ds.obj_ids)]
+        missing = [o for o in self.obj_ids if o not in self.ds.models_info]
+        if missing:
+            raise bop.BopFormatError(f"{self.ds.models_dir / 'models_info.json'}: no object(s) {missing}")
+        self.cls = {o: i for i, o in enumerate(self.obj_ids)}
+        self.bins, self.depth_range = bins, (float(depth_range[0]), float(depth_range[1]))
+        self.augment, self.seed, self.size = bool(augment), int(seed), int(size)
+        self.bg_prob, self.color_prob = float(bg_prob), float(color_prob)
+        self.epoch = 0
+        self.objects = load_object_data(self.ds.models_dir, self.ds.models_info, self.obj_ids, n_vertices)
+        self.items: list[tuple[tuple[int, int], int]] = []  # ((scene_id, im_id), gt_id)
+        skipped = 0
+        for rec in self.ds:
+            for inst in rec.instances:
+                if inst.obj_id not in self.cls:
+                    continue
+                info = inst.info or {}
+                box = info.get("bbox_visib")
+                if box is None:
+                    raise bop.BopFormatError(f"{rec.scene_dir / 'scene_gt_info.json'}: image {rec.im_id} "
+                                             f"instance {inst.gt_id}: missing key 'bbox_visib'")
+                if box[2] <= MIN_BOX_PX or box[3] <= MIN_BOX_PX or info.get("visib_fract", 1.0) < MIN_VISIB_FRACT:
+                    skipped += 1
+                    continue
+                self.items.append(((rec.scene_id, rec.im_id), inst.gt_id))
+        if not self.items:
+            raise bop.BopFormatError(f"{self.ds.split_dir}: no usable instance of objects {self.obj_ids}")
+        self.n_skipped = skipped
+        self._aug = color_augmenter(self.color_prob) if self.augment and self.color_prob > 0 else None
+        self._bg_paths = sorted(p for p in Path(backgrounds).rglob("*") if p.suffix.lower() in bop.IMAGE_EXTS) \
+            if backgrounds else None
+        self._label_cache: OrderedDict = OrderedDict()
+        self.label_cache_size = int(label_cache)
+        self.label_cache_dir = None
+        if label_cache_dir is not None:
+            tag = f"{self.split}_nside{bins.n_side}_v{n_vertices}"
+            self.label_cache_dir = Path(label_cache_dir) / tag
+            self.label_cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def split_index(self, index: int) -> tuple[int, int]:
+        """``index`` -> (epoch, item): indices >= len encode the epoch (``epoch * len + item``), so
+        persistent DataLoader workers follow the epoch without ``set_epoch``."""
+        index = int(index)
+        if index >= len(self.items):
+            return index // len(self.items), index % len(self.items)
+        return self.epoch, index
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the randomness of an epoch (call before creating the epoch's DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    # -------------------------------------------------------------------------------------
+    def rotation_labels(self, obj_id: int, R: np.ndarray, disk_key: str | None = None) -> torch.Tensor:
+        """Soft rotation labels (n_rot,) f32 of rotation R (3, 3) of object obj_id; cached in an
+        in-memory LRU (per worker) and, with ``label_cache_dir`` and a ``disk_key``, in
+        ``<dir>/<disk_key>.npy`` (float16, written atomically)."""
+        key = (obj_id, np.asarray(R, np.float32).tobytes())
+        hit = self._label_cache.get(key)
+        if hit is not None:
+            self._label_cache.move_to_end(key)
+            return hit
+        path = self.label_cache_dir / f"{disk_key}.npy" if (self.label_cache_dir and disk_key) else None
+        lab = None
+        if path is not None and path.is_file():
+            try:
+                arr = np.load(path)
+                if arr.shape == (self.bins.n_rot,):
+                    lab = torch.from_numpy(arr.astype(np.float32))
+            except (OSError, ValueError):
+                lab = None
+        if lab is None:
+            od = self.objects[obj_id]
+            lab = T.rotation_labels(torch.from_numpy(np.asarray(R, np.float32)), od.vertices, od.sym_R, od.sym_t,
+                                    od.diameter, self.bins.n_side)
+            if path is not None:
+                lab = lab.half().float()  # what a later read gives: the same labels either way
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, lab.numpy().astype(np.float16))
+                os.replace(tmp, path)
+        if self.label_cache_size > 0:
+            self._label_cache[key] = lab
+            if len(self._label_cache) > self.label_cache_size:
+                self._label_cache.popitem(last=False)
+        return lab
+
+    def _background(self, rng: np.random.Generator, exclude: tuple[int, int]) -> np.ndarray:
+        """A (S, S, 3) uint8 BGR background: a random square window of another image."""
+        if self._bg_paths:
+            path = self._bg_paths[rng.integers(len(self._bg_paths))]
+        else:
+            keys = [k for k in {it[0] for it in self.items} if k != exclude] or [exclude]
+            keys.sort()
+            path = self.ds.image(*keys[rng.integers(len(keys))]).image_path
+        img = bop.load_image(path)
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, 2)
+        img = img.astype(np.uint8) if img.dtype == np.uint8 else np.clip(img / max(img.max(), 1) * 255, 0, 255).astype(np.uint8)
+        h, w = img.shape[:2]
+        s = int(rng.uniform(0.3, 1.0) * min(h, w))
+        x, y = rng.integers(0, w - s + 1), rng.integers(0, h - s + 1)
+        return cv2.resize(img[y:y + s, x:x + s], (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+
+    def __getitem__(self, index: int) -> dict:
+        epoch, index = self.split_index(index)
+        (scene_id, im_id), gt_id = self.items[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        rec = self.ds.image(scene_id, im_id)
+        inst = rec.instances[gt_id]
+        image = rec.load_image("bgr")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, 2)
+        if image.dtype != np.uint8:
+            image = np.clip(np.round(check_image(image)), 0, 255).astype(np.uint8)
+        K = check_camera(rec.K, f"{rec.scene_dir / 'scene_camera.json'} image {im_id} cam_K")
+        mask_full = rec.load_mask(gt_id, visib=True).astype(np.uint8)
+        x, y, w, h = inst.info["bbox_visib"]
+        box = np.array([x, y, x + w, y + h], np.float64)
+
+        if self.augment:
+            center, side = dynamic_zoom_in(box, rng)
+            k = int(rng.integers(4))
+        else:
+            center, side = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]), PAD_SCALE * max(w, h)
+            k = 0
+        crop, K_roi, M, c_rot = crop_at(image, K, center, side, k, size=self.size)
+        mask256 = crop_at(mask_full * 255, K, center, side, k, size=self.size)[0] > 127
+
+        if self.augment:
+            if rng.random() < self.bg_prob:
+                bg = self._background(rng, (scene_id, im_id))
+                crop = np.where(mask256[..., None], crop, bg)
+            if self._aug is not None:
+                self._aug.set_random_seed(int(rng.integers(2**31)))
+                res = self._aug(image=crop, mask=mask256.astype(np.uint8))
+                crop, mask256 = res["image"], res["mask"].astype(bool)
+        ms = T.MASK_SIZE
+        mask64 = cv2.resize(mask256.astype(np.float32), (ms, ms), interpolation=cv2.INTER_AREA) > 0.5
+
+        box_loc = box_location(box, center, side, k)
+        crops = np.empty((4, self.size, self.size), np.float32)
+        crops[:3] = np.moveaxis(crop, 2, 0).astype(np.float32) / 255.0
+        crops[3] = box_map(box_loc[None], self.size)[0]
+        fov = np.array([(c_rot[0] - K[0, 2]) / K[0, 0], (c_rot[1] - K[1, 2]) / K[1, 1], side / K[0, 0]])
+
+        Rz = rotz(np.pi / 2 * k)
+        R_k = Rz @ inst.R
+        t_k = Rz @ inst.t
+        dxy, d = translation_to_persp(t_k, K_roi, self.size)
+        od = self.objects[inst.obj_id]
+        R_t = torch.from_numpy(R_k.astype(np.float32))
+        dxy_t = torch.from_numpy(dxy.astype(np.float32))
+        d_t = torch.tensor(float(d), dtype=torch.float32)
+        return {
+            "crops": torch.from_numpy(crops),
+            "obj_index": torch.tensor(self.cls[inst.obj_id], dtype=torch.int64),
+            "obj_id": torch.tensor(inst.obj_id, dtype=torch.int64),
+            "fov": torch.from_numpy(fov.astype(np.float32)),
+            "K_roi": torch.from_numpy(K_roi.astype(np.float32)),
+            "k": torch.tensor(k, dtype=torch.int64),
+            "R": R_t,
+            "t": torch.from_numpy(t_k.astype(np.float32)),
+            "persp": torch.cat([dxy_t, d_t[None]]),
+            "rot_labels": self.rotation_labels(inst.obj_id, R_k, f"{scene_id:06d}_{im_id:06d}_{gt_id:06d}_k{k}"),
+            "depth_labels": T.depth_labels(d_t, self.bins, self.depth_range),
+            "cell_labels": T.cell_labels(dxy_t, self.bins),
+            "mask": torch.from_numpy(mask64.astype(np.float32)),
+            "vertices": od.vertices,
+            "sym_R": od.sym_R,
+            "sym_t": od.sym_t,
+            "diameter": torch.tensor(od.diameter, dtype=torch.float32),
+            "key": torch.tensor([scene_id, im_id, gt_id], dtype=torch.int64),
+        }
+
+
+PADDED = {"vertices": "vertices_mask", "sym_R": "sym_mask", "sym_t": None}
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """Stack samples; ``vertices`` (B, Vmax, 3), ``sym_R`` (B, Smax, 3, 3) (padded with identity),
+    ``sym_t`` (B, Smax, 3) are padded, with ``vertices_mask`` (B, Vmax) and ``sym_mask`` (B, Smax) bool."""
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        if key not in PADDED:
+            out[key] = torch.stack(vals)
+            continue
+        n = max(v.shape[0] for v in vals)
+        pad = torch.zeros((len(vals), n) + tuple(vals[0].shape[1:]), dtype=vals[0].dtype)
+        if key == "sym_R":
+            pad[:] = torch.eye(3, dtype=vals[0].dtype)
+        valid = torch.zeros(len(vals), n, dtype=torch.bool)
+        for i, v in enumerate(vals):
+            pad[i, : v.shape[0]] = v
+            valid[i, : v.shape[0]] = True
+        out[key] = pad
+        if PADDED[key]:
+            out[PADDED[key]] = valid
+    return out

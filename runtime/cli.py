@@ -1,0 +1,291 @@
+"""``mrcnet-run``: object poses in a video or an image folder with an exported model (no torch).
+
+``run()`` is the library function (frames -> pipeline -> poses.jsonl / BOP CSV / overlay.mp4);
+``main`` is the thin click command over it.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+import numpy as np
+
+from . import manifest as M
+from .backends import BACKEND_CHOICES, BackendError, create_backend
+from .detections import DetectionError, JsonDetections, OnnxDetector, parse_class_map
+from .pipeline import STAGES, Pipeline
+from .preprocess import InputError
+from .tracking import Tracker
+from .video_io import BopCsvWriter, Camera, FrameSource, JsonlWriter, SourceError, VideoWriter, camera_matrix
+
+log = logging.getLogger("mrcnet.runtime")
+
+
+@dataclass
+class RunSummary:
+    """What a run did: frame counts, per-stage latencies (ms lists), wall time (s)."""
+
+    frames: int = 0
+    frames_failed: int = 0
+    poses: int = 0
+    skipped_detections: int = 0
+    redetections: int = 0
+    interrupted: bool = False
+    wall_s: float = 0.0
+    stage_ms: dict = field(default_factory=lambda: {s: [] for s in (*STAGES, "total")})
+    backend: str = ""
+
+    @property
+    def fps(self) -> float:
+        """End-to-end frames per second (reading, estimation, overlay and writing)."""
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentiles(self) -> dict:
+        """{stage: (p50, p90) ms} over the frames that ran the network."""
+        return {s: (float(np.percentile(v, 50)), float(np.percentile(v, 90)))
+                for s, v in self.stage_ms.items() if v}
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "frames_failed": self.frames_failed, "poses": self.poses,
+                "skipped_detections": self.skipped_detections, "redetections": self.redetections,
+                "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2),
+                "backend": self.backend,
+                "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
+
+    def format(self) -> str:
+        lines = [f"{self.frames} frames ({self.frames_failed} unreadable), {self.poses} poses, "
+                 f"{self.skipped_detections} skipped detections, backend {self.backend}"
+                 + (" - INTERRUPTED" if self.interrupted else ""),
+                 f"end-to-end {self.fps:.2f} FPS ({self.wall_s:.1f} s)",
+                 f"{'stage':<12} {'p50 ms':>9} {'p90 ms':>9}"]
+        lines += [f"{s:<12} {a:9.2f} {b:9.2f}" for s, (a, b) in self.percentiles().items()]
+        return "\n".join(lines)
+
+
+def make_renderer(device: Optional[int] = None):
+    """The EGL renderer (``runtime.render.Renderer``); RuntimeError with one line if unavailable."""
+    try:
+        from .render import Renderer
+    except ImportError as e:
+        raise RuntimeError(f"renderer unavailable ({e})") from None
+    try:
+        return Renderer(device=device)
+    except Exception as e:
+        raise RuntimeError(f"cannot create the EGL renderer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def run(
+    source: FrameSource,
+    pipeline: Pipeline,
+    camera: Camera,
+    detect: Callable,
+    out_dir,
+    track: bool = False,
+    track_min_score: Optional[float] = None,
+    track_rel_drop: float = 0.5,
+    bop_csv: bool = False,
+    scene_id: int = 0,
+    video: bool = True,
+    max_frames: Optional[int] = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Estimate poses frame by frame and write ``out_dir/poses.jsonl`` (+ ``results.csv`` BOP
+    CSV, + ``overlay.mp4``). detect: ``(frame_index, frame_bgr) -> list[Detection]``; with
+    ``track`` it is only called for the first frame and to re-detect lost objects.
+    Every output is flushed per frame; Ctrl-C stops after the current frame and keeps the rest.
+    """
+    from tqdm import tqdm
+
+    from .overlay import draw_frame, render_masks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meshes = pipeline.meshes
+    tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
+                      rel_drop=track_rel_drop) if track else None
+    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"))
+    jsonl = JsonlWriter(out / "poses.jsonl")
+    csv = BopCsvWriter(out / "results.csv", scene_id) if bop_csv else None
+    vw = VideoWriter(out / "overlay.mp4", source.fps) if video else None
+    total = len(source) if max_frames is None else min(len(source) or max_frames, max_frames)
+    bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True)
+    fps_ema = None
+    t_start = time.perf_counter()
+    try:
+        for frame in source:
+            if max_frames is not None and summary.frames >= max_frames:
+                break
+            summary.frames += 1
+            bar.update(1)
+            rec = {"frame": frame.index, "name": frame.name}
+            if frame.image is None:
+                summary.frames_failed += 1
+                rec["error"] = frame.error
+                jsonl.write(rec)
+                bar.write(f"frame {frame.index}: skipped ({frame.error})")
+                continue
+            K = camera.K(frame.index)
+            t0 = time.perf_counter()
+            try:
+                dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
+                res = pipeline.estimate_frame(frame.image, K, dets)
+            except InputError as e:
+                summary.frames_failed += 1
+                rec["error"] = str(e)
+                jsonl.write(rec)
+                bar.write(f"frame {frame.index}: skipped ({e})")
+                continue
+            frame_ms = (time.perf_counter() - t0) * 1000.0
+            if tracker:
+                redetected = bool(getattr(tracker, "_detected", None))
+                summary.redetections += int(redetected and frame.index > 0)
+                tracker.update(res.poses, K, (frame.image.shape[1], frame.image.shape[0]))
+                rec["tracking"] = {"detected": redetected, "lost": [{"obj_id": o, "why": w} for o, w in tracker.lost]}
+            summary.poses += len(res.poses)
+            summary.skipped_detections += len(res.skipped)
+            for d, why in res.skipped:
+                bar.write(f"frame {frame.index}: skipped detection "
+                          f"{d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
+            if res.poses:
+                for s in summary.stage_ms:
+                    summary.stage_ms[s].append(res.timings.get(s, 0.0))
+            rec["objects"] = [p.to_dict() for p in res.poses]
+            rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
+                              for d, why in res.skipped]
+            rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
+            jsonl.write(rec)
+            if csv:
+                csv.write(frame.index, res.poses, frame_ms / 1000.0)
+            fps_now = 1000.0 / frame_ms if frame_ms > 0 else 0.0
+            fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
+            if vw:
+                H, W = frame.image.shape[:2]
+                try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
+                    masks = render_masks(pipeline.renderer, res.poses, K, W, H)
+                except Exception:
+                    masks = None
+                vw.write(draw_frame(frame.image, res.poses, K, meshes, fps=fps_ema, masks=masks,
+                                    text=f"frame {frame.index}  {summary.backend}"))
+            bar.set_postfix(fps=f"{fps_ema:.1f}", poses=len(res.poses))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        summary.wall_s = time.perf_counter() - t_start
+        bar.close()
+        jsonl.close()
+        if csv:
+            csv.close()
+        if vw:
+            vw.close()
+    (out / "summary.json").write_text(__import__("json").dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------------------------- click
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input", required=False, type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help=f"Export directory (mrcnet-export --out). Default: the shipped demo model {M.DEMO_DIR}.")
+@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON: cam_K / K / fx,fy,cx,cy, or BOP scene_camera.json.")
+@click.option("--fx", type=float)
+@click.option("--fy", type=float)
+@click.option("--cx", type=float)
+@click.option("--cy", type=float)
+@click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame index).")
+@click.option("--detector", type=click.Path(path_type=Path), help="ONNX detector with YOLO-style outputs (boxes xyxy, scores, classes).")
+@click.option("--class-map", help="Detector class -> object id, e.g. 0:1,1:5 (default: class = object id).")
+@click.option("--det-min-score", type=float, default=None, help="Drop weaker detections (JSON: 0, detector: 0.25).")
+@click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
+@click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
+@click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
+@click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True)
+@click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
+@click.option("--no-video", is_flag=True, help="Do not write overlay.mp4.")
+@click.option("--max-frames", type=int, default=None)
+@click.option("--render-device", type=int, default=None, help="EGL device index for the renderer.")
+@click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
+         track_min_score, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, demo, quiet):
+    """Estimate object poses in INPUT (a video file or a folder of images) and write
+    OUT/poses.jsonl, OUT/overlay.mp4 and (--bop-csv) OUT/results.csv."""
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
+    if demo:
+        input = input or M.DEMO_DIR / M.DEMO_CLIP
+        if camera is None and fx is None:
+            camera = M.DEMO_DIR / M.DEMO_CAMERA
+        if detections is None and detector is None:
+            detections = M.DEMO_DIR / M.DEMO_DETECTIONS
+    if input is None:
+        raise click.UsageError("missing INPUT (a video file or a folder of images), or use --demo")
+    model = model or M.DEMO_DIR
+    try:
+        source = FrameSource(input)
+    except SourceError as e:
+        raise click.UsageError(str(e))
+    intrinsics = (fx, fy, cx, cy)
+    if camera is not None and any(v is not None for v in intrinsics):
+        raise click.UsageError("give either --camera or --fx/--fy/--cx/--cy, not both")
+    if camera is not None:
+        try:
+            cam = Camera.load(camera)
+        except SourceError as e:
+            raise click.UsageError(str(e))
+    elif all(v is not None for v in intrinsics):
+        cam = Camera(camera_matrix(fx, fy, cx, cy))
+    else:
+        raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
+    if detections is not None and detector is not None:
+        raise click.UsageError("give either --detections or --detector, not both")
+    if detections is None and detector is None:
+        raise click.UsageError("no detections: give --detections F or --detector F"
+                               + (" (with --track: for the first frame and re-detection)" if track else ""))
+    try:
+        if detections is not None:
+            detect = JsonDetections(detections, scene_id=scene_id, min_score=det_min_score or 0.0)
+        else:
+            detect = OnnxDetector(detector, parse_class_map(class_map),
+                                  score_threshold=0.25 if det_min_score is None else det_min_score)
+    except DetectionError as e:
+        raise click.UsageError(str(e))
+    try:
+        man = M.load_manifest(model)
+    except M.ManifestError as e:
+        hint = " (the demo model is not shipped yet: pass --model DIR)" if Path(model) == M.DEMO_DIR else ""
+        raise click.UsageError(str(e) + hint)
+    try:
+        be = create_backend(man, backend, threads=threads, precision=precision)
+    except BackendError as e:
+        raise click.ClickException(str(e))
+    try:
+        renderer = make_renderer(render_device)
+        pipe = Pipeline(be, man, renderer)
+    except (RuntimeError, ValueError) as e:
+        be.close()
+        raise click.ClickException(str(e).splitlines()[0])
+    try:
+        summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
+                      bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
+                      progress=not quiet)
+    finally:
+        pipe.close()
+        release = getattr(renderer, "release", None)
+        if release:
+            release()
+    click.echo(summary.format())
+    click.echo(f"wrote {out_dir}/poses.jsonl" + ("" if no_video else f", {out_dir}/overlay.mp4")
+               + (f", {out_dir}/results.csv" if bop_csv else ""))
+    if summary.interrupted:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,205 @@
+"""The export directory contract: ``manifest.json`` + ONNX graphs + engines + ``models/`` (no torch).
+
+An export directory (written by ``mrcnet-export``, read by ``mrcnet-run``) is self-contained::
+
+    DIR/manifest.json        this module's Manifest, as JSON
+    DIR/classifier.onnx      stage 1
+    DIR/regressor.onnx       stage 2
+    DIR/*.engine             optional TensorRT engines (manifest "engines")
+    DIR/models/obj_XXXXXX.ply  BOP models of the exported objects (mm)
+
+The contract is documented in docs/ARCHITECTURE.md ("Export directory"); this module is the one
+place that parses and validates it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .geometry import BinSpec
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FOV_VARIANTS = ("inference", "training")
+# The shipped demo: an export directory (the demo model) plus the demo clip and its detections.
+# One constant for the path; `mrcnet-run --demo` and the `--model` default read it.
+DEMO_DIR = Path(__file__).resolve().parent.parent / "mrcnet" / "assets" / "demo"
+DEMO_CLIP = "video.mp4"  # inside DEMO_DIR (the layout of mrcnet.data.video.generate_video)
+DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
+DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
+
+# Names of the graph interface (docs/ARCHITECTURE.md "Network graph names").
+CLASSIFIER_INPUTS = ("crops", "obj_index", "fov", "K_roi")
+CLASSIFIER_REQUIRED_OUTPUTS = ("R_init", "t_init")
+REGRESSOR_REQUIRED_OUTPUTS = ("R", "t")
+SCORE_OUTPUTS = ("rot_score", "depth_score")  # max rotation / depth logit per crop (TTA)
+
+
+class ManifestError(ValueError):
+    """An export directory that cannot be used; the message names the directory or file."""
+
+
+@dataclass
+class GraphSpec:
+    """One ONNX graph of the export: file name (relative to the directory) and I/O names."""
+
+    onnx: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class Manifest:
+    """Parsed ``manifest.json`` of an export directory.
+
+    obj_ids: BOP object ids; the network's ``obj_index`` is the position in this list.
+    depth_range: (near, far) in normalised depth units (t_z / fx_roi).
+    engines: precision -> {"classifier": file, "regressor": file, "max_detections": int, ...}.
+    root: the export directory (absolute), not stored in the JSON.
+    """
+
+    dataset: str
+    preset: str
+    obj_ids: list[int]
+    depth_range: tuple[float, float]
+    bins: BinSpec
+    classifier: GraphSpec
+    regressor: GraphSpec
+    fov_variant: str = "inference"
+    n_rot: int = 4
+    crop_size: int = 256
+    bn_group: int = 4
+    models_dir: str = "models"
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    project_version: str = ""
+    checkpoint_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+    root: Path = Path(".")
+
+    # ---------------------------------------------------------------- paths
+    def path(self, name: str) -> Path:
+        """A file of the export directory (relative names resolve against ``root``)."""
+        return self.root / name
+
+    def model_path(self, obj_id: int) -> Path:
+        """BOP model file of one object: ``root/models_dir/obj_XXXXXX.ply``."""
+        return self.root / self.models_dir / f"obj_{int(obj_id):06d}.ply"
+
+    def obj_index(self, obj_id: int) -> int:
+        """Position of ``obj_id`` in ``obj_ids`` (the network's object index); KeyError if absent."""
+        try:
+            return self.obj_ids.index(int(obj_id))
+        except ValueError:
+            raise KeyError(f"object {obj_id} is not in the exported model (objects: {self.obj_ids})") from None
+
+    def load_meshes(self, obj_ids=None) -> dict:
+        """Load the BOP models (``runtime.render.mesh.Mesh``) of ``obj_ids`` (default all)."""
+        from .render.mesh import load_mesh
+
+        out = {}
+        for oid in self.obj_ids if obj_ids is None else obj_ids:
+            p = self.model_path(oid)
+            if not p.is_file():
+                raise ManifestError(f"export {self.root}: model of object {oid} missing ({p})")
+            out[int(oid)] = load_mesh(p)
+        return out
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("root")
+        d["bins"] = {"n_side": self.bins.n_side, "n_depth": self.bins.n_depth, "n_cells": self.bins.n_cells}
+        d["depth_range"] = list(self.depth_range)
+        return d
+
+    def save(self, directory) -> Path:
+        """Write ``directory/manifest.json``; returns its path."""
+        p = Path(directory) / MANIFEST_NAME
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def from_dict(cls, d: dict, root=".") -> "Manifest":
+        where = f"export {root}"
+        try:
+            if int(d.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+                raise ManifestError(f"{where}: manifest format_version {d['format_version']} is newer than "
+                                    f"this runtime supports ({FORMAT_VERSION}); upgrade mrcnet-edge")
+            m = cls(
+                dataset=str(d["dataset"]),
+                preset=str(d["preset"]),
+                obj_ids=[int(i) for i in d["obj_ids"]],
+                depth_range=(float(d["depth_range"][0]), float(d["depth_range"][1])),
+                bins=BinSpec(int(d["bins"]["n_side"]), int(d["bins"]["n_depth"]), int(d["bins"]["n_cells"])),
+                classifier=GraphSpec(str(d["classifier"]["onnx"]), list(d["classifier"]["inputs"]),
+                                     list(d["classifier"]["outputs"])),
+                regressor=GraphSpec(str(d["regressor"]["onnx"]), list(d["regressor"]["inputs"]),
+                                    list(d["regressor"]["outputs"])),
+                fov_variant=str(d.get("fov_variant", "inference")),
+                n_rot=int(d.get("n_rot", 4)),
+                crop_size=int(d.get("crop_size", 256)),
+                bn_group=int(d.get("bn_group", 4)),
+                models_dir=str(d.get("models_dir", "models")),
+                engines=dict(d.get("engines") or {}),
+                project_version=str(d.get("project_version", "")),
+                checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
+                format_version=int(d.get("format_version", FORMAT_VERSION)),
+                root=Path(root).resolve(),
+            )
+        except ManifestError:
+            raise
+        except KeyError as e:
+            raise ManifestError(f"{where}: manifest.json lacks key {e}") from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise ManifestError(f"{where}: malformed manifest.json ({e})") from None
+        m.validate()
+        return m
+
+    def validate(self) -> None:
+        """Check the graph interface names and basic facts; ManifestError naming the problem."""
+        where = f"export {self.root}"
+        if not self.obj_ids:
+            raise ManifestError(f"{where}: manifest lists no objects")
+        if self.fov_variant not in FOV_VARIANTS:
+            raise ManifestError(f"{where}: fov_variant {self.fov_variant!r} not in {FOV_VARIANTS}")
+        if self.n_rot != self.bn_group:
+            raise ManifestError(f"{where}: n_rot {self.n_rot} != bn_group {self.bn_group} (one BatchNorm "
+                                "group per detection)")
+        missing = [n for n in CLASSIFIER_INPUTS if n not in self.classifier.inputs]
+        missing += [n for n in CLASSIFIER_REQUIRED_OUTPUTS if n not in self.classifier.outputs]
+        missing += [n for n in REGRESSOR_REQUIRED_OUTPUTS if n not in self.regressor.outputs]
+        if "render" not in self.regressor.inputs:
+            missing.append("render")
+        if missing:
+            raise ManifestError(f"{where}: graphs lack the contract tensors {missing}")
+        known = set(self.classifier.inputs) | set(self.classifier.outputs) | {"render"}
+        unknown = [n for n in self.regressor.inputs if n not in known]
+        if unknown:
+            raise ManifestError(f"{where}: regressor inputs {unknown} are neither 'render' nor classifier tensors")
+        for n in SCORE_OUTPUTS:
+            if n not in self.classifier.outputs and n not in self.regressor.outputs:
+                raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
+
+
+def load_manifest(directory) -> Manifest:
+    """Read and validate ``directory/manifest.json``; ManifestError (one line) if unusable."""
+    root = Path(os.fspath(directory))
+    if not root.is_dir():
+        raise ManifestError(f"export directory not found: {root}")
+    p = root / MANIFEST_NAME
+    if not p.is_file():
+        raise ManifestError(f"export {root}: no {MANIFEST_NAME} (not an mrcnet-export directory)")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ManifestError(f"export {root}: cannot read {MANIFEST_NAME}: {e}") from None
+    if not isinstance(d, dict):
+        raise ManifestError(f"export {root}: {MANIFEST_NAME} is not a JSON object")
+    m = Manifest.from_dict(d, root)
+    for g in (m.classifier, m.regressor):
+        if not m.path(g.onnx).is_file() and not m.engines:
+            raise ManifestError(f"export {root}: graph file {g.onnx} missing")
+    return m

@@ -1,0 +1,177 @@
+"""The torch-free pose pipeline: frame + camera + detections -> object poses (SPEC 1-4).
+
+One frame: every valid detection becomes a TTA group of ``n_rot`` crops (``preprocess``); all of
+them go through one classifier call, the renderer draws each crop's object at its stage-1 pose
+(R_init, t_init) with the crop camera K_roi, one regressor call refines, and the TTA selection
+picks and un-rotates the rotation and translation of each detection (``geometry.tta_select``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+
+from . import preprocess as P
+from .detections import Detection, as_detection
+from .geometry import tta_select
+from .manifest import SCORE_OUTPUTS, Manifest
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "classifier", "render", "regressor", "postprocess")
+
+
+@dataclass
+class Pose:
+    """One estimated object pose in the camera frame.
+
+    obj_id: BOP object id; R (3, 3) float64 model -> camera rotation; t (3,) float64 mm
+    (``X_cam = R X_model + t``); score: the TTA-selected crop's max rotation logit (``rot_score``);
+    box (4,) the detection box xyxy in pixels; timings: the frame's per-stage times in ms (shared
+    by all poses of the frame: the detections run batched).
+    """
+
+    obj_id: int
+    R: np.ndarray
+    t: np.ndarray
+    score: float
+    box: np.ndarray
+    timings: dict = field(default_factory=dict)
+    det_score: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"obj_id": self.obj_id, "R": np.round(self.R, 7).tolist(), "t": np.round(self.t, 4).tolist(),
+                "score": round(float(self.score), 5), "det_score": round(float(self.det_score), 4),
+                "box": [round(float(v), 2) for v in self.box]}
+
+
+@dataclass
+class FrameResult:
+    """poses: estimated poses; skipped: (detection, reason) of detections that were not run;
+    timings: ms per stage (``STAGES``) plus "total"."""
+
+    poses: list[Pose]
+    skipped: list[tuple[Detection, str]]
+    timings: dict
+
+
+class Pipeline:
+    """Pose estimation with a backend, the export's manifest and a renderer.
+
+    backend: a ``backends.Backend`` (or ``mrcnet.inference.TorchBackend``).
+    manifest: the export's ``Manifest`` (objects, crop size, n_rot, fov variant).
+    renderer: an object with ``add_object(obj_id, mesh)`` and
+      ``render(obj_ids, R, t, K, width, height) -> .rgb (N,H,W,3) [0,1], .mask (N,H,W)``
+      (``runtime.render.Renderer``). meshes: {obj_id: Mesh} to upload; None loads every object's
+      model from the export directory; pass {} when the renderer already holds them.
+    """
+
+    def __init__(self, backend, manifest: Manifest, renderer, meshes: Optional[dict] = None):
+        self.backend = backend
+        self.manifest = manifest
+        self.renderer = renderer
+        self.meshes = manifest.load_meshes() if meshes is None else meshes
+        for oid, mesh in self.meshes.items():
+            renderer.add_object(int(oid), mesh)
+        outs = set(backend.classifier_outputs)
+        self._cls_fetch = ["R_init", "t_init"] + [n for n in SCORE_OUTPUTS if n in outs]
+        reg_outs = set(backend.regressor_outputs)
+        self._reg_fetch = ["R", "t"] + [n for n in SCORE_OUTPUTS if n in reg_outs and n not in outs]
+        missing = [n for n in SCORE_OUTPUTS if n not in outs and n not in reg_outs]
+        if missing:
+            raise ValueError(f"backend {backend.name}: graphs do not output {missing} (TTA scores)")
+
+    # ------------------------------------------------------------------------------ API
+    def estimate(self, frame_bgr: np.ndarray, K: np.ndarray, detections: Iterable) -> list[Pose]:
+        """Poses of the detections in one frame (see :meth:`estimate_frame`); bad ones are skipped."""
+        return self.estimate_frame(frame_bgr, K, detections).poses
+
+    def estimate_frame(self, frame_bgr: np.ndarray, K: np.ndarray, detections: Iterable) -> FrameResult:
+        """frame_bgr (H, W, 3) uint8 BGR (or (H, W) grey); K (3, 3) camera; detections: Detection
+        objects or (obj_id, box xyxy) pairs. A detection of an unknown object or with an empty /
+        out-of-image box is reported in ``skipped`` (and logged); the others still run. A bad
+        frame or camera raises ``preprocess.InputError``."""
+        m = self.manifest
+        tm = {s: 0.0 for s in STAGES}
+        t0 = time.perf_counter()
+        img = P.check_image(frame_bgr, "frame")
+        K = P.check_camera(K)
+        kept, batches, index, skipped = [], [], [], []
+        for raw in detections:
+            try:
+                d = as_detection(raw)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                skipped.append((raw, f"malformed detection ({e})"))
+                continue
+            try:
+                oi = m.obj_index(d.obj_id)
+            except KeyError as e:
+                skipped.append((d, str(e.args[0])))
+                continue
+            try:
+                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size))
+            except P.InputError as e:
+                skipped.append((d, str(e)))
+                continue
+            kept.append(d)
+            index.append(oi)
+        for d, why in skipped:
+            log.warning("skipped detection %s: %s", d.to_dict() if isinstance(d, Detection) else d, why)
+        if not kept:
+            tm["preprocess"] = _ms(t0)
+            tm["total"] = tm["preprocess"]
+            return FrameResult([], skipped, tm)
+        cb = P.CropBatch.concat(batches)
+        obj_index = np.repeat(np.asarray(index, np.int64), m.n_rot)
+        feeds = {"crops": cb.crops, "obj_index": obj_index, "fov": cb.fov.astype(np.float32),
+                 "K_roi": cb.K_roi.astype(np.float32)}
+        t1 = time.perf_counter()
+        tm["preprocess"] = _ms(t0, t1)
+
+        out1 = self.backend.run_classifier(feeds, fetch=self._cls_fetch)
+        t2 = time.perf_counter()
+        tm["classifier"] = _ms(t1, t2)
+
+        render = self.render_inputs(obj_index, out1["R_init"], out1["t_init"], cb.K_roi)
+        t3 = time.perf_counter()
+        tm["render"] = _ms(t2, t3)
+
+        out2 = self.backend.run_regressor({"render": render}, fetch=self._reg_fetch)
+        t4 = time.perf_counter()
+        tm["regressor"] = _ms(t3, t4)
+
+        D, T = len(kept), m.n_rot
+        scores = {**out1, **out2}
+        R, t, score = tta_select(
+            np.asarray(out2["R"], np.float64).reshape(D, T, 3, 3),
+            np.asarray(out2["t"], np.float64).reshape(D, T, 3),
+            np.asarray(scores["rot_score"], np.float64).reshape(D, T),
+            np.asarray(scores["depth_score"], np.float64).reshape(D, T),
+            cb.Rz.reshape(D, T, 3, 3),
+        )
+        t5 = time.perf_counter()
+        tm["postprocess"] = _ms(t4, t5)
+        tm["total"] = _ms(t0, t5)
+        poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
+        return FrameResult(poses, skipped, tm)
+
+    def render_inputs(self, obj_index: np.ndarray, R_init: np.ndarray, t_init: np.ndarray,
+                      K_roi: np.ndarray) -> np.ndarray:
+        """Stage-2 input: renders of each crop's object at (R_init (N,3,3), t_init (N,3) mm) with
+        K_roi (N,3,3) -> (N, 4, S, S) float32: the render's colour (grey: BGR == RGB) in [0, 1]
+        and the box map of the render's mask (SPEC 4), as ``RenderResult.network_input`` builds it."""
+        m = self.manifest
+        obj_ids = np.asarray(m.obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
+        res = self.renderer.render(obj_ids, np.asarray(R_init, np.float64), np.asarray(t_init, np.float64),
+                                   np.asarray(K_roi, np.float64), width=m.crop_size, height=m.crop_size)
+        return res.network_input()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _ms(a: float, b: Optional[float] = None) -> float:
+    return ((time.perf_counter() if b is None else b) - a) * 1000.0

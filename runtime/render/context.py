@@ -1,0 +1,191 @@
+"""Headless OpenGL contexts through EGL (no X server): one per process and device, created lazily.
+
+Device selection (``device`` argument of :func:`get_context` and ``Renderer``):
+
+- ``None``: EGL device 0. With the NVIDIA driver installed its GPUs come first; on a machine
+  without a GPU this is Mesa's software rasteriser (llvmpipe).
+- ``int``: that EGL device index (see :func:`list_devices`), e.g. one GPU of several.
+- ``"cuda:K"``: the EGL device of CUDA device K (NVIDIA ``EGL_NV_device_cuda``), so that the
+  renderer and a CUDA/TensorRT engine share one GPU.
+- ``"cpu"``: Mesa's software device (llvmpipe), even where GPUs exist.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from dataclasses import dataclass
+from typing import Optional, Union
+
+GL_REQUIRE = 330  # OpenGL 3.3 core: what the shaders use
+
+_EGL_EXTENSIONS = 0x3055
+_EGL_DRM_DEVICE_FILE_EXT = 0x3233
+_EGL_CUDA_DEVICE_NV = 0x323A
+
+Device = Union[None, int, str]
+
+_lock = threading.Lock()
+_contexts: dict = {}
+
+
+class RenderContextError(RuntimeError):
+    """No headless OpenGL context could be created (missing EGL, bad device, old OpenGL)."""
+
+
+@dataclass(frozen=True)
+class EGLDevice:
+    """One EGL device: ``index`` (what ``device=int`` selects), ``kind`` ('software', 'cuda' or
+    'drm'), ``cuda`` (CUDA ordinal for NVIDIA devices, else None), ``drm`` (e.g. /dev/dri/card0)."""
+
+    index: int
+    kind: str
+    cuda: Optional[int] = None
+    drm: Optional[str] = None
+
+
+def _find_system_library(name: str, soname: str) -> str:
+    """Path or soname of a system library, or a one-line RenderContextError naming it."""
+    found = ctypes.util.find_library(name)
+    if found:
+        return found
+    try:  # find_library needs ldconfig; the soname may still load
+        ctypes.CDLL(soname)
+        return soname
+    except OSError:
+        raise RenderContextError(
+            f"headless rendering needs the system library {soname}, which is missing: "
+            "install the Debian/Ubuntu packages libegl1 libgl1 libgl1-mesa-dri (Mesa, CPU) "
+            "or the NVIDIA driver's EGL libraries (GPU)"
+        ) from None
+
+
+def list_devices() -> list[EGLDevice]:
+    """The EGL devices of this machine (EGL_EXT_device_enumeration), in index order.
+
+    Raises:
+        RenderContextError: libEGL is missing or cannot enumerate devices.
+    """
+    egl = ctypes.CDLL(_find_system_library("EGL", "libEGL.so.1"))
+    egl.eglGetProcAddress.restype = ctypes.c_void_p
+    egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+
+    def proc(name, restype, *argtypes):
+        addr = egl.eglGetProcAddress(name.encode())
+        if not addr:
+            raise RenderContextError(f"libEGL lacks {name}: cannot enumerate EGL devices")
+        return ctypes.CFUNCTYPE(restype, *argtypes)(addr)
+
+    query_devices = proc("eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int,
+                         ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int))
+    query_string = proc("eglQueryDeviceStringEXT", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+    n = ctypes.c_int(0)
+    if not query_devices(0, None, ctypes.byref(n)):
+        raise RenderContextError("eglQueryDevicesEXT failed: cannot enumerate EGL devices")
+    handles = (ctypes.c_void_p * max(n.value, 1))()
+    query_devices(n.value, handles, ctypes.byref(n))
+    out = []
+    for i in range(n.value):
+        ext = (query_string(handles[i], _EGL_EXTENSIONS) or b"").decode(errors="replace")
+        cuda = drm = None
+        if "EGL_NV_device_cuda" in ext:
+            attrib = proc("eglQueryDeviceAttribEXT", ctypes.c_uint, ctypes.c_void_p, ctypes.c_int,
+                          ctypes.POINTER(ctypes.c_ssize_t))
+            value = ctypes.c_ssize_t(-1)
+            if attrib(handles[i], _EGL_CUDA_DEVICE_NV, ctypes.byref(value)):
+                cuda = int(value.value)
+        if "EGL_EXT_device_drm" in ext:
+            s = query_string(handles[i], _EGL_DRM_DEVICE_FILE_EXT)
+            drm = s.decode(errors="replace") if s else None
+        kind = "software" if "EGL_MESA_device_software" in ext else "cuda" if cuda is not None else "drm"
+        out.append(EGLDevice(i, kind, cuda, drm))
+    return out
+
+
+def resolve_device(device: Device) -> int:
+    """EGL device index for a ``device`` argument (module docstring); None -> 0, EGL's default.
+
+    Raises:
+        RenderContextError: unknown device string or no such device.
+    """
+    if device is None:
+        return 0
+    if isinstance(device, bool) or not isinstance(device, (int, str)):
+        raise RenderContextError(f"device must be None, an EGL device index, 'cuda:K' or 'cpu', got {device!r}")
+    if isinstance(device, int):
+        if device < 0:
+            raise RenderContextError(f"EGL device index must be >= 0, got {device}")
+        return device
+    name = device.strip().lower()
+    if name.isdigit():
+        return int(name)
+    devices = list_devices()
+    if name in ("cpu", "software", "llvmpipe"):
+        for d in devices:
+            if d.kind == "software":
+                return d.index
+        raise RenderContextError(f"no software (Mesa llvmpipe) EGL device among {devices}: install libgl1-mesa-dri")
+    if name.startswith("cuda"):
+        k = int(name.split(":", 1)[1]) if ":" in name else 0
+        for d in devices:
+            if d.cuda == k:
+                return d.index
+        raise RenderContextError(f"no EGL device for CUDA device {k} among {devices}")
+    raise RenderContextError(f"unknown device {device!r}: use None, an EGL device index, 'cuda:K' or 'cpu'")
+
+
+def get_context(device: Device = None):
+    """The process's moderngl context on ``device`` (created on first use, then reused).
+
+    A process forked after its parent created a context gets a RenderContextError (see
+    :func:`check_not_forked`), not a hang.
+
+    Returns:
+        moderngl.Context (OpenGL >= 3.3 core, standalone, EGL backend).
+    Raises:
+        RenderContextError: one line naming the missing library or the failing device.
+    """
+    index = resolve_device(device)
+    key = (os.getpid(), index)
+    with _lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            check_not_forked()
+            ctx = _contexts[key] = _create(index)
+    return ctx
+
+
+def check_not_forked() -> None:
+    """Raise when this process was forked from one holding an OpenGL context.
+
+    Mesa (llvmpipe) and NVIDIA EGL do not survive ``fork``: a context created or used in the child
+    hangs. Workers must create their own Renderer in a fresh ('spawn') process.
+    """
+    parents = sorted({pid for pid, _ in _contexts if pid != os.getpid()})
+    if parents:
+        raise RenderContextError(
+            f"this process was forked from process {parents[0]}, which had created an OpenGL context; "
+            "EGL does not survive fork(): start workers with multiprocessing's 'spawn' method "
+            "(or create every Renderer only inside the workers)")
+
+
+def _create(index: int):
+    import moderngl
+
+    kwargs = dict(standalone=True, backend="egl", require=GL_REQUIRE)
+    kwargs["libegl"] = _find_system_library("EGL", "libEGL.so.1")
+    kwargs["libgl"] = _find_system_library("GL", "libGL.so.1")
+    kwargs["device_index"] = index
+    try:
+        return moderngl.create_context(**kwargs)
+    except Exception as e:
+        where = f"EGL device {index}"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RenderContextError(f"cannot create a headless OpenGL {GL_REQUIRE // 100}.{GL_REQUIRE % 100 // 10} "
+                                 f"context on the {where}: {msg}") from e
+
+
+def describe(ctx) -> str:
+    """One line: renderer and version of a context, e.g. 'llvmpipe (LLVM 15.0.6, 256 bits), 4.5 (Core ...)'."""
+    return f"{ctx.info['GL_RENDERER']}, OpenGL {ctx.info['GL_VERSION']}"

@@ -1,0 +1,296 @@
+"""Procedural objects, synthetic BOP scenes and demo clips (rendered on llvmpipe, tiny images).
+
+Checks: declared symmetries hold when rendered (R vs R*S), models_info agrees with the meshes,
+scene_gt_info and masks agree with each other and with the GT poses, detections and targets agree
+with the masks, the same seed gives the same bytes, an interrupted run resumes to the same bytes.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mrcnet.data import bop, objects, scenes
+from mrcnet.data.scenes import SceneConfig, generate_scenes
+from mrcnet.runtime.render import Renderer, load_mesh
+
+W, H = 160, 120
+CFG = dict(width=W, height=H, objects_per_image=(2, 3), distractors_per_image=(1, 1),
+           images_per_scene=2, depth_range=(250.0, 450.0))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    r = Renderer()
+    yield r
+    r.release()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """All part families (one object each), written once for the module."""
+    root = tmp_path_factory.mktemp("objects")
+    parts = objects.write_objects(root, len(objects.FAMILIES), seed=3, progress=False)
+    return root, parts
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, models, renderer):
+    """A 4-image split (2 scenes) of the first three objects, made once."""
+    root, _ = models
+    out = tmp_path_factory.mktemp("split")
+    cfg = SceneConfig(obj_ids=[1, 2, 3], box_jitter=0.0, **CFG)
+    summary = generate_scenes(root / "models", out, 4, cfg, seed=7, renderer=renderer, progress=False)
+    return out, summary
+
+
+# --------------------------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------------------------
+
+def test_objects_are_deterministic_and_described(models, tmp_path):
+    root, parts = models
+    infos = bop.load_models_info(root / "models" / "models_info.json")
+    assert sorted(infos) == list(range(1, len(objects.FAMILIES) + 1))
+    for p in parts:
+        mesh = load_mesh(root / "models" / f"obj_{p.obj_id:06d}.ply")
+        v = mesh.vertices.astype(np.float64)
+        info = infos[p.obj_id]
+        assert 25 <= info.diameter <= 260
+        assert info.diameter == pytest.approx(objects.points_diameter(v), rel=1e-5)
+        np.testing.assert_allclose([info.min_x, info.min_y, info.min_z], v.min(0), atol=1e-3)
+        np.testing.assert_allclose([info.size_x, info.size_y, info.size_z], np.ptp(v, axis=0), atol=1e-3)
+        np.testing.assert_allclose(v.min(0) + np.ptp(v, axis=0) / 2, 0, atol=1e-3)  # centred
+    by_family = {p.family: infos[p.obj_id] for p in parts}
+    assert not by_family["bracket"].is_symmetric
+    assert len(by_family["hex_nut"].symmetries_discrete) == 11
+    assert len(by_family["plate_holes"].symmetries_discrete) == 3
+    assert by_family["bushing"].symmetries_continuous and by_family["bushing"].symmetries_discrete
+    assert by_family["cap"].symmetries_continuous and not by_family["cap"].symmetries_discrete
+    assert (root / "models_eval" / "obj_000001.ply").read_bytes() == (root / "models" / "obj_000001.ply").read_bytes()
+
+    objects.write_objects(tmp_path / "a", 3, seed=3, progress=False, eval_copy=False)
+    objects.write_objects(tmp_path / "b", 3, seed=4, progress=False, eval_copy=False)
+    for name in ("obj_000001.ply", "obj_000003.ply"):
+        assert (tmp_path / "a" / "models" / name).read_bytes() == (root / "models" / name).read_bytes()
+    again = bop.load_models_info(tmp_path / "a" / "models" / "models_info.json")
+    assert {k: v.to_dict() for k, v in again.items()} == {k: infos[k].to_dict() for k in (1, 2, 3)}
+    assert (tmp_path / "b" / "models" / "obj_000001.ply").read_bytes() != \
+        (root / "models" / "obj_000001.ply").read_bytes()
+
+
+def test_declared_symmetries_hold_when_rendered(models, renderer):
+    """Rendering at R and at R*S gives the same mask for every declared symmetry S (and for
+    samples of the BOP-discretised set); a rotation that is not a symmetry does not."""
+    root, parts = models
+    infos = bop.load_models_info(root / "models" / "models_info.json")
+    rng = np.random.default_rng(0)
+    for p in parts:
+        oid = 100 + p.obj_id
+        renderer.add_object(oid, root / "models" / f"obj_{p.obj_id:06d}.ply")
+        info = infos[p.obj_id]
+        ious = objects.check_symmetries(renderer, oid, info, n_poses=2, size=96, seed=p.obj_id)
+        assert len(ious) == 2 * len(objects.symmetry_samples(info, rng=np.random.default_rng(p.obj_id)))
+        if ious:
+            assert min(ious) >= objects.SYMMETRY_IOU_MIN, (p.family, min(ious))
+        # the discretised set the losses use (bop.symmetry_transforms) holds as well
+        sym = bop.symmetry_transforms(info)
+        picks = [sym[int(i)] for i in rng.integers(len(sym), size=min(3, len(sym)))]
+        Ts = [np.block([[s["R"], s["t"]], [np.zeros((1, 3)), np.ones((1, 1))]]) for s in picks]
+        assert min(objects.check_symmetries(renderer, oid, info, n_poses=1, size=96, transforms=Ts)) \
+            >= objects.SYMMETRY_IOU_MIN
+        # negative control: a 90 deg turn about x is no symmetry of any family
+        T = np.eye(4)
+        T[:3, :3] = bop.rotation_about_axis(np.pi / 2, [1, 0, 0])
+        assert min(objects.check_symmetries(renderer, oid, info, n_poses=2, size=96, transforms=[T])) < 0.97
+        renderer.remove_object(oid)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes
+# --------------------------------------------------------------------------------------------
+
+def test_split_is_a_readable_bop_split(split):
+    out, summary = split
+    assert summary["generated"] == 4 and summary["resumed"] == 0
+    ds = bop.BopDataset(out, "test")
+    assert ds.scene_ids == [0, 1] and len(ds) == 4 and not ds.skipped
+    assert (out / "models" / "models_info.json").is_file()
+    cam = bop.load_scene_camera(out / "test" / "000000" / "scene_camera.json")
+    assert cam[0]["depth_scale"] == 0.1 and cam[0]["cam_K"][0, 0] == pytest.approx(scenes.FOCAL_PER_WIDTH * W)
+    for rec in ds:
+        assert rec.load_image().shape == (H, W, 3) and rec.load_depth().shape == (H, W)
+        assert 2 <= len(rec.instances) <= 3
+        assert all(i.obj_id in (1, 2, 3) for i in rec.instances)
+
+
+def test_gt_info_boxes_and_masks_agree(split, renderer, models):
+    out, _ = split
+    root, _ = models
+    ds = bop.BopDataset(out, "test")
+    for oid in (1, 2, 3):
+        renderer.add_object(oid, root / "models" / f"obj_{oid:06d}.ply")
+    n_occluded = 0
+    for rec in ds:
+        depth = rec.load_depth()
+        for inst in rec.instances:
+            full, visib, info = rec.load_mask(inst.gt_id, visib=False), rec.load_mask(inst.gt_id), inst.info
+            assert not (visib & ~full).any()
+            assert info["px_count_visib"] == visib.sum()
+            assert info["px_count_all"] >= full.sum()
+            assert info["px_count_valid"] == (depth[full] > 0).sum()
+            assert info["visib_fract"] == pytest.approx(visib.sum() / info["px_count_all"])
+            assert info["bbox_visib"] == bop.bbox_from_mask(visib)
+            if visib.any():
+                touches = full[0].any() or full[-1].any() or full[:, 0].any() or full[:, -1].any()
+                if touches:  # the whole silhouette's box holds the in-image part
+                    bx, by, bw, bh = info["bbox_obj"]
+                    fx, fy, fw, fh = bop.bbox_from_mask(full)
+                    assert bx <= fx and by <= fy and bx + bw >= fx + fw and by + bh >= fy + fh
+                else:
+                    assert info["bbox_obj"] == bop.bbox_from_mask(full)
+                    assert info["px_count_all"] == full.sum()
+            n_occluded += info["visib_fract"] < 0.999
+            # the GT pose reproduces the mask, and the depth where the object is visible
+            r = renderer.render([inst.obj_id], inst.R[None], inst.t[None], rec.K, width=W, height=H)
+            iou = objects.mask_iou(r.mask[0], full)
+            assert iou >= 0.99 or abs(int(r.mask[0].sum()) - int(full.sum())) <= 2, iou
+            both = visib & r.mask[0]
+            np.testing.assert_allclose(depth[both], r.depth[0][both], atol=0.06)
+    assert n_occluded >= 1  # mutual occlusion happens
+
+
+def test_detections_and_targets_agree_with_masks(split):
+    out, _ = split
+    ds = bop.BopDataset(out, "test")
+    dets = bop.load_detections(out / "detections_gt_test.json")
+    targets = bop.load_test_targets(out / "test_targets_bop19.json")
+    want = [(rec.scene_id, rec.im_id, inst.gt_id) for rec, inst in ds.instances(0.1)]
+    assert len(dets) == len(want) and sum(t["inst_count"] for t in targets) == len(want)
+    assert ds.targets() == targets
+    masks = {(rec.scene_id, rec.im_id, inst.gt_id): (inst.obj_id, rec.load_mask(inst.gt_id))
+             for rec, inst in ds.instances(0.1)}
+    for d in dets:
+        m = bop.decode_rle(d["segmentation"])
+        matches = [k for k, (o, mv) in masks.items() if k[:2] == (d["scene_id"], d["image_id"])
+                   and o == d["category_id"] and np.array_equal(mv, m)]
+        assert len(matches) == 1
+        ys, xs = np.nonzero(m)
+        assert d["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert d["score"] == 1.0 and d["time"] == -1.0
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and "settings.json" not in p.name}
+
+
+def test_same_seed_same_bytes_and_resume_after_interruption(split, models, renderer, tmp_path, monkeypatch):
+    out, _ = split
+    root, _ = models
+    ref = _tree(out)
+    cfg = SceneConfig(obj_ids=[1, 2, 3], **CFG)
+
+    # interrupted by an exception in the third image: finished images and their JSONs are kept
+    calls = {"n": 0}
+    real = scenes.SceneWriter.write_image
+
+    def flaky(self, index):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, index)
+
+    monkeypatch.setattr(scenes.SceneWriter, "write_image", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate_scenes(root / "models", tmp_path, 4, cfg, seed=7, renderer=renderer, progress=False)
+    monkeypatch.setattr(scenes.SceneWriter, "write_image", real)
+    assert len(bop.load_scene_gt(tmp_path / "test" / "000000" / "scene_gt.json")) == 2
+    # a crash while writing image 2 left a stray file and no record: it is redone
+    (tmp_path / "test" / "000001" / "rgb").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "test" / "000001" / "rgb" / "000000.png").write_bytes(b"partial")
+
+    s = generate_scenes(root / "models", tmp_path, 4, cfg, seed=7, renderer=renderer, progress=False)
+    assert (s["resumed"], s["generated"]) == (2, 2)
+    assert _tree(tmp_path) == ref  # same bytes as the uninterrupted run, same seed
+
+    s = generate_scenes(root / "models", tmp_path, 4, cfg, seed=7, renderer=renderer, progress=False)
+    assert (s["resumed"], s["generated"]) == (4, 0)
+    with pytest.raises(ValueError, match="other settings"):
+        generate_scenes(root / "models", tmp_path, 4, cfg, seed=8, renderer=renderer, progress=False)
+
+    other = tmp_path / "other"
+    generate_scenes(root / "models", other, 2, cfg, seed=8, renderer=renderer, progress=False)
+    assert (other / "test" / "000000" / "rgb" / "000000.png").read_bytes() != ref["test/000000/rgb/000000.png"]
+
+
+def test_jittered_detections_and_folder_backgrounds(models, renderer, tmp_path):
+    root, _ = models
+    bg = tmp_path / "bg"
+    bop.save_image(bg / "a.jpg", np.full((50, 80, 3), (10, 200, 30), np.uint8))
+    cfg = SceneConfig(obj_ids=[4], box_jitter=0.1, backgrounds=str(bg), noise_std=(0.0, 0.0),
+                      **dict(CFG, distractors_per_image=(0, 0), objects_per_image=(1, 1)))
+    generate_scenes(root, tmp_path / "o", 2, cfg, seed=1, renderer=renderer, progress=False)
+    ds = bop.BopDataset(tmp_path / "o", "test")
+    rec = next(iter(ds))
+    img = rec.load_image()
+    assert (np.abs(img[0, 0].astype(int) - (10, 200, 30)) <= 2).all() or rec.load_mask(0, False)[0, 0]
+    dets = bop.load_detections(tmp_path / "o" / "detections_gt_test.json")
+    for d in dets:
+        x, y, w, h = d["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= W and y + h <= H
+
+
+# --------------------------------------------------------------------------------------------
+# Video and CLI
+# --------------------------------------------------------------------------------------------
+
+def test_video_clip(models, renderer, tmp_path):
+    import cv2
+
+    from mrcnet.data.video import generate_video
+
+    root, _ = models
+    s = generate_video(root, tmp_path, n_frames=6, width=W, height=H, n_objects=2, seed=0,
+                       renderer=renderer, progress=False)
+    cap = cv2.VideoCapture(str(tmp_path / "video.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 6 and s["frames"] == 6
+    cam = json.loads((tmp_path / "camera.json").read_text())
+    assert {"fx", "fy", "cx", "cy", "width", "height", "cam_K"} <= set(cam) and cam["width"] == W
+    gt = bop.load_scene_gt(tmp_path / "scene_gt.json")
+    assert sorted(gt) == list(range(6)) and all(len(g) == 2 for g in gt.values())
+    cams = bop.load_scene_camera(tmp_path / "scene_camera.json")
+    eyes = np.stack([-c["cam_R_w2c"].T @ c["cam_t_w2c"] for c in cams.values()])
+    step = np.linalg.norm(np.diff(eyes, axis=0), axis=1)
+    assert step.max() < 0.3 * np.linalg.norm(eyes[0])  # a smooth path
+    dets = bop.load_detections(tmp_path / "detections.json")
+    assert dets and {d["image_id"] for d in dets} <= set(range(6)) and all(d["scene_id"] == 0 for d in dets)
+
+
+def test_cli_objects_scenes_video(tmp_path):
+    from click.testing import CliRunner
+
+    from mrcnet.data.cli import main
+
+    run = CliRunner()
+    r = run.invoke(main, ["objects", "--count", "2", "--out", str(tmp_path), "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 objects" in r.output and "worst mask IoU" in r.output
+    args = ["scenes", "--models", str(tmp_path / "models"), "--out", str(tmp_path), "--images", "2",
+            "--width", "96", "--height", "64", "--objects-per-image", "1", "2", "--seed", "1"]
+    r = run.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "2 images (2 rendered, 0 resumed)" in r.output and "images/s" in r.output
+    r = run.invoke(main, args[:-2] + ["--seed", "2"])
+    assert r.exit_code != 0 and "other settings (seed)" in r.output
+    r = run.invoke(main, ["video", "--models", str(tmp_path), "--out", str(tmp_path / "clip"), "--frames", "2",
+                          "--width", "96", "--height", "64"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "clip" / "video.mp4").is_file() and "frames/s" in r.output
+    r = run.invoke(main, ["scenes", "--models", str(tmp_path / "clip"), "--out", str(tmp_path / "x"),
+                          "--images", "1"])
+    assert r.exit_code != 0 and "no models_info.json" in r.output
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
