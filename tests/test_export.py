@@ -417,3 +417,20 @@ def test_synthetic_calibration_fallback(small_model, bop_calib):
     assert f["render"][:, :3].max() > 0.3 and f["render"][:, 3].sum() > 0  # the object is rendered
     assert f["crops"][:, 3].sum() > 0 and set(np.unique(f["obj_index"])) <= {0, 1}
     assert set(cal.regressor_batches()[0]) == set(REGRESSOR_INPUTS)
+
+
+def test_cli_checkpoint_with_fewer_objects_than_preset(small_ckpt, tmp_path):
+    """A 3-object checkpoint exported as T-LESS objects 5, 7, 9 (named by --object-ids, in order)."""
+    ckpt, _ = small_ckpt
+    models = tmp_path / "models"
+    models.mkdir()
+    for oid in (5, 7, 9):
+        _write_box_ply(models / f"obj_{oid:06d}.ply")
+    r = _cli(["--checkpoint", ckpt, "--models", models, "--out", tmp_path / "o", "--dataset", "tless",
+              "--object-ids", "5,7", "--quiet"])
+    assert r.exit_code == 2 and "holds 3 objects, --object-ids names 2" in r.stderr
+    r = _cli(["--checkpoint", ckpt, "--models", models, "--out", tmp_path / "o", "--dataset", "tless",
+              "--object-ids", "5,7,9", "--quiet"])
+    assert r.exit_code == 0, r.output + r.stderr
+    m = load_manifest(tmp_path / "o")
+    assert m.dataset == "tless" and m.obj_ids == [5, 7, 9] and m.depth_range == (0.05, 1.7)

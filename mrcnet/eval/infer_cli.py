@@ -1,0 +1,64 @@
+"""``mrcnet-infer``: poses for every target of a BOP split -> BOP'19 results CSV (thin wrapper of
+:func:`mrcnet.eval.infer.infer_split`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="BOP dataset folder (models/, <split>/<scene>/, test_targets_bop19.json).")
+@click.option("--split", default="test", show_default=True, help="Split folder name.")
+@click.option("--split-type", default=None, help="Split type, e.g. primesense (test_primesense/).")
+@click.option("--model", required=True, type=click.Path(exists=False),
+              help=".pth checkpoint (runs on torch) or mrcnet-export directory (runtime backends).")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default=None,
+              help="[default: torch for a checkpoint; TensorRT if the export has usable engines, else "
+                   "ONNX Runtime, for an export directory]")
+@click.option("--precision", default=None, help="TensorRT engine set of the export (fp32, fp16, int8).")
+@click.option("--detections", default=None, type=click.Path(dir_okay=False),
+              help="BOP'22 detections (.json/.json.gz) [default: ground-truth boxes, bbox_visib].")
+@click.option("--targets", default=None, type=click.Path(dir_okay=False),
+              help="Targets file [default: DATA/test_targets_bop19.json, else from the annotations].")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Results CSV [default: DATA/results/mrcnet_<split>_<backend>.csv].")
+@click.option("--dataset", default=None, help="Dataset preset of an official checkpoint (tless, lmo, ...).")
+@click.option("--device", default="cpu", show_default=True, help="torch device for a checkpoint (cpu, cuda:0).")
+@click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = default).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue an interrupted run with the same settings.")
+@click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the run summary as JSON here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
+         threads, resume, summary_path, no_progress):
+    """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
+    from mrcnet.data.bop import BopFormatError, atomic_open
+    from mrcnet.runtime.render import MeshError, RenderContextError
+
+    from .infer import InferError, infer_split, is_checkpoint
+
+    if out is None:
+        kind = backend or ("torch" if is_checkpoint(model) else "auto")
+        out = Path(data_dir) / "results" / f"mrcnet_{split}_{kind}.csv"
+    try:
+        s = infer_split(data_dir, model, out, split=split, split_type=split_type, backend=backend,
+                        detections=detections, targets=targets, dataset=dataset, device=device,
+                        threads=threads, precision=precision, resume=resume, progress=not no_progress,
+                        report=lambda msg: click.echo(msg, err=True))
+    except (InferError, BopFormatError, MeshError, RenderContextError) as e:
+        raise click.ClickException(str(e)) from None
+    for line in s.lines():
+        click.echo(line)
+    if summary_path:
+        with atomic_open(summary_path, "w", encoding="utf8") as f:
+            f.write(json.dumps(s.to_dict(), indent=2) + "\n")
+    if not s.complete:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
