@@ -145,6 +145,7 @@ def _cfg(data, out, **kw):
     return replace(base, **kw)
 
 
+@pytest.mark.slow
 def test_loss_decreases_when_overfitting(tiny, tmp_path):
     torch.set_num_threads(2)
     # 8 instances, no colour / background augmentation, a high learning rate: the loss must fall
@@ -160,6 +161,7 @@ def test_loss_decreases_when_overfitting(tiny, tmp_path):
     assert m.meta["fov_variant"] == "training" and m.meta["obj_ids"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
     torch.set_num_threads(2)
     # batch 4, 2 epochs; interrupted one step before the end (mid-epoch 2)
@@ -177,6 +179,7 @@ def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
         train(_cfg(tiny, tmp_path / "part", epochs=2, batch_size=2, resume=True))
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one(tiny, tmp_path):
     """2 processes x batch 1 (BatchNorm per process) == 1 process x batch 2 with BatchNorm groups of 1."""
     common = ["--data", str(tiny), "--preset", "small", "--epochs", "1", "--warmup", "1", "--workers", "0",
@@ -190,11 +193,12 @@ def test_torchrun_two_gloo_processes_match_one(tiny, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "one" / "last.pth"), _weights(tmp_path / "two" / "last.pth")
-    # All-reduce sums in another order than one process: float rounding, which Adam's g / sqrt(v)
-    # can blow up to a fraction of a step (lr 2e-4) for parameters whose gradient is ~0. So: every
-    # element within a quarter of a step, and 99.9 % of them within 1e-6.
-    _assert_same_weights(a, b, rtol=0, atol=5e-5)
+    # All-reduce sums in another order than one process: float rounding, which Adam's m / sqrt(v)
+    # turns into up to a whole step (lr) for the few parameters whose gradient is ~0. So: 99.99 % of
+    # the elements within 1e-6 (rtol 1e-4), and every element within Adam's largest possible
+    # difference, twice the sum of the two steps' learning rates (5e-6 then 2e-4).
+    _assert_same_weights(a, b, rtol=0, atol=2 * (5e-6 + 2e-4))
     close = sum(int(torch.isclose(a[k], b[k], rtol=1e-4, atol=1e-6).sum()) for k in a)
-    assert close >= 0.999 * sum(a[k].numel() for k in a)
+    assert close >= 0.9999 * sum(a[k].numel() for k in a)
     init = build_model(3, (0.05, 1.7), "small").state_dict()
     assert any(not torch.allclose(a[k], init[k]) for k in a), "training did not change the weights"
