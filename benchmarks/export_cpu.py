@@ -23,6 +23,7 @@ import torch
 
 from mrcnet.export.manifest import build_manifest
 from mrcnet.export.onnx_export import example_inputs, export_onnx, ort_session, rel_err, run_ort, run_torch
+from mrcnet.export.optimize import optimize_for_export
 from mrcnet.export.quantize import calibration_feeds, quant_agreement, quantize_graphs
 from mrcnet.model import build_model
 
@@ -70,6 +71,7 @@ def main() -> None:
         torch.manual_seed(0)
         obj_ids, depth = list(range(1, a.n_obj + 1)), (0.05, 1.7)
         model = build_model(a.n_obj, depth, a.preset).eval()
+    optimize_for_export(model)  # as mrcnet-export does
     n = 4 * a.detections
     res = {"preset": model.cfg.name, "n_obj": model.n_obj, "detections": a.detections, "threads": a.threads,
            "cpu": os.cpu_count()}

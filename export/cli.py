@@ -25,8 +25,9 @@ def summary_lines(res: ExportResult) -> list[str]:
     p = res.n_params
     lines.append("parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in p.items()))
     for name, fig in res.parity.items():
-        keys = [k for k in ("max", "pose_logits", "R", "t", "argmax_agree", "rot_agree_5deg",
-                            "t_agree_5mm", "max_abs") if k in fig]
+        keys = [k for k in ("max", "pose_logits", "R", "t", "argmax_agree", "pose_logits_argmax_agree",
+                            "pose_logits_err", "rot_diff_deg_median", "t_diff_mm_median", "rot_agree_5deg",
+                            "t_agree_5mm") if k in fig]
         lines.append(f"parity {name}: " + ", ".join(
             f"{k} {fig[k]:.3g}" if isinstance(fig[k], float) else f"{k} {fig[k]}" for k in keys))
     return lines

@@ -168,6 +168,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     from mrcnet import __version__
 
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
+    from .optimize import optimize_for_export
     from .subset import SubsetError, resolve_object_ids, subset_model
 
     t0 = time.perf_counter()
@@ -209,6 +210,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(4)
+    optimize_for_export(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stale = out / "manifest.json"

@@ -434,3 +434,18 @@ def test_cli_checkpoint_with_fewer_objects_than_preset(small_ckpt, tmp_path):
     assert r.exit_code == 0, r.output + r.stderr
     m = load_manifest(tmp_path / "o")
     assert m.dataset == "tless" and m.obj_ids == [5, 7, 9] and m.depth_range == (0.05, 1.7)
+
+
+def test_unfold_condconv_same_numbers(small_model):
+    """The export-time CondConv rewrite (one-hot depthwise im2col) keeps the outputs and names."""
+    import copy
+
+    from mrcnet.export.optimize import UnfoldCondConv2d, optimize_for_export
+
+    opt = optimize_for_export(copy.deepcopy(small_model))
+    assert sum(isinstance(m, UnfoldCondConv2d) for m in opt.modules()) == 2  # the two 3x3 CondConvs
+    assert list(opt.state_dict()) == list(small_model.state_dict())
+    feeds = example_inputs(3, 8, obj_index=[2] * 4 + [0] * 4, seed=21)
+    a, b = run_torch(small_model, feeds), run_torch(opt, feeds)
+    for k in ("feat_x4", "pose_logits", "R", "t"):
+        assert rel_err(b[k], a[k]) < 1e-5, k
