@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mrcnet.runtime.geometry import (  # noqa: F401  (re-exported facts)

@@ -29,7 +29,6 @@ def model_out(golden):
     return {**s1, **s2}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("key", list(GOLDEN_OUTPUTS))
 def test_golden_model_output(golden, model_out, key):
     expected = golden[key]
@@ -41,7 +40,6 @@ def test_golden_model_output(golden, model_out, key):
         assert max_rel_error(actual, expected) < TOL
 
 
-@pytest.mark.slow
 def test_golden_model_margins(golden, model_out):
     """Our top-1 minus top-2 logits agree with the official margins (the argmaxes are not a tie)."""
     for head in ("pose", "depth", "trans"):
@@ -50,7 +48,6 @@ def test_golden_model_margins(golden, model_out):
         np.testing.assert_allclose(margin, golden[f"{head}_margin"], atol=TOL * np.abs(golden[f"{head}_logits"]).max())
 
 
-@pytest.mark.slow
 def test_golden_stage1_export_path(golden, model_out):
     """The export implementation of the per-object convolutions (gather + matmul, no dynamic-weight
     conv) gives the golden stage-1 numbers too."""

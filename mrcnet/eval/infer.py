@@ -23,7 +23,8 @@ networks, rendering, TTA selection; not image decoding), the same for all estima
 The CSV is written incrementally to ``<out>.partial`` (one flush per image) and moved onto ``<out>``
 (``os.replace``) when every image is done; ``<out>.progress.jsonl`` records each finished image with
 the CSV byte offset after it, so an interrupted run resumes where it stopped (:func:`infer_split`).
-An image that cannot be read or processed is reported and skipped (retried on resume).
+An image that cannot be read or processed is reported and skipped: it gets no rows (its targets
+count as misses) and is not retried on resume (``--no-resume`` starts afresh).
 """
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-#: stages of :data:`mrcnet.runtime.pipeline.STAGES` plus the total, all in ms
+#: next to the results CSV while a run is in progress: the rows so far, and the finished images
 PROGRESS_SUFFIX = ".progress.jsonl"
 PARTIAL_SUFFIX = ".partial"
 
@@ -302,7 +303,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 backend: Optional[str] = None, detections=None, targets=None, dataset: Optional[str] = None,
                 device: str = "cpu", threads: int = 0, precision: Optional[str] = None, resume: bool = True,
                 progress: bool = True, renderer=None, limit: Optional[int] = None,
-                report: Optional[Callable[[str], None]] = None) -> InferSummary:
+                report: Optional[Callable[[str], None]] = None, opened: Optional[tuple] = None) -> InferSummary:
     """Run every target image of a BOP split and write the BOP'19 results CSV ``out``.
 
     data_dir: BOP dataset folder (``models/``, ``<split>[_<split_type>]/<scene>/``,
@@ -312,7 +313,9 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     from the annotations). resume: continue an interrupted run with the same settings.
     renderer: a ``mrcnet.runtime.render.Renderer`` (created when None). limit: run at most this many
     new images, then stop (the CSV stays partial; for tests and chunked runs). report: called with
-    one line per skipped image (default: log warning).
+    one line per skipped image (default: log warning). opened: (backend, manifest) already open
+    (e.g. an int8 ONNX Runtime backend of an export); ``model`` is then only recorded, and the
+    backend is left open.
     Returns :class:`InferSummary`; raises :class:`InferError` / ``BopFormatError`` naming the input.
     """
     from tqdm import tqdm
@@ -334,8 +337,11 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     if detections is not None:
         grouped_dets = bop.group_detections(bop.load_detections(detections))
 
-    be, man = open_model(model, backend, models_root=root, models_dir=str(ds.models_dir.resolve()),
-                         dataset=dataset, device=device, threads=threads, precision=precision)
+    if opened is not None:
+        be, man = opened
+    else:
+        be, man = open_model(model, backend, models_root=root, models_dir=str(ds.models_dir.resolve()),
+                             dataset=dataset, device=device, threads=threads, precision=precision)
     settings = {"data": str(root.resolve()), "split": bop.split_dirname(split, split_type),
                 "model": str(Path(model).resolve()), "backend": be.name,
                 "detections": None if detections is None else str(Path(detections).resolve()),
@@ -344,7 +350,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     if renderer is None:
         from mrcnet.runtime.render import Renderer
         renderer = Renderer()
-    pipe = Pipeline(be, man, renderer)
+    pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
     writer = ResumableResultsWriter(out, settings, resume=resume)
     by_image: dict = {}
     for t in target_list:
@@ -369,6 +375,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 msg = str(e.args[0]) if isinstance(e, KeyError) else str(e)
                 summary.bad_images.append((scene_id, im_id, msg))
                 say(f"skipped scene {scene_id} image {im_id}: {msg}")
+                writer.write_image(scene_id, im_id, [])  # no estimates: its targets count as misses
                 continue
             summary.missing_detections += sum(n for _, n in missing)
             rows = []
@@ -387,7 +394,8 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
             writer.finish()
     finally:
         writer.close()
-        pipe.close()
+        if opened is None:
+            pipe.close()
     if summary.done:
         summary.stage_ms = {s: v / summary.done for s, v in sums.items()}
     summary.seconds = time.perf_counter() - t_start

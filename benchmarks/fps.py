@@ -1,0 +1,479 @@
+"""Per-stage latency and detections per second of every available backend, side by side.
+
+Backends (those available): ``torch`` (PyTorch eager, :class:`mrcnet.inference.TorchBackend`),
+``ort-fp32`` / ``ort-int8`` (ONNX Runtime, the export's fp32 graphs / ``*.int8.onnx`` QDQ graphs),
+``trt-fp32`` / ``trt-fp16`` / ``trt-int8`` (TensorRT engines listed in the export's manifest). All
+run the same :class:`mrcnet.runtime.pipeline.Pipeline` (preprocess, classifier, render, regressor,
+postprocess) on the same synthetic frames (640x480 noise, ``synth`` camera) and boxes (60..160 px,
+objects cycling over the model's), so only the backend differs.
+
+Per backend and detections-per-frame D: stage latencies (ms per frame) p50/p90/p99 over ``--frames``
+timed frames (after ``--warmup`` frames), the end-to-end frame time, detections per second
+(D x frames / summed frame time) and the ratio of that to torch's.
+
+Model: ``--model`` an export directory (ORT/TRT rows; a torch row needs ``--checkpoint``) or a
+``.pth`` checkpoint (torch row, exported to a temporary folder for the others); default: a
+random-weight model of ``--preset`` (3 procedural objects) exported to a temporary folder, int8
+graphs included (``--no-int8`` skips the quantisation), TensorRT engines when TensorRT and a GPU
+are usable. ``--tta 1`` runs one crop per detection (a BatchNorm group of 1: its own export).
+
+    .venv/bin/python benchmarks/fps.py --preset small --detections-per-frame 1,4 --out out/fps
+    .venv/bin/python benchmarks/fps.py --preset paper --detections-per-frame 1 --frames 5 --out out/fps_paper
+
+Writes ``OUT/fps.json`` (settings, hardware, library versions, figures), ``OUT/fps.md`` (tables) and
+``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+import numpy as np
+
+from mrcnet.runtime.pipeline import STAGES  # (preprocess, classifier, render, regressor, postprocess)
+
+BACKEND_KEYS = ("torch", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16", "trt-int8")
+OBJ_IDS = (1, 2, 3)
+FRAME_SIZE = (640, 480)
+LIBRARIES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "opencv-python-headless",
+             "moderngl", "onnx")
+
+log = logging.getLogger("fps")
+
+
+class BenchError(click.ClickException):
+    """A one-line user-facing error of the benchmarks."""
+
+
+# ------------------------------------------------------------------------------- environment
+def hardware_info() -> dict:
+    """CPU model, logical cores (all / usable by this process), memory, GPU (name, via torch or
+    nvidia-smi) and the OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(),
+            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "os": platform.platform(), "python": platform.python_version(), "gpu": None}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def library_versions() -> dict:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def tensorrt_usable() -> bool:
+    from mrcnet.runtime.backends import tensorrt_available
+
+    return tensorrt_available()
+
+
+# ------------------------------------------------------------------------------------ models
+def write_meshes(models_dir: Path, obj_ids=OBJ_IDS) -> Path:
+    """Procedural BOP models (``mrcnet.data.objects``, ids 1..max(obj_ids)) into ``models_dir``
+    (which must be named ``models``)."""
+    from mrcnet.data import objects
+
+    objects.write_objects(models_dir.parent, max(obj_ids), seed=0)
+    return models_dir
+
+
+def random_model(preset: str, n_obj: int = len(OBJ_IDS), seed: int = 0):
+    """A random-weight MRCNet of ``preset`` for the ``synth`` objects (meta filled in)."""
+    import torch
+
+    from mrcnet.model import build_model
+    from mrcnet.runtime.presets import get_dataset
+
+    ds = get_dataset("synth")
+    torch.manual_seed(seed)
+    model = build_model(n_obj, ds.depth_range, preset).eval()
+    model.meta = {"source": "project", "preset": preset, "dataset": "synth", "obj_ids": list(ds.obj_ids[:n_obj]),
+                  "depth_range": list(ds.depth_range), "fov_variant": "official", "n_obj": n_obj}
+    return model
+
+
+def export_model(model, out_dir: Path, models_dir: Path, *, bn_group: int = 4, int8: bool = True,
+                 trt_precisions: Sequence[str] = (), max_detections: int = 16, calib_count: int = 8,
+                 say: Callable[[str], None] = print):
+    """Export ``model`` (its ``meta``) to ``out_dir``: fp32 ONNX graphs, models/, optionally the int8
+    QDQ graphs (synthetic calibration) and TensorRT engines; returns the loaded Manifest."""
+    import shutil
+
+    from mrcnet.eval.infer import checkpoint_manifest
+    from mrcnet.export.manifest import write_manifest
+    from mrcnet.export.onnx_export import export_onnx
+    from mrcnet.runtime.manifest import load_manifest
+
+    model.set_bn_group(bn_group)
+    man = checkpoint_manifest(model, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths = export_onnx(model, out_dir, man)
+    say(f"exported ONNX to {out_dir} ({time.perf_counter() - t0:.1f} s)")
+    shutil.copytree(models_dir, out_dir / "models", dirs_exist_ok=True)
+    calib = None
+    if int8 or "int8" in trt_precisions:
+        from mrcnet.export.quantize import calibration_feeds
+
+        calib = calibration_feeds(model, man, None, count=calib_count, models_dir=out_dir / "models")
+    if int8:
+        from mrcnet.export.quantize import quantize_graphs
+
+        t0 = time.perf_counter()
+        quantize_graphs(paths, calib)
+        say(f"quantised int8 graphs ({time.perf_counter() - t0:.1f} s)")
+    for prec in trt_precisions:
+        from mrcnet.export.tensorrt import build_engines
+
+        t0 = time.perf_counter()
+        entry, _ = build_engines(paths, out_dir, precision=prec, max_detections=max_detections,
+                                 calib=calib if prec == "int8" else None)
+        man.engines[prec] = entry
+        say(f"built TensorRT {prec} engines ({time.perf_counter() - t0:.1f} s)")
+    write_manifest(out_dir, man)
+    return load_manifest(out_dir)
+
+
+def open_backends(manifest, torch_model, keys: Sequence[str], device: str, threads: int) -> dict:
+    """{key: backend} for the requested keys that this machine and export can run; a skipped key
+    maps to the reason (str)."""
+    from mrcnet.runtime.backends import BackendError, OnnxRuntimeBackend, TensorRTBackend, ort_providers
+
+    out: dict = {}
+    for key in keys:
+        try:
+            if key == "torch":
+                if torch_model is None:
+                    out[key] = "no checkpoint (--checkpoint) for the torch reference"
+                    continue
+                from mrcnet.inference import TorchBackend
+
+                out[key] = TorchBackend(torch_model, device)
+            elif key.startswith("ort-"):
+                suffix = "" if key == "ort-fp32" else ".int8"
+                c, r = manifest.path(f"classifier{suffix}.onnx"), manifest.path(f"regressor{suffix}.onnx")
+                if not (c.is_file() and r.is_file()):
+                    out[key] = f"export has no {c.name} / {r.name}"
+                    continue
+                kind = "onnxruntime-cpu" if device == "cpu" else "auto"
+                out[key] = OnnxRuntimeBackend(c, r, providers=ort_providers(kind), threads=threads)
+            else:
+                prec = key.split("-", 1)[1]
+                if not tensorrt_usable():
+                    out[key] = "TensorRT or a CUDA GPU is not available"
+                elif prec not in manifest.engines:
+                    out[key] = f"export has no TensorRT {prec} engines"
+                else:
+                    out[key] = TensorRTBackend.from_manifest(manifest, prec)
+        except BackendError as e:
+            out[key] = str(e)
+    return out
+
+
+# ---------------------------------------------------------------------------------- measuring
+def synthetic_frames(n: int, n_det: int, obj_ids: Sequence[int], seed: int = 0):
+    """``n`` frames (FRAME_SIZE noise, uint8 BGR), the synth camera K (3, 3) and per frame ``n_det``
+    detections (obj_id, box xyxy px: 60..160 px squares-ish inside the image)."""
+    from mrcnet.data.scenes import default_K
+
+    w, h = FRAME_SIZE
+    rng = np.random.default_rng(seed)
+    K = default_K(w, h)
+    frames, dets = [], []
+    for _ in range(n):
+        frames.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ds = []
+        for j in range(n_det):
+            bw, bh = rng.uniform(60, 160, 2)
+            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            ds.append((int(obj_ids[j % len(obj_ids)]), (x, y, x + bw, y + bh)))
+        dets.append(ds)
+    return frames, K, dets
+
+
+def percentiles(values) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+
+
+def measure(pipe, frames, K, dets, warmup: int) -> dict:
+    """Run the pipeline over the frames (the first ``warmup`` untimed); per-stage and total ms
+    percentiles over the rest, detections/s and frames/s from their summed total time."""
+    for i in range(min(warmup, len(frames))):
+        pipe.estimate_frame(frames[i], K, dets[i])
+    per = {s: [] for s in (*STAGES, "total")}
+    n_det = 0
+    for f, d in zip(frames[warmup:], dets[warmup:]):
+        res = pipe.estimate_frame(f, K, d)
+        if res.skipped:
+            raise BenchError(f"benchmark detections were skipped: {res.skipped[0][1]}")
+        n_det += len(res.poses)
+        for s in per:
+            per[s].append(res.timings[s])
+    total_s = sum(per["total"]) / 1000.0
+    return {"stages_ms": {s: percentiles(per[s]) for s in STAGES}, "total_ms": percentiles(per["total"]),
+            "frames": len(per["total"]), "detections": n_det,
+            "detections_per_s": n_det / total_s if total_s > 0 else float("nan"),
+            "frames_per_s": len(per["total"]) / total_s if total_s > 0 else float("nan")}
+
+
+def run_benchmark(manifest, backends: dict, dpf: Sequence[int], frames: int, warmup: int, renderer,
+                  say: Callable[[str], None] = print) -> dict:
+    """{backend: {D: measure()}} for the open backends, sharing one renderer; adds ``vs_torch`` (the
+    detections/s ratio to torch at the same D) when torch ran."""
+    from mrcnet.runtime.pipeline import Pipeline
+
+    meshes = manifest.load_meshes()
+    for oid, mesh in meshes.items():
+        renderer.add_object(oid, mesh)
+    results: dict = {}
+    for key, be in backends.items():
+        if isinstance(be, str):
+            continue
+        pipe = Pipeline(be, manifest, renderer, meshes={})
+        results[key] = {}
+        for d in dpf:
+            fr, K, dets = synthetic_frames(frames + warmup, d, manifest.obj_ids, seed=d)
+            r = measure(pipe, fr, K, dets, warmup)
+            results[key][str(d)] = r
+            say(f"{key:9s} D={d:<3d} total p50 {r['total_ms']['p50']:8.1f} ms  {r['detections_per_s']:8.2f} det/s")
+        be.close()
+    if "torch" in results:
+        for key, per_d in results.items():
+            for d, r in per_d.items():
+                ref = results["torch"][d]["detections_per_s"]
+                r["vs_torch"] = r["detections_per_s"] / ref if ref > 0 else float("nan")
+    return results
+
+
+# ------------------------------------------------------------------------------------ reports
+def markdown(report: dict) -> str:
+    """The markdown tables: one row per backend and D (stage p50/p90/p99 ms, total, det/s, ratio)."""
+    hw, s = report["hardware"], report["settings"]
+    lines = [f"# MRC-Net pipeline latency ({s['preset']} preset, TTA {s['tta']})", "",
+             f"Machine: {hw['cpu']}, {hw['cores_usable']}/{hw['cores']} cores usable"
+             + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU") + f"; {hw['os']}.",
+             "Libraries: " + ", ".join(f"{k} {v}" for k, v in report["libraries"].items()) + ".",
+             f"Command: `{report['command']}`", "",
+             f"Frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}; {s['frames']} timed frames after {s['warmup']} warm-up per "
+             "setting. Stage cells: p50 / p90 / p99 ms per frame. det/s: detections / summed frame time; "
+             "x torch: det/s relative to PyTorch eager.", ""]
+    head = "| backend | D | " + " | ".join(STAGES) + " | total | det/s | x torch |"
+    lines += [head, "|" + "---|" * (len(STAGES) + 5)]
+    for key, per_d in report["results"].items():
+        for d, r in per_d.items():
+            cells = [f"{r['stages_ms'][st]['p50']:.1f} / {r['stages_ms'][st]['p90']:.1f} / "
+                     f"{r['stages_ms'][st]['p99']:.1f}" for st in STAGES]
+            t = r["total_ms"]
+            ratio = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
+            lines.append(f"| {key} | {d} | " + " | ".join(cells) +
+                         f" | {t['p50']:.1f} / {t['p90']:.1f} / {t['p99']:.1f} | {r['detections_per_s']:.2f} | {ratio} |")
+    if report["skipped"]:
+        lines += ["", "Not run: " + "; ".join(f"{k} ({why})" for k, why in report["skipped"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Stacked horizontal bars of the stage p50 per backend, one panel per D (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    ds = sorted({d for per_d in res.values() for d in per_d}, key=int)
+    keys = list(res)
+    fig, axes = plt.subplots(len(ds), 1, figsize=(9, 1.2 + 0.45 * len(keys) * len(ds) + 0.6 * len(ds)),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, d in zip(axes[:, 0], ds):
+        left = np.zeros(len(keys))
+        for i, st in enumerate(STAGES):
+            v = np.array([res[k][d]["stages_ms"][st]["p50"] if d in res[k] else 0.0 for k in keys])
+            ax.barh(keys, v, left=left, color=colours[i], label=st)
+            left += v
+        for j, k in enumerate(keys):
+            if d in res[k]:
+                ax.text(left[j], j, f" {res[k][d]['detections_per_s']:.1f} det/s", va="center", fontsize=8)
+        ax.set_title(f"{d} detection(s) per frame", fontsize=9)
+        ax.set_xlabel("p50 latency per frame, ms")
+        ax.set_xlim(0, left.max() * 1.3 if left.max() > 0 else 1)
+        ax.invert_yaxis()
+    axes[0, 0].legend(ncol=len(STAGES), fontsize=7, loc="lower right")
+    s = report["settings"]
+    fig.suptitle(f"MRC-Net {s['preset']} TTA {s['tta']} on {report['hardware']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".fps.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_reports(report: dict, out_dir: Path, name: str = "fps") -> dict:
+    """``name``.json / .md / .png in out_dir (each atomically)."""
+    from mrcnet.data.bop import atomic_open
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
+    with atomic_open(paths["json"], "w", encoding="utf8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    with atomic_open(paths["md"], "w", encoding="utf8") as f:
+        f.write(markdown(report))
+    plot(report, paths["png"])
+    return paths
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise BenchError(f"{what}: {text!r} is not a comma-separated list of integers") from None
+    if not vals or min(vals) < 1:
+        raise BenchError(f"{what}: {text!r} needs positive integers")
+    return vals
+
+
+# ---------------------------------------------------------------------------------------- CLI
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", default=None, type=click.Path(exists=True),
+              help="Export directory or .pth checkpoint [default: a random-weight model of --preset].")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With an export directory --model: the checkpoint for the torch row.")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True,
+              help="Model preset of the default random-weight model.")
+@click.option("--detections-per-frame", "dpf", default="1,4,16", show_default=True)
+@click.option("--tta", type=click.Choice(["4", "1"]), default="4", show_default=True,
+              help="Crops per detection (4 in-plane rotations, or 1).")
+@click.option("--frames", default=10, show_default=True, type=click.IntRange(min=1), help="Timed frames per setting.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--backends", default=",".join(BACKEND_KEYS), show_default=True,
+              help="Comma-separated subset to try.")
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help="Quantise the temporary export to int8 (ONNX Runtime QDQ, synthetic calibration).")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]; "
+              "ORT uses the CPU provider when this is cpu.")
+@click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = default).")
+@click.option("--out", "out_dir", default="out/fps", show_default=True, type=click.Path(file_okay=False))
+def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, out_dir):
+    """Per-stage latency and detections/s of torch, ONNX Runtime and TensorRT side by side."""
+    import sys
+
+    from mrcnet.runtime.render import Renderer
+
+    logging.basicConfig(level=logging.WARNING)
+    dpf_list = parse_ints(dpf, "--detections-per-frame")
+    tta_n = int(tta)
+    keys = [k.strip() for k in backends.split(",") if k.strip()]
+    bad = [k for k in keys if k not in BACKEND_KEYS]
+    if bad:
+        raise BenchError(f"--backends: unknown {bad}; choose from {', '.join(BACKEND_KEYS)}")
+    if device is None:
+        try:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            device = "cpu"
+    say = click.echo
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mrcnet_fps_") as tmp:
+        tmp = Path(tmp)
+        torch_model, manifest = None, None
+        if model is not None and Path(model).is_dir():
+            from mrcnet.runtime.manifest import ManifestError, load_manifest
+
+            try:
+                manifest = load_manifest(model)
+            except ManifestError as e:
+                raise BenchError(str(e)) from None
+            if manifest.n_rot != tta_n:
+                raise BenchError(f"--model {model}: the export runs {manifest.n_rot} crops per detection; "
+                                 f"--tta {tta_n} needs its own export (or omit --model)")
+            if checkpoint is not None and "torch" in keys:
+                torch_model = _load_torch(checkpoint, tta_n)
+            preset = manifest.preset
+        else:
+            if model is not None:
+                torch_model = _load_torch(model, tta_n)
+                preset = torch_model.cfg.name
+            else:
+                torch_model = random_model(preset)
+                torch_model.set_bn_group(tta_n)
+            models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
+            want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
+            manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
+                                    int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
+                                    max_detections=max(dpf_list), say=say)
+            if "torch" not in keys:
+                torch_model = None
+        opened = open_backends(manifest, torch_model, keys, device, threads)
+        skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
+        for k, why in skipped.items():
+            say(f"{k}: not run ({why})")
+        results = run_benchmark(manifest, opened, dpf_list, frames, warmup, Renderer(), say)
+    if not results:
+        raise BenchError("no backend could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    report = {"settings": {"preset": preset, "tta": tta_n, "detections_per_frame": dpf_list, "frames": frames,
+                           "warmup": warmup, "model": model or f"random-weight {preset}", "device": device,
+                           "threads": threads, "frame_size": list(FRAME_SIZE)},
+              "command": " ".join(["benchmarks/fps.py", *sys.argv[1:]]),
+              "hardware": hardware_info(), "libraries": library_versions(), "results": results,
+              "skipped": skipped, "seconds": time.perf_counter() - t_start,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    paths = write_reports(report, Path(out_dir))
+    click.echo(markdown(report))
+    click.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+
+
+def _load_torch(path, tta_n: int):
+    from mrcnet.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        m = load_checkpoint(path)
+    except CheckpointError as e:
+        raise BenchError(f"--checkpoint {path}: {e}") from None
+    m.set_bn_group(tta_n)
+    return m
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

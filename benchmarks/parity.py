@@ -1,0 +1,202 @@
+"""Accuracy parity of every available backend with the PyTorch reference on a BOP split.
+
+For torch (the reference, a ``.pth`` checkpoint) and each backend of the export (``ort-fp32``,
+``ort-int8``, ``trt-fp32``/``fp16``/``int8``, those available): :func:`mrcnet.eval.infer.infer_split`
+writes the BOP'19 results CSV of the split (the same detections for all), and
+:func:`mrcnet.eval.bop_eval.evaluate_bop19` scores it. Reported per backend: AR (and AR_VSD /
+AR_MSSD / AR_MSPD), |delta AR| to torch, and the share of poses within 1 degree and 1 mm of
+torch's pose for the same detection (:func:`mrcnet.eval.infer.compare_results`).
+
+Defaults run anywhere: without ``--data`` a synthetic split is made (``mrcnet.data``: 3
+procedural objects, ``--images`` images of 320x240); without ``--checkpoint`` a random-weight model
+of ``--preset``; without ``--export`` the checkpoint is exported to a temporary folder (int8 graphs
+included unless ``--no-int8``; TensorRT engines when usable). AR of a random-weight model is near
+0: the parity figures (|delta AR|, share within 1 deg / 1 mm) are what matters there.
+
+    .venv/bin/python benchmarks/parity.py --out out/parity
+    .venv/bin/python benchmarks/parity.py --data DATA --checkpoint ckpt.pth --export out/export --out out/parity
+
+Writes ``OUT/parity.json``, ``OUT/parity.md`` and the CSVs / evaluation reports under ``OUT/results/``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fps  # noqa: E402  (benchmarks/fps.py: environment, random model, export, backends)
+
+PARITY_KEYS = tuple(k for k in fps.BACKEND_KEYS if k != "torch")
+
+
+def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
+    """A synthetic BOP test split (3 procedural objects, 320x240, 2-3 objects per image)."""
+    from mrcnet.data import objects, scenes
+    from mrcnet.runtime.render import Renderer
+
+    objects.write_objects(root, len(fps.OBJ_IDS), seed=seed)
+    cfg = scenes.SceneConfig(width=320, height=240, objects_per_image=(2, 3), distractors_per_image=(0, 1),
+                             images_per_scene=max(1, n_images), depth_range=(300.0, 600.0))
+    scenes.generate_scenes(root, root, n_images, cfg, seed=seed, renderer=Renderer(), progress=False)
+    return root
+
+
+def ar_fields(report: dict) -> dict:
+    return {k: report.get(k) for k in ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD")}
+
+
+def markdown(report: dict) -> str:
+    s, hw = report["settings"], report["hardware"]
+    ar = "AR" if s["metrics"] == ["vsd", "mssd", "mspd"] else "AR (" + "+".join(s["metrics"]) + ")"
+    lines = ["# MRC-Net accuracy parity with PyTorch", "",
+             f"Split `{s['split']}` of `{s['data']}` ({report['n_images']} images, {report['n_estimates']} "
+             f"torch estimates); model {s['model']}; detections: {s['detections'] or 'ground-truth boxes'}.",
+             f"Machine: {hw['cpu']}, {hw['cores_usable']} cores" + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
+             + f". Command: `{report['command']}`", "",
+             f"AR values in %. Within: share of estimates within {s['max_deg']} deg and {s['max_mm']} mm of "
+             "torch's for the same detection.", "",
+             f"| backend | {ar} | AR_VSD | AR_MSSD | AR_MSPD | abs. delta AR | within | median deg | median mm | s/image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    for key, r in report["backends"].items():
+        c = r.get("vs_torch") or {}
+        within = "{:.1f}%".format(100 * c["within"]) if c else "-"
+        deg = "{:.3g}".format(c["rot_deg"]["median"]) if c else "-"
+        mm = "{:.3g}".format(c["trans_mm"]["median"]) if c else "-"
+        lines.append(
+            f"| {key} | {pct(r['AR'])} | {pct(r['AR_VSD'])} | {pct(r['AR_MSSD'])} | {pct(r['AR_MSPD'])} | "
+            f"{pct(r.get('abs_delta_AR'))} | {within} | {deg} | {mm} | {r['seconds_per_image']:.2f} |")
+    if report["skipped"]:
+        lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="BOP dataset folder [default: a synthetic split in a temporary folder].")
+@click.option("--split", default="test", show_default=True)
+@click.option("--images", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images of the default synthetic split.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The torch reference [default: a random-weight model of --preset].")
+@click.option("--export", "export_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Export directory of the same model [default: the checkpoint exported to a temporary folder].")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True)
+@click.option("--detections", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="BOP'22 detections [default: ground-truth boxes].")
+@click.option("--backends", default=",".join(PARITY_KEYS), show_default=True, help="Subset to compare.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Quantise the temporary export.")
+@click.option("--metrics", default="vsd,mssd,mspd", show_default=True,
+              help="BOP'19 metrics to compute (AR needs all three).")
+@click.option("--max-deg", default=1.0, show_default=True, help="Rotation tolerance for 'within', degrees.")
+@click.option("--max-mm", default=1.0, show_default=True, help="Translation tolerance for 'within', mm.")
+@click.option("--device", default="cpu", show_default=True, help="torch device of the reference.")
+@click.option("--out", "out_dir", default="out/parity", show_default=True, type=click.Path(file_okay=False))
+def main(data, split, images, checkpoint, export_dir, preset, detections, backends, int8, metrics, max_deg,
+         max_mm, device, out_dir):
+    """AR of each backend on a BOP split against the PyTorch reference."""
+    from mrcnet.checkpoint import save_checkpoint
+    from mrcnet.data.bop import BopFormatError, atomic_open
+    from mrcnet.eval.bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, write_report
+    from mrcnet.eval.infer import InferError, compare_results, infer_split
+    from mrcnet.runtime.manifest import ManifestError, load_manifest
+    from mrcnet.runtime.render import Renderer
+
+    keys = [k.strip() for k in backends.split(",") if k.strip()]
+    bad = [k for k in keys if k not in PARITY_KEYS]
+    if bad:
+        raise fps.BenchError(f"--backends: unknown {bad}; choose from {', '.join(PARITY_KEYS)}")
+    metric_list = [m.strip() for m in metrics.split(",") if m.strip()]
+    out = Path(out_dir)
+    res_dir = out / "results"
+    t_start = time.perf_counter()
+    say = click.echo
+    renderer = Renderer()
+    with tempfile.TemporaryDirectory(prefix="mrcnet_parity_") as tmp:
+        tmp = Path(tmp)
+        data_dir = Path(data) if data else make_split(tmp / "data", images)
+        data_dir = data_dir.resolve()  # evaluate_bop19 needs an absolute folder (models_eval/)
+        if checkpoint is None:
+            model = fps.random_model(preset)
+            checkpoint = tmp / f"random_{preset}.pth"
+            save_checkpoint(checkpoint, model, dataset="synth", obj_ids=model.meta["obj_ids"], fov_variant="official")
+            model_desc = f"random-weight {preset}"
+        else:
+            from mrcnet.checkpoint import load_checkpoint
+
+            model = load_checkpoint(checkpoint)
+            model_desc = str(checkpoint)
+        if export_dir is None:
+            from mrcnet.data.bop import BopDataset
+
+            models_dir = BopDataset(data_dir, split).models_dir
+            trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if fps.tensorrt_usable() else []
+            manifest = fps.export_model(model, tmp / "export", models_dir, int8=int8 and "ort-int8" in keys,
+                                        trt_precisions=trt, say=say)
+        else:
+            try:
+                manifest = load_manifest(export_dir)
+            except ManifestError as e:
+                raise fps.BenchError(str(e)) from None
+        opened = fps.open_backends(manifest, None, keys, "cpu" if device == "cpu" else "cuda", 0)
+        skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
+        params = Bop19Params(vsd_delta=default_vsd_delta(data_dir))
+
+        def run(key, **kw):
+            csv = res_dir / f"{key}.csv"
+            try:
+                s = infer_split(data_dir, checkpoint, csv, split=split, detections=detections, progress=False,
+                                renderer=renderer, report=say, **kw)
+                ev = evaluate_bop19(data_dir, csv, split=split, params=params, metrics=metric_list,
+                                    renderer=renderer)
+            except (InferError, BopFormatError, EvalError) as e:
+                raise fps.BenchError(str(e)) from None
+            write_report(ev, res_dir / f"{key}_eval")
+            if not s.complete:
+                raise fps.BenchError(f"{key}: inference incomplete ({s.lines()[-1]})")
+            say(f"{key:9s} AR {ev['AR'] if ev['AR'] is not None else float('nan'):.4f}  ({s.seconds:.1f} s)")
+            return s, ev, csv
+
+        s_ref, ev_ref, csv_ref = run("torch", backend="torch", device=device, resume=False)
+        rows = {"torch": {**ar_fields(ev_ref), "abs_delta_AR": 0.0, "vs_torch": None, "csv": str(csv_ref),
+                          "seconds_per_image": s_ref.stage_ms.get("total", 0.0) / 1000.0}}
+        main_metric = "AR" if ev_ref["AR"] is not None else f"AR_{metric_list[0].upper()}"
+        for key, be in opened.items():
+            if isinstance(be, str):
+                say(f"{key}: not run ({be})")
+                continue
+            s, ev, csv = run(key, opened=(be, manifest), resume=False)
+            be.close()
+            a, b = ev.get(main_metric), ev_ref.get(main_metric)
+            rows[key] = {**ar_fields(ev), "abs_delta_AR": None if a is None or b is None else abs(a - b),
+                         "vs_torch": compare_results(csv_ref, csv, max_deg, max_mm), "csv": str(csv),
+                         "seconds_per_image": s.stage_ms.get("total", 0.0) / 1000.0}
+        n_images = s_ref.images
+    report = {"settings": {"data": str(data) if data else f"synthetic ({images} images)", "split": split,
+                           "model": model_desc, "detections": detections, "metrics": metric_list,
+                           "delta_metric": main_metric, "max_deg": max_deg, "max_mm": max_mm, "device": device},
+              "command": " ".join(["benchmarks/parity.py", *sys.argv[1:]]),
+              "hardware": fps.hardware_info(), "libraries": fps.library_versions(),
+              "n_images": n_images, "n_estimates": s_ref.estimates, "backends": rows, "skipped": skipped,
+              "seconds": time.perf_counter() - t_start, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "parity.json", "w", encoding="utf8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    text = markdown(report)
+    with atomic_open(out / "parity.md", "w", encoding="utf8") as f:
+        f.write(text)
+    click.echo(text)
+    click.echo(f"wrote {out / 'parity.json'} and {out / 'parity.md'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""benchmarks/fps.py and benchmarks/parity.py end to end on tiny settings: their JSON, markdown
+and PNG are written and hold the figures of the backends that ran."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from click.testing import CliRunner  # noqa: E402
+
+from infer_fixtures import tiny_assets  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fps  # noqa: E402
+import parity  # noqa: E402
+
+pytestmark = pytest.mark.slow  # an ONNX export and torch inference (~30 s on 2 shared cores)
+
+
+def test_fps_default_random_model(tmp_path):
+    out = tmp_path / "fps"
+    res = CliRunner().invoke(fps.main, ["--preset", "small", "--detections-per-frame", "1,2", "--frames", "1",
+                                        "--warmup", "0", "--backends", "torch,ort-fp32,ort-int8,trt-fp16",
+                                        "--no-int8", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "fps.json").read_text())
+    assert set(rep["results"]) == {"torch", "ort-fp32"}
+    assert "ort-int8" in rep["skipped"] and "trt-fp16" in rep["skipped"]
+    for key, per_d in rep["results"].items():
+        assert set(per_d) == {"1", "2"}
+        for d, r in per_d.items():
+            assert r["detections"] == int(d) and r["frames"] == 1
+            st = r["stages_ms"]
+            assert set(st) == set(fps.STAGES)
+            assert all(st[s]["p50"] <= st[s]["p90"] <= st[s]["p99"] for s in st)
+            assert st["classifier"]["p50"] > 0 and st["regressor"]["p50"] > 0 and st["render"]["p50"] > 0
+            assert sum(st[s]["p50"] for s in st) <= r["total_ms"]["p50"] * 1.01
+            assert np.isclose(r["detections_per_s"], int(d) / (r["total_ms"]["mean"] / 1000), rtol=1e-6)
+            assert np.isclose(r["vs_torch"], r["detections_per_s"] / rep["results"]["torch"][d]["detections_per_s"])
+    assert rep["results"]["torch"]["1"]["vs_torch"] == 1.0
+    assert rep["hardware"]["cpu"] and rep["hardware"]["cores"] >= 1
+    assert "onnxruntime" in rep["libraries"] and "numpy" in rep["libraries"]
+    md = (out / "fps.md").read_text()
+    assert "| torch | 1 |" in md and "| ort-fp32 | 2 |" in md and "Not run:" in md
+    assert (out / "fps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fps_tta1_and_bad_options(tmp_path, tmp_path_factory):
+    a = tiny_assets(tmp_path_factory)
+    r = CliRunner()
+    res = r.invoke(fps.main, ["--model", str(a.export), "--tta", "1", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "--tta 1 needs its own export" in res.output
+    res = r.invoke(fps.main, ["--detections-per-frame", "1,x", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "--detections-per-frame" in res.output
+    res = r.invoke(fps.main, ["--backends", "ort-fp64", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "ort-fp64" in res.output
+    # an export directory: ORT from it, torch from --checkpoint
+    res = r.invoke(fps.main, ["--model", str(a.export), "--checkpoint", str(a.checkpoint), "--backends",
+                              "torch,ort-fp32", "--detections-per-frame", "1", "--frames", "1", "--warmup", "0",
+                              "--device", "cpu", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "x" / "fps.json").read_text())
+    assert set(rep["results"]) == {"torch", "ort-fp32"} and rep["settings"]["preset"] == "small"
+
+
+def test_parity_on_tiny_split(tmp_path, tmp_path_factory):
+    a = tiny_assets(tmp_path_factory)
+    out = tmp_path / "parity"
+    res = CliRunner().invoke(parity.main, ["--data", str(a.data), "--checkpoint", str(a.checkpoint), "--export",
+                                           str(a.export), "--backends", "ort-fp32,ort-int8", "--metrics",
+                                           "mssd,mspd", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "parity.json").read_text())
+    assert set(rep["backends"]) == {"torch", "ort-fp32"} and "ort-int8" in rep["skipped"]
+    ref, ort = rep["backends"]["torch"], rep["backends"]["ort-fp32"]
+    assert ref["AR"] is None and rep["settings"]["delta_metric"] == "AR_MSSD"  # AR needs all three metrics
+    assert 0.0 <= ort["AR_MSSD"] <= 1.0 and ort["abs_delta_AR"] <= 0.05
+    assert ort["vs_torch"]["pairs"] == rep["n_estimates"] == 4
+    assert ort["vs_torch"]["within"] == 1.0
+    for key in ("torch", "ort-fp32"):
+        assert Path(rep["backends"][key]["csv"]).is_file()
+        assert (out / "results" / f"{key}_eval" / "scores_bop19.json").is_file()
+    md = (out / "parity.md").read_text()
+    assert "| ort-fp32 |" in md and "100.0%" in md
