@@ -16,7 +16,7 @@ that many objects.
 Project format: ``{'network': state_dict, 'meta': {...}}`` (plus optional training state) with
 ``meta`` = ``format``, ``version``, ``preset``, ``config`` (the full :class:`ModelConfig`),
 ``n_obj``, ``dataset``, ``obj_ids``, ``depth_range``, ``bins``, ``fov_variant``
-(``'official'`` inference fov or ``'training'``).
+(``'inference'``: the official inference fov, or ``'training'``).
 
 Both load with ``torch.load(weights_only=True)``.
 """
@@ -105,31 +105,44 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
             raise CheckpointError(f"checkpoint lacks key {k!r} (model shape {_shape(v)})")
 
 
-def _resolve_dataset(dataset, n_obj: int, meta: Mapping) -> tuple[str | None, tuple[int, ...], tuple[float, float]]:
-    """(dataset name, object ids, depth range) from the argument, the metadata, or the object count."""
-    if dataset is None and "depth_range" in meta and "obj_ids" in meta:
-        obj_ids, depth_range = tuple(meta["obj_ids"]), tuple(meta["depth_range"])
+def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
+                     ) -> tuple[str | None, tuple[int, ...], tuple[float, float]]:
+    """(dataset name, object ids, depth range) from the argument, the metadata, or the object count.
+
+    ``obj_ids`` (the BOP ids of the checkpoint's decoders, in order) replaces the dataset's or the
+    metadata's list: a checkpoint with fewer objects than its dataset preset."""
+    if obj_ids is not None:
+        obj_ids = tuple(int(i) for i in obj_ids)
         if len(obj_ids) != n_obj:
+            raise CheckpointError(f"checkpoint holds {n_obj} objects, obj_ids names {len(obj_ids)}")
+    if dataset is None and "depth_range" in meta and "obj_ids" in meta:
+        ids, depth_range = obj_ids or tuple(meta["obj_ids"]), tuple(meta["depth_range"])
+        if len(ids) != n_obj:
             raise CheckpointError(
-                f"metadata lists {len(obj_ids)} object ids but checkpoint key {N_OBJ_KEY!r} has {n_obj} (leading dimension)"
+                f"metadata lists {len(ids)} object ids but checkpoint key {N_OBJ_KEY!r} has {n_obj} (leading dimension)"
             )
-        return meta.get("dataset"), obj_ids, depth_range  # type: ignore[return-value]
+        return meta.get("dataset"), ids, depth_range  # type: ignore[return-value]
     name = dataset if dataset is not None else meta.get("dataset")
     if name is None:
         matches = [p.name for p in DATASETS.values() if p.n_objects == n_obj]
-        if len(matches) != 1:
+        if len(matches) != 1 or obj_ids is not None:
             raise CheckpointError(
                 f"cannot tell the dataset of a checkpoint with {n_obj} objects ({N_OBJ_KEY}); pass dataset="
             )
         name = matches[0]
     preset = get_dataset(name)
-    obj_ids, depth_range = preset.obj_ids, preset.depth_range
-    if len(obj_ids) != n_obj:
+    if obj_ids is not None:
+        missing = [i for i in obj_ids if i not in preset.obj_ids]
+        if missing:
+            raise CheckpointError(f"obj_ids {missing} are not objects of dataset {preset.name!r} "
+                                  f"({list(preset.obj_ids)})")
+        return preset.name, obj_ids, preset.depth_range  # type: ignore[return-value]
+    if len(preset.obj_ids) != n_obj:
         raise CheckpointError(
-            f"dataset {preset.name!r} has {len(obj_ids)} objects but checkpoint key {N_OBJ_KEY!r} has "
+            f"dataset {preset.name!r} has {len(preset.obj_ids)} objects but checkpoint key {N_OBJ_KEY!r} has "
             f"{n_obj} (leading dimension)"
         )
-    return preset.name, obj_ids, depth_range  # type: ignore[return-value]
+    return preset.name, preset.obj_ids, preset.depth_range  # type: ignore[return-value]
 
 
 def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = 4):
@@ -152,12 +165,14 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="pape
 
 
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
-                    bn_group: int = 4):
+                    bn_group: int = 4, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
 
     path: ``.pth`` file; dataset: dataset preset name (depth range, object ids) - required for an
     official checkpoint unless its object count identifies one; preset: model preset name or
-    :class:`ModelConfig` (default: the checkpoint's metadata, else ``paper``).
+    :class:`ModelConfig` (default: the checkpoint's metadata, else ``paper``); obj_ids: the BOP ids
+    of the checkpoint's per-object decoders, in order (one per object) - for a checkpoint holding
+    fewer objects than its dataset preset (they must be objects of that preset).
     The model's ``meta`` attribute holds the resolved metadata (``dataset``, ``obj_ids``,
     ``depth_range``, ``preset``, ``fov_variant``, ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
@@ -187,8 +202,9 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         cfg = ModelConfig.from_dict(meta["config"])
     else:
         cfg = get_config(meta.get("preset", "paper"))
-    ds_name, obj_ids, depth_range = _resolve_dataset(dataset, n_obj, meta)
+    ds_name, obj_ids, depth_range = _resolve_dataset(dataset, n_obj, meta, obj_ids)
 
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # float16 checkpoints
     model = model_from_state_dict(sd, depth_range, cfg, bn_group).to(device)
     model.meta = {
         "source": source,
@@ -196,15 +212,17 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         "dataset": ds_name,
         "obj_ids": list(obj_ids),
         "depth_range": list(depth_range),
-        "fov_variant": meta.get("fov_variant", "official"),
+        "fov_variant": normalise_fov_variant(meta.get("fov_variant", "inference")),
         "n_obj": n_obj,
     }
     return model
 
 
 def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None, obj_ids=None,
-                    depth_range=None, fov_variant: str | None = None, **extra) -> dict:
-    """Write ``{'network': state_dict, 'meta': {...}, **extra}`` (project format).
+                    depth_range=None, fov_variant: str | None = None, half: bool = False, **extra) -> dict:
+    """Write ``{'network': state_dict, 'meta': {...}, **extra}`` (project format), atomically
+    (a temporary file in the same folder, then renamed). ``half``: store floating tensors as
+    float16 (half the size; :func:`load_checkpoint` returns float32 either way).
 
     Metadata defaults come from ``model.meta`` (set by :func:`load_checkpoint`) and ``model.cfg``;
     ``extra`` holds optional training state (``optimizer``, ``epoch``, ...), which must be
@@ -227,10 +245,31 @@ def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None
         "obj_ids": [int(i) for i in obj_ids],
         "depth_range": [float(x) for x in depth_range],
         "bins": cfg.to_dict()["bins"],
-        "fov_variant": fov_variant or old.get("fov_variant", "official"),
+        "fov_variant": normalise_fov_variant(fov_variant or old.get("fov_variant", "inference")),
     }
     if len(meta["obj_ids"]) != model.n_obj:
         raise CheckpointError(f"{len(meta['obj_ids'])} object ids for a model with {model.n_obj} objects")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"network": sd, "meta": meta, **extra}, os.fspath(path))
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save({"network": sd, "meta": meta, **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return meta
+
+
+def normalise_fov_variant(name: str) -> str:
+    """The fov variant in the runtime's vocabulary (``mrcnet.runtime.preprocess.FOV_VARIANTS``):
+    ``'inference'`` (the official inference, offsets from the box centre) or ``'training'``;
+    ``'official'`` (older project checkpoints) means ``'inference'``."""
+    from mrcnet.runtime.preprocess import FOV_VARIANTS
+
+    name = {"official": "inference"}.get(str(name), str(name))
+    if name not in FOV_VARIANTS:
+        raise CheckpointError(f"unknown fov variant {name!r}; expected one of {FOV_VARIANTS}")
+    return name

@@ -190,7 +190,7 @@ def run(
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("input", required=False, type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"Export directory (mrcnet-export --out). Default: the shipped demo model {M.DEMO_DIR}.")
+              help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
 @click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON: cam_K / K / fx,fy,cx,cy, or BOP scene_camera.json.")
 @click.option("--fx", type=float)
 @click.option("--fy", type=float)
@@ -226,7 +226,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
             detections = M.DEMO_DIR / M.DEMO_DETECTIONS
     if input is None:
         raise click.UsageError("missing INPUT (a video file or a folder of images), or use --demo")
-    model = model or M.DEMO_DIR
+    model = model or M.DEMO_EXPORT_DIR
     try:
         source = FrameSource(input)
     except SourceError as e:
@@ -259,7 +259,8 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
     try:
         man = M.load_manifest(model)
     except M.ManifestError as e:
-        hint = " (the demo model is not shipped yet: pass --model DIR)" if Path(model) == M.DEMO_DIR else ""
+        hint = (f" (export the shipped demo model first: mrcnet-export --out {M.DEMO_EXPORT_DIR})"
+                if Path(model) == M.DEMO_EXPORT_DIR else "")
         raise click.UsageError(str(e) + hint)
     try:
         be = create_backend(man, backend, threads=threads, precision=precision)

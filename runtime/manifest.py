@@ -20,16 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from .geometry import BinSpec
+from .preprocess import FOV_VARIANTS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FOV_VARIANTS = ("inference", "training")
-# The shipped demo: an export directory (the demo model) plus the demo clip and its detections.
-# One constant for the path; `mrcnet-run --demo` and the `--model` default read it.
+# The shipped demo (one place for its paths): the demo model's checkpoint and its objects' BOP
+# models, the demo clip (the layout of mrcnet.data.video.generate_video) with camera and detections.
+# The checkpoint is exported once (`mrcnet-export`, torch) into DEMO_EXPORT_DIR, which
+# `mrcnet-run --demo` and the `--model` default read (torch-free).
 DEMO_DIR = Path(__file__).resolve().parent.parent / "mrcnet" / "assets" / "demo"
-DEMO_CLIP = "video.mp4"  # inside DEMO_DIR (the layout of mrcnet.data.video.generate_video)
+DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
+DEMO_MODELS = DEMO_DIR / "models"
+DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
 DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
 DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
+DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
 
 # Names of the graph interface (docs/ARCHITECTURE.md "Network graph names").
 CLASSIFIER_INPUTS = ("crops", "obj_index", "fov", "K_roi")
@@ -118,7 +123,9 @@ class Manifest:
     def save(self, directory) -> Path:
         """Write ``directory/manifest.json``; returns its path."""
         p = Path(directory) / MANIFEST_NAME
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, p)
         return p
 
     @classmethod

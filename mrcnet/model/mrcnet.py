@@ -116,7 +116,7 @@ class FeatureDecoder(nn.Module):
         1/8, 1/16."""
         e = emb_mask[:, :-1]
         m = emb_mask[:, -1:]
-        f4 = torch.cat([e, torch.sigmoid(m)], dim=1)
+        f4 = torch.cat([e, torch.sigmoid(m.detach())], dim=1)  # official: no gradient through the mask here
         f8 = self.conv_down_x8(f4)
         f16 = self.conv_down_x16(f8)
         return f4, f8, f16
@@ -190,6 +190,21 @@ class MRCNet(nn.Module):
         self.tables = BinTables(cfg.bins, depth_range)
         self.meta: dict = {}  # dataset, obj_ids, ... (set by mrcnet.checkpoint.load_checkpoint)
         self.set_bn_group(bn_group)
+        self.reset_regressor_heads()
+
+    @torch.no_grad()
+    def reset_regressor_heads(self) -> None:
+        """Start stage 2 at stage 1's answer: the residual heads' last layers near zero (xavier with
+        gain 1/n_depth and 1/n_cells for depth and xy, as the official training code) and the 6D
+        rotation residual at the identity (bias (1,0,0, 0,1,0)). Official checkpoints overwrite it."""
+        b = self.cfg.bins
+        for head, gain in ((self.regressor.depth_reg, 1.0 / b.n_depth), (self.regressor.trans_reg, 1.0 / b.n_cells),
+                           (self.regressor.pose_reg, 0.01)):
+            if head.linear2.weight.is_meta:
+                return
+            nn.init.xavier_uniform_(head.linear2.weight, gain=gain)
+            nn.init.zeros_(head.linear2.bias)
+        self.regressor.pose_reg.linear2.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     @property
     def bn_group(self) -> int:
