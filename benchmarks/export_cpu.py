@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +28,11 @@ from mrcnet.model import build_model
 
 
 def _box_models(d: Path, obj_ids) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_export import _write_box_ply  # the tests' box mesh
+    from mrcnet.testing import write_box_ply
 
     d.mkdir(parents=True, exist_ok=True)
     for oid in obj_ids:
-        _write_box_ply(d / f"obj_{oid:06d}.ply")
+        write_box_ply(d / f"obj_{oid:06d}.ply")
     return d
 
 

@@ -120,7 +120,7 @@ def random_model(preset: str, n_obj: int = len(OBJ_IDS), seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(n_obj, ds.depth_range, preset).eval()
     model.meta = {"source": "project", "preset": preset, "dataset": "synth", "obj_ids": list(ds.obj_ids[:n_obj]),
-                  "depth_range": list(ds.depth_range), "fov_variant": "official", "n_obj": n_obj}
+                  "depth_range": list(ds.depth_range), "fov_variant": "inference", "n_obj": n_obj}
     return model
 
 

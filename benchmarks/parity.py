@@ -123,11 +123,10 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, backen
     with tempfile.TemporaryDirectory(prefix="mrcnet_parity_") as tmp:
         tmp = Path(tmp)
         data_dir = Path(data) if data else make_split(tmp / "data", images)
-        data_dir = data_dir.resolve()  # evaluate_bop19 needs an absolute folder (models_eval/)
         if checkpoint is None:
             model = fps.random_model(preset)
             checkpoint = tmp / f"random_{preset}.pth"
-            save_checkpoint(checkpoint, model, dataset="synth", obj_ids=model.meta["obj_ids"], fov_variant="official")
+            save_checkpoint(checkpoint, model, dataset="synth", obj_ids=model.meta["obj_ids"], fov_variant="inference")
             model_desc = f"random-weight {preset}"
         else:
             from mrcnet.checkpoint import load_checkpoint

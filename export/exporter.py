@@ -69,8 +69,9 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     """Load ``checkpoint`` with :func:`mrcnet.checkpoint.load_checkpoint`.
 
     A checkpoint holding fewer objects than the dataset preset (e.g. a 2-object model of T-LESS)
-    loads only with ``object_ids`` naming its objects in order (as many ids as it has objects).
-    Returns the model (``model.meta['obj_ids']`` = its BOP ids).
+    loads only with ``object_ids`` naming its objects in order (as many ids as it has objects:
+    ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
+    its BOP ids).
     """
     from mrcnet.checkpoint import CheckpointError, load_checkpoint
 
@@ -86,42 +87,10 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     if object_ids is None or dataset is None:
         hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
         raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
-    return _load_with_ids(path, dataset, list(object_ids), first_error)
-
-
-def _load_with_ids(path: Path, dataset: str, object_ids: list[int], first_error: str):
-    """A checkpoint whose objects are ``object_ids`` of ``dataset`` (fewer than the preset)."""
-    import torch
-
-    from mrcnet.checkpoint import FORMAT, N_OBJ_KEY, CheckpointError, check_state_dict, convert_official_state_dict
-    from mrcnet.model import ModelConfig, build_model, get_config
-    from mrcnet.runtime.presets import get_dataset
-
-    ds = get_dataset(dataset)
-    missing = [i for i in object_ids if i not in ds.obj_ids]
-    if missing:
-        raise ExportError(f"--object-ids: {missing} are not objects of dataset {ds.name!r} ({list(ds.obj_ids)})")
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    sd = ckpt.get("network", ckpt)
-    meta = dict(ckpt.get("meta") or {})
-    if meta.get("format") != FORMAT:
-        sd = convert_official_state_dict(sd)
-    n_obj = int(sd[N_OBJ_KEY].shape[0]) if N_OBJ_KEY in sd else -1
-    if n_obj != len(object_ids):
-        raise ExportError(f"--checkpoint {path}: {first_error}; it holds {n_obj} objects, --object-ids names "
-                          f"{len(object_ids)}")
-    cfg = ModelConfig.from_dict(meta["config"]) if "config" in meta else get_config(meta.get("preset", "paper"))
-    model = build_model(n_obj, ds.depth_range, cfg)
     try:
-        check_state_dict(model, sd)
-    except CheckpointError as e:
-        raise ExportError(f"--checkpoint {path}: {e}") from None
-    model.load_state_dict(sd, strict=True)
-    model.eval()
-    model.meta = {"source": "official" if meta.get("format") != FORMAT else "project", "preset": cfg.name,
-                  "dataset": ds.name, "obj_ids": list(object_ids), "depth_range": list(ds.depth_range),
-                  "fov_variant": meta.get("fov_variant", "official"), "n_obj": n_obj}
-    return model
+        return load_checkpoint(path, dataset=dataset, obj_ids=list(object_ids))
+    except CheckpointError as e:  # in the CLI's words: obj_ids is --object-ids
+        raise ExportError(f"--checkpoint {path}: {first_error}; {str(e).replace('obj_ids', '--object-ids')}") from None
 
 
 def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
@@ -148,11 +117,6 @@ def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
     return out
 
 
-def _fov_variant(meta_value: str | None) -> str:
-    """Checkpoint meta ``'official'`` (the official inference fov) -> runtime ``'inference'``."""
-    return "training" if meta_value == "training" else "inference"
-
-
 def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object_ids: Sequence[int] | None = None,
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
@@ -166,6 +130,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     (or split folder) for int8 calibration crops. Raises :class:`ExportError` (one line).
     """
     from mrcnet import __version__
+    from mrcnet.checkpoint import normalise_fov_variant
 
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
     from .optimize import optimize_for_export
@@ -222,7 +187,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     manifest = build_manifest(
         dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
-        depth_range=meta["depth_range"], bins=model.cfg.bins, fov_variant=_fov_variant(meta.get("fov_variant")),
+        depth_range=meta["depth_range"], bins=model.cfg.bins,
+        fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
         crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
         checkpoint_sha256=sha256_file(ckpt_path))
     res = ExportResult(out, keep)

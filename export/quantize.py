@@ -71,11 +71,12 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
         if not (root / split).is_dir():
             raise CalibrationError(f"--calib-split: {root / split} not found")
         return root, split
-    if any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
+    from mrcnet.data.bop import scene_dirs, split_folders
+
+    if scene_dirs(root):  # a split folder itself
         return root.parent, root.name
     prefer = ("test_primesense", "test", "val", "train_real", "train_pbr", "train")
-    cands = [p.name for p in sorted(root.iterdir()) if p.is_dir() and any(q.is_dir() and q.name.isdigit()
-                                                                          for q in p.iterdir())]
+    cands = split_folders(root)
     if not cands:
         raise CalibrationError(f"--calib-data {root}: no BOP split folder (with scene folders) found")
     cands.sort(key=lambda n: prefer.index(n) if n in prefer else len(prefer))
@@ -150,23 +151,12 @@ def synthetic_detections(renderer, obj_ids: Sequence[int], count: int, seed: int
     return out, f"synthetic renderings ({len(out)} views)"
 
 
-def render_inputs(renderer, obj_ids: Sequence[int], obj_index, R, t, K_roi, size: int) -> np.ndarray:
-    """Stage-2 input (N, 4, S, S) f32: the rendering (BGR in [0, 1]) at (R (N,3,3), t (N,3) mm) with
-    K_roi + the render's box map (as ``mrcnet.runtime.pipeline`` builds it)."""
-    ids = np.asarray(obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
-    res = renderer.render(ids, np.asarray(R, np.float64), np.asarray(t, np.float64), np.asarray(K_roi, np.float64),
-                          width=size, height=size)
-    out = np.empty((len(ids), 4, size, size), np.float32)
-    out[:, :3] = np.moveaxis(np.asarray(res.rgb, np.float32)[..., ::-1], -1, 1)
-    out[:, 3] = res.box_map
-    return out
-
-
 def calibration_feeds(model, manifest, calib_data=None, *, split: str | None = None, count: int = 32,
                       models_dir=None, seed: int = 0, progress: Callable[[str], None] | None = None) -> CalibrationSet:
     """Build the :class:`CalibrationSet` for ``model`` (PyTorch, the exported objects) and its manifest."""
     import torch
 
+    from mrcnet.runtime.pipeline import render_inputs
     from mrcnet.runtime.preprocess import prepare_detection
     from mrcnet.runtime.render import Renderer, load_mesh
 

@@ -52,11 +52,10 @@ def gpu_info() -> dict:
     """{"name", "compute_capability"} of CUDA device 0 (cuda-python, else nvidia-smi).
 
     Raises :class:`TensorRTUnavailable` when no GPU is visible."""
+    from mrcnet.runtime.backends import import_cudart
+
     try:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
+        cudart = import_cudart()
         err, count = cudart.cudaGetDeviceCount()
         if int(err) == 0 and count > 0:
             err, props = cudart.cudaGetDeviceProperties(0)
@@ -115,14 +114,14 @@ class Int8Calibrator:
 
     def __new__(cls, batches: Sequence[Mapping[str, np.ndarray]], cache_file: Path):
         trt = _import_trt()
-        from mrcnet.runtime.backends import _Cuda
+        from mrcnet.runtime.backends import CudaApi
 
         class _Calib(trt.IInt8EntropyCalibrator2):
             def __init__(self):
                 super().__init__()
                 self.batches = list(batches)
                 self.i = 0
-                self.cuda = _Cuda()
+                self.cuda = CudaApi()
                 first = self.batches[0]
                 self.buf = {k: self.cuda.malloc(v.nbytes) for k, v in first.items()}
                 self.cache_file = Path(cache_file)

@@ -1,4 +1,5 @@
-"""Test helpers: the deterministic weight fill of ``compat/README.md`` and golden-data access.
+"""Test helpers: the deterministic weight fill of ``compat/README.md``, golden-data access and
+small ASCII PLY meshes (torch-free at import: torch is imported inside the functions that need it).
 
 The fill makes a network's numbers reproducible without a checkpoint: every tensor of an
 official-format state dict is a pure function of its key and shape. ``golden_model_n2.npz`` was
@@ -19,6 +20,37 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 #: tests/data of the repository (golden npz files, official state-dict manifest)
 TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+
+#: the 12 outward triangles of the 8 corners ``[(x, y, z) for x in (-,+) for y in (-,+) for z in (-,+)]``
+BOX_FACES = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], np.int32)
+
+
+def box_mesh(size_mm=(60.0, 40.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
+    """A closed box centred at the origin: vertices (8, 3) float32 mm, faces (12, 3) int32
+    (:data:`BOX_FACES`). size_mm: edge lengths (x, y, z), or one number for a cube."""
+    sx, sy, sz = np.broadcast_to(np.asarray(size_mm, np.float64), (3,)) / 2
+    v = np.array([(x, y, z) for x in (-sx, sx) for y in (-sy, sy) for z in (-sz, sz)], np.float32)
+    return v, BOX_FACES.copy()
+
+
+def write_ply(path, vertices, faces=BOX_FACES) -> Path:
+    """An ASCII PLY of a triangle mesh: vertices (V, 3) mm, faces (F, 3) indices (default
+    :data:`BOX_FACES`: 8 box corners in :func:`box_mesh` order). Returns the path."""
+    lines = ["ply", "format ascii 1.0", f"element vertex {len(vertices)}", "property float x",
+             "property float y", "property float z", f"element face {len(faces)}",
+             "property list uchar int vertex_indices", "end_header"]
+    lines += [" ".join(f"{float(c):.9g}" for c in v) for v in np.asarray(vertices)]
+    lines += ["3 " + " ".join(str(int(i)) for i in f) for f in np.asarray(faces)]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_box_ply(path, size_mm=(60.0, 40.0, 20.0)) -> Path:
+    """An ASCII PLY of :func:`box_mesh` (8 vertices, 12 triangles, centred at the origin, mm)."""
+    return write_ply(path, *box_mesh(size_mm))
 
 
 def deterministic_uniform(key: str, n: int) -> np.ndarray:

@@ -175,16 +175,24 @@ class OnnxRuntimeBackend(Backend):
 
 
 # -------------------------------------------------------------------------------- TensorRT
-class _Cuda:
-    """The few CUDA runtime calls the TensorRT backend needs, through cuda-python or pycuda."""
+def import_cudart():
+    """cuda-python's CUDA runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` of older
+    releases); ImportError when cuda-python is not installed."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+class CudaApi:
+    """The few CUDA runtime calls the TensorRT backend (and the INT8 calibrator of
+    ``mrcnet.export.tensorrt``) need, through cuda-python or pycuda: one stream, device and pinned
+    host allocations, async copies."""
 
     def __init__(self):
         try:
-            try:
-                from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-            except ImportError:
-                from cuda import cudart  # older cuda-python
-            self.cudart, self.pycuda = cudart, None
+            self.cudart, self.pycuda = import_cudart(), None
         except ImportError:
             try:
                 import pycuda.autoinit  # noqa: F401  (creates a context)
@@ -281,7 +289,7 @@ class TensorRTBackend(Backend):
             raise BackendError("tensorrt backend: the tensorrt Python package is not installed "
                                "(pip install 'mrcnet-edge[gpu]'; on Jetson use JetPack's)") from None
         self.trt = trt
-        self.cuda = _Cuda()
+        self.cuda = CudaApi()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engines, self.contexts = {}, {}
@@ -427,7 +435,7 @@ def tensorrt_available() -> bool:
     except ImportError:
         return False
     try:
-        _Cuda()
+        CudaApi().close()
         return True
     except Exception:
         return False

@@ -135,7 +135,8 @@ class Pipeline:
         t2 = time.perf_counter()
         tm["classifier"] = _ms(t1, t2)
 
-        render = self.render_inputs(obj_index, out1["R_init"], out1["t_init"], cb.K_roi)
+        render = render_inputs(self.renderer, m.obj_ids, obj_index, out1["R_init"], out1["t_init"], cb.K_roi,
+                               m.crop_size)
         t3 = time.perf_counter()
         tm["render"] = _ms(t2, t3)
 
@@ -158,19 +159,21 @@ class Pipeline:
         poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
         return FrameResult(poses, skipped, tm)
 
-    def render_inputs(self, obj_index: np.ndarray, R_init: np.ndarray, t_init: np.ndarray,
-                      K_roi: np.ndarray) -> np.ndarray:
-        """Stage-2 input: renders of each crop's object at (R_init (N,3,3), t_init (N,3) mm) with
-        K_roi (N,3,3) -> (N, 4, S, S) float32: the render's colour (grey: BGR == RGB) in [0, 1]
-        and the box map of the render's mask (SPEC 4), as ``RenderResult.network_input`` builds it."""
-        m = self.manifest
-        obj_ids = np.asarray(m.obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
-        res = self.renderer.render(obj_ids, np.asarray(R_init, np.float64), np.asarray(t_init, np.float64),
-                                   np.asarray(K_roi, np.float64), width=m.crop_size, height=m.crop_size)
-        return res.network_input()
-
     def close(self) -> None:
         self.backend.close()
+
+
+def render_inputs(renderer, obj_ids, obj_index: np.ndarray, R_init: np.ndarray, t_init: np.ndarray,
+                  K_roi: np.ndarray, size: int) -> np.ndarray:
+    """Stage-2 input (SPEC 4): each crop's object ``obj_ids[obj_index]`` rendered at (R_init (N,3,3),
+    t_init (N,3) mm) with its crop camera K_roi (N,3,3), ``size`` x ``size`` -> (N, 4, S, S) float32:
+    the render's colour (grey: BGR == RGB) in [0, 1] and the box map of its mask
+    (``RenderResult.network_input``). renderer: ``render(obj_ids, R, t, K, width, height)``
+    holding the objects (``runtime.render.Renderer``)."""
+    ids = np.asarray(obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
+    res = renderer.render(ids, np.asarray(R_init, np.float64), np.asarray(t_init, np.float64),
+                          np.asarray(K_roi, np.float64), width=size, height=size)
+    return res.network_input()
 
 
 def _ms(a: float, b: Optional[float] = None) -> float:

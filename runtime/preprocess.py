@@ -122,6 +122,54 @@ def clip_box(box_xyxy: np.ndarray, width: int, height: int, name: str = "box") -
     return c
 
 
+def crop_transform(K: np.ndarray, centre, side: float, Rz: np.ndarray, size: int = CROP_SIZE
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The warp of one in-plane-rotated square crop (SPEC section 1).
+
+    K (3, 3) camera; centre (2,) px the crop centre before rotation; side (px) the crop side;
+    Rz (3, 3) the in-plane rotation (about the camera z axis); size the crop size (px).
+    The image is rotated through ``T_rot = K Rz K^-1``, then the square of ``side`` around the
+    rotated centre ``c' = T_rot c`` is scaled to ``size``: ``T_img2roi = [[r, 0, -r (c'x - side/2)],
+    [0, r, -r (c'y - side/2)], [0, 0, 1]]``, ``r = size / side``.
+    Returns M (2, 3) the affine image -> crop warp (``cv2.warpAffine``), K_roi (3, 3) =
+    ``T_img2roi K`` the crop camera (not rotated), centre_rot (2,) ``c'`` px.
+    """
+    K = np.asarray(K, np.float64)
+    T_rot = K @ np.asarray(Rz, np.float64) @ np.linalg.inv(K)
+    c = T_rot @ np.array([centre[0], centre[1], 1.0])
+    c = c[:2] / c[2]
+    r = size / side
+    T_img2roi = np.array([[r, 0.0, -r * (c[0] - side / 2)], [0.0, r, -r * (c[1] - side / 2)], [0.0, 0.0, 1.0]])
+    A = T_img2roi @ T_rot
+    return (A / A[2, 2])[:2], T_img2roi @ K, c
+
+
+def warp_crop(image: np.ndarray, M: np.ndarray, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
+              ) -> np.ndarray:
+    """``image`` (H, W[, C]) warped by M (2, 3) into a (size, size[, C]) crop, zero outside."""
+    return cv2.warpAffine(image, M, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
+def crop_box_location(box_xyxy, centre, side: float, Rz: np.ndarray) -> np.ndarray:
+    """SPEC 1 ``box_loc``: the box (x1, y1, x2, y2) px in the crop of (centre, side), in crop units,
+    its corners rotated by Rz (3, 3) about the crop centre, then min / max -> (4,) float64."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    corners = (np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]) - (centre[0], centre[1])) / side
+    rc = corners @ np.asarray(Rz, np.float64)[:2, :2].T + 0.5
+    return np.array([*rc.min(0), *rc.max(0)])
+
+
+def crop_fov(K: np.ndarray, centre, centre_rot, side: float, fov_variant: str = "inference") -> np.ndarray:
+    """SPEC 1 ``fov`` (3,) of a crop: the rotated centre's offset divided by the focal lengths,
+    then ``side / fx``. ``"inference"`` (the official inference) offsets ``centre_rot`` from the
+    crop centre ``centre``, ``"training"`` from the principal point."""
+    if fov_variant not in FOV_VARIANTS:
+        raise InputError(f"fov_variant: {fov_variant!r} is not one of {FOV_VARIANTS}")
+    origin = (centre[0], centre[1]) if fov_variant == "inference" else (K[0, 2], K[1, 2])
+    return np.array([(centre_rot[0] - origin[0]) / K[0, 0], (centre_rot[1] - origin[1]) / K[1, 1], side / K[0, 0]])
+
+
 def prepare_detection(
     image: np.ndarray,
     K: np.ndarray,
@@ -135,22 +183,20 @@ def prepare_detection(
 
     image (H, W, 3) BGR, values 0..255 (uint8 or float); K (3, 3); box_xyxy (4,) pixels.
     fov_variant: "inference" (the official inference: offsets from the box centre) or "training"
-    (offsets from the principal point). Returns a CropBatch of n_rot rows.
+    (offsets from the principal point). Crop centre = the box centre, side = ``PAD_SCALE`` x the
+    longer box side; the k-th crop is :func:`crop_transform` with Rz(k * 360/n_rot deg).
+    Returns a CropBatch of n_rot rows.
     """
     if fov_variant not in FOV_VARIANTS:
         raise InputError(f"fov_variant: {fov_variant!r} is not one of {FOV_VARIANTS}")
     img = check_image(image)
     K = check_camera(K)
     H, W = img.shape[:2]
-    x1, y1, x2, y2 = clip_box(box_xyxy, W, H)
-    w, h = x2 - x1, y2 - y1
-    cx, cy = np.clip((x1 + x2) / 2.0, 0, W), np.clip((y1 + y2) / 2.0, 0, H)
-    s = PAD_SCALE * max(w, h)
-    r = size / s
+    box = clip_box(box_xyxy, W, H)
+    x1, y1, x2, y2 = box
+    centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+    side = PAD_SCALE * max(x2 - x1, y2 - y1)
     Rz = tta_rotations(n_rot)
-    Kinv = np.linalg.inv(K)
-    base = np.array([0.5 - w / (2 * s), 0.5 - h / (2 * s), 0.5 + w / (2 * s), 0.5 + h / (2 * s)])
-    corners = np.array([[base[0], base[1]], [base[2], base[1]], [base[2], base[3]], [base[0], base[3]]]) - 0.5
 
     crops = np.empty((n_rot, 4, size, size), np.float32)
     K_roi = np.empty((n_rot, 3, 3))
@@ -158,23 +204,10 @@ def prepare_detection(
     fov = np.empty((n_rot, 3))
     M = np.empty((n_rot, 2, 3))
     for k in range(n_rot):
-        T_rot = K @ Rz[k] @ Kinv
-        c = T_rot @ np.array([cx, cy, 1.0])
-        c = c[:2] / c[2]
-        T_img2roi = np.array([[r, 0.0, -r * (c[0] - s / 2)], [0.0, r, -r * (c[1] - s / 2)], [0.0, 0.0, 1.0]])
-        A = T_img2roi @ T_rot
-        A = A / A[2, 2]
-        M[k] = A[:2]
-        warped = cv2.warpAffine(img, M[k], (size, size), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        crops[k, :3] = np.moveaxis(warped, 2, 0) * scale
-        K_roi[k] = T_img2roi @ K
-        rc = corners @ Rz[k][:2, :2].T + 0.5
-        box_loc[k] = (*rc.min(0), *rc.max(0))
-        if fov_variant == "inference":
-            fov[k] = ((c[0] - cx) / K[0, 0], (c[1] - cy) / K[1, 1], s / K[0, 0])
-        else:
-            fov[k] = ((c[0] - K[0, 2]) / K[0, 0], (c[1] - K[1, 2]) / K[1, 1], s / K[0, 0])
+        M[k], K_roi[k], c_rot = crop_transform(K, centre, side, Rz[k], size)
+        crops[k, :3] = np.moveaxis(warp_crop(img, M[k], size), 2, 0) * scale
+        box_loc[k] = crop_box_location(box, centre, side, Rz[k])
+        fov[k] = crop_fov(K, centre, c_rot, side, fov_variant)
     crops[:, 3] = box_map(box_loc, size)
     return CropBatch(crops, K_roi, box_loc, fov, Rz.copy(), M, n_rot)
 

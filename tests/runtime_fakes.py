@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mrcnet.runtime.preprocess import box_loc_from_masks, box_map
 from mrcnet.runtime.render.renderer import RenderResult
+from mrcnet.testing import box_mesh, write_box_ply, write_ply  # noqa: F401  (write_ply: for the tests)
 
 D0, D_STEP = 0.5, 0.1
 OPSET = 17
@@ -119,18 +120,7 @@ def regressor_model() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
-CUBE_V = np.array([[x, y, z] for x in (-30, 30) for y in (-30, 30) for z in (-30, 30)], np.float32)
-CUBE_F = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                   [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], np.int32)
-
-
-def write_ply(path, vertices=CUBE_V, faces=CUBE_F) -> None:
-    lines = ["ply", "format ascii 1.0", f"element vertex {len(vertices)}", "property float x",
-             "property float y", "property float z", f"element face {len(faces)}",
-             "property list uchar int vertex_indices", "end_header"]
-    lines += [" ".join(f"{c:g}" for c in v) for v in vertices]
-    lines += ["3 " + " ".join(str(int(i)) for i in f) for f in faces]
-    Path(path).write_text("\n".join(lines) + "\n")
+CUBE_V, CUBE_F = box_mesh(60.0)  # a 60 mm cube
 
 
 def make_export(root, obj_ids=(1, 2)) -> Path:
@@ -143,7 +133,7 @@ def make_export(root, obj_ids=(1, 2)) -> Path:
     onnx.save(cls, root / "classifier.onnx")
     onnx.save(reg, root / "regressor.onnx")
     for oid in obj_ids:
-        write_ply(root / "models" / f"obj_{oid:06d}.ply")
+        write_box_ply(root / "models" / f"obj_{oid:06d}.ply", 60.0)
     manifest = {
         "format_version": 1, "dataset": "synth", "preset": "fake", "obj_ids": list(obj_ids),
         "depth_range": [0.05, 1.7], "bins": {"n_side": 2, "n_depth": 100, "n_cells": 32},

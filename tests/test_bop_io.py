@@ -254,6 +254,14 @@ def test_bop19_results_round_trip_and_incremental_writer(tmp_path):
     (tmp_path / "bad.csv").write_text("scene_id,im_id,obj_id,score,R,t,time\n1,2,3,0.5,1 2 3,4 5 6\n")
     with pytest.raises(BopFormatError, match=r"bad.csv:2: expected 7"):
         bop.load_bop_results(tmp_path / "bad.csv")
+    assert bop.format_result_row(rows[1]) == lines[2]
+    for field, value in (("t", "nan 0 0"), ("score", "inf"), ("time", "nan")):
+        good = ["1", "2", "3", "0.5", "1 0 0 0 1 0 0 0 1", "4 5 6", "0.1"]
+        good[{"score": 3, "t": 5, "time": 6}[field]] = value
+        (tmp_path / "nan.csv").write_text("scene_id,im_id,obj_id,score,R,t,time\n" + ",".join(good) + "\n")
+        with pytest.raises(BopFormatError, match=rf"nan\.csv: result row 1 \(scene 1, image 2, object 3\): "
+                                                 rf"{field} is NaN or inf \(nan\.csv:2\)"):
+            bop.load_bop_results(tmp_path / "nan.csv")
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +361,9 @@ def test_dataset_reads_a_split_and_skips_bad_scenes_once(tmp_path, caplog):
                           [{"scene_id": 1, "im_id": 0, "obj_id": 2, "inst_count": 1},
                            {"scene_id": 2, "im_id": 0, "obj_id": 2, "inst_count": 1}])
     assert ds.targets() == [{"scene_id": 1, "im_id": 0, "obj_id": 2, "inst_count": 1}]
+    assert ds.targets("test_targets_bop19.json") == ds.targets()  # relative to the dataset folder
+    with pytest.raises(BopFormatError, match="nope.json: targets file not found"):
+        ds.targets(tmp_path / "nope.json")  # an explicit file must exist
     pairs = list(ds.target_images())
     assert len(pairs) == 1 and pairs[0][0].im_id == 0 and pairs[0][1][0]["obj_id"] == 2
 

@@ -145,3 +145,18 @@ def test_project_format_round_trip(tmp_path):
     with pytest.raises(CheckpointError, match="'tless' has 30 objects"):
         load_checkpoint(path, dataset="tless")
     assert torch.load(path, weights_only=True)["epoch"] == 3
+
+
+def test_obj_ids_name_the_decoders_of_a_smaller_checkpoint(tmp_path):
+    """A 3-object checkpoint loaded as T-LESS objects 5, 7, 9 (fewer objects than the preset)."""
+    torch.manual_seed(0)
+    model = build_model(3, (0.05, 1.7), "small").eval()
+    path = tmp_path / "three.pth"
+    save_checkpoint(path, model, dataset="synth", fov_variant="official")
+    loaded = load_checkpoint(path, dataset="tless", obj_ids=[5, 7, 9])
+    assert loaded.meta["dataset"] == "tless" and loaded.meta["obj_ids"] == [5, 7, 9]
+    assert loaded.meta["fov_variant"] == "inference" and loaded.n_obj == 3
+    with pytest.raises(CheckpointError, match="checkpoint holds 3 objects, obj_ids names 2"):
+        load_checkpoint(path, dataset="tless", obj_ids=[5, 7])
+    with pytest.raises(CheckpointError, match=r"obj_ids \[99\] are not objects of dataset 'tless'"):
+        load_checkpoint(path, dataset="tless", obj_ids=[5, 7, 99])

@@ -1,9 +1,11 @@
 """BOP'19 evaluation (mrcnet.eval) on hand-built cases: pose errors, matching, AR, the CLI."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mrcnet import testing
 from mrcnet.data import bop
 from mrcnet.eval import bop_eval as be
 from mrcnet.eval import pose_errors as pe
@@ -16,21 +18,9 @@ RZ180 = bop.rotation_about_axis(np.pi, [0, 0, 1])
 
 
 def box_mesh():
-    """8 vertices / 12 triangles cuboid centred at the origin."""
-    hx, hy, hz = SIZE / 2
-    v = np.array([[x, y, z] for x in (-hx, hx) for y in (-hy, hy) for z in (-hz, hz)])
-    f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                  [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
-    return v, f
-
-
-def write_ply(path, v, f):
-    lines = ["ply", "format ascii 1.0", f"element vertex {len(v)}", "property float x",
-             "property float y", "property float z", f"element face {len(f)}",
-             "property list uchar int vertex_indices", "end_header"]
-    lines += [" ".join(f"{c:.6f}" for c in p) for p in v]
-    lines += ["3 " + " ".join(str(int(i)) for i in tri) for tri in f]
-    path.write_text("\n".join(lines) + "\n")
+    """8 vertices (float64) / 12 triangles cuboid centred at the origin."""
+    v, f = testing.box_mesh(SIZE)
+    return v.astype(np.float64), f
 
 
 def rot(axis, deg):
@@ -64,7 +54,7 @@ def dataset(tmp_path_factory, renderer):
     v, f = box_mesh()
     (root / "models").mkdir()
     for obj_id in (1, 2):
-        write_ply(root / "models" / f"obj_{obj_id:06d}.ply", v, f)
+        testing.write_box_ply(root / "models" / f"obj_{obj_id:06d}.ply", SIZE)
     box = {"min_x": -SIZE[0] / 2, "min_y": -SIZE[1] / 2, "min_z": -SIZE[2] / 2,
            "size_x": SIZE[0], "size_y": SIZE[1], "size_z": SIZE[2], "diameter": DIAM}
     sym = np.eye(4)
@@ -372,3 +362,24 @@ def test_report_files_and_cli(dataset, tmp_path, renderer):
     bad.write_text("scene_id,im_id,obj_id,score,R,t,time\n1,0,1,1.0,1 0 0,0 0 1,0.1\n")
     result = CliRunner().invoke(main, ["--data", str(dataset), "--results", str(bad), "--no-progress"])
     assert result.exit_code != 0 and "bad.csv:2" in result.output
+
+
+def test_cli_relative_data_with_models_eval(dataset, tmp_path, monkeypatch):
+    """``mrcnet-eval --data ds`` with a relative path and a models_eval/ folder: the evaluation
+    models are found once (not ``ds/ds/models_eval``) and used."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from mrcnet.eval.cli import main
+
+    shutil.copytree(dataset, tmp_path / "ds")
+    shutil.copytree(tmp_path / "ds" / "models", tmp_path / "ds" / "models_eval")
+    bop.save_bop_results(tmp_path / "r.csv", gt_rows())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--data", "ds", "--results", "r.csv", "--out", "out",
+                                       "--metrics", "mssd,mspd", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    js = json.loads((tmp_path / "out" / "scores_bop19.json").read_text())
+    assert js["AR_MSSD"] == 1.0 and js["AR_MSPD"] == 1.0
+    assert Path(js["inputs"]["models"]) == Path("ds") / "models_eval"

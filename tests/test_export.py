@@ -36,6 +36,7 @@ from mrcnet.export.onnx_export import (  # noqa: E402
 from mrcnet.export.subset import SingleObjectConv2d, SubsetError, parse_object_ids, subset_model  # noqa: E402
 from mrcnet.model import CondConv2d, build_model  # noqa: E402
 from mrcnet.runtime.manifest import load_manifest  # noqa: E402
+from mrcnet.testing import write_box_ply  # noqa: E402
 
 TOL = 1e-3
 OBJ_IDS = [1, 2, 3]
@@ -235,9 +236,7 @@ def small_ckpt(small_model, tmp_path_factory):
     models = d / "models"
     models.mkdir()
     for i in OBJ_IDS:
-        (models / f"obj_{i:06d}.ply").write_text(
-            "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
-            "element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n10 0 0\n0 10 0\n3 0 1 2\n")
+        write_box_ply(models / f"obj_{i:06d}.ply")
     (models / "models_info.json").write_text(json.dumps({str(i): {"diameter": 14.1} for i in OBJ_IDS}))
     return path, models
 
@@ -304,20 +303,6 @@ def test_cli_tensorrt_absent_or_no_gpu(small_ckpt, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ int8
-BOX_PLY_SIZE = (60.0, 40.0, 20.0)
-
-
-def _write_box_ply(path, size=BOX_PLY_SIZE):
-    """A closed box mesh (8 vertices, 12 triangles) centred at the origin, mm."""
-    sx, sy, sz = (s / 2 for s in size)
-    v = [(x, y, z) for x in (-sx, sx) for y in (-sy, sy) for z in (-sz, sz)]
-    f = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1), (2, 3, 7), (2, 7, 6),
-         (0, 2, 6), (0, 6, 4), (1, 5, 7), (1, 7, 3)]
-    head = ("ply\nformat ascii 1.0\nelement vertex 8\nproperty float x\nproperty float y\nproperty float z\n"
-            "element face 12\nproperty list uchar int vertex_indices\nend_header\n")
-    path.write_text(head + "".join(f"{a} {b} {c}\n" for a, b, c in v) + "".join(f"3 {a} {b} {c}\n" for a, b, c in f))
-
-
 @pytest.fixture(scope="module")
 def bop_calib(tmp_path_factory):
     """A tiny BOP dataset: 2 box-shaped objects, one test scene of 3 images with one instance each."""
@@ -329,7 +314,7 @@ def bop_calib(tmp_path_factory):
     (root / "models").mkdir()
     info = {}
     for oid in (1, 2):
-        _write_box_ply(root / "models" / f"obj_{oid:06d}.ply")
+        write_box_ply(root / "models" / f"obj_{oid:06d}.ply")
         info[str(oid)] = {"diameter": 74.8, "min_x": -30.0, "min_y": -20.0, "min_z": -10.0,
                           "size_x": 60.0, "size_y": 40.0, "size_z": 20.0}
     (root / "models" / "models_info.json").write_text(json.dumps(info))
@@ -425,7 +410,7 @@ def test_cli_checkpoint_with_fewer_objects_than_preset(small_ckpt, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     for oid in (5, 7, 9):
-        _write_box_ply(models / f"obj_{oid:06d}.ply")
+        write_box_ply(models / f"obj_{oid:06d}.ply")
     r = _cli(["--checkpoint", ckpt, "--models", models, "--out", tmp_path / "o", "--dataset", "tless",
               "--object-ids", "5,7", "--quiet"])
     assert r.exit_code == 2 and "holds 3 objects, --object-ids names 2" in r.stderr

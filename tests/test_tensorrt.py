@@ -130,10 +130,10 @@ def test_int8_engine_with_calibration(trt_export, tmp_path):
     model, out, paths = trt_export
     models = tmp_path / "models"
     models.mkdir()
-    from test_export import _write_box_ply
+    from mrcnet.testing import write_box_ply
 
     for oid in (1, 2):
-        _write_box_ply(models / f"obj_{oid:06d}.ply")
+        write_box_ply(models / f"obj_{oid:06d}.ply")
     man = build_manifest(dataset="synth", preset="small", obj_ids=[1, 2], depth_range=(0.05, 1.7),
                          bins=model.cfg.bins, fov_variant="inference", crop_size=256, bn_group=4,
                          project_version="0.1.0", checkpoint_sha256="")

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 RESULTS_HEADER = "scene_id,im_id,obj_id,score,R,t,time"
+#: the targets file of a BOP'19 split, in the dataset folder
+TARGETS_FILENAME = "test_targets_bop19.json"
+#: visib_fract threshold of the targets derived from the annotations when no targets file exists
+TARGETS_MIN_VISIB = 0.1
 
 
 class BopFormatError(ValueError):
@@ -363,71 +367,76 @@ def load_scene_camera(path) -> dict[int, dict]:
 
 def save_scene_camera(path, scene_camera: dict) -> None:
     """Write ``{im_id: camera dict}`` (arrays flattened row-major) as ``scene_camera.json``."""
-    save_json(path, {int(k): _jsonable(v) for k, v in scene_camera.items()})
+    _save_image_keyed(path, scene_camera)
+
+
+def _image_lists(path) -> dict[int, list[tuple[str, Any]]]:
+    """A per-image list file (``scene_gt.json``, ``scene_gt_info.json``) -> ``{im_id: [(where,
+    entry)]}``, images sorted, ``where`` = ``"image I, annotation J"`` for error messages."""
+    content = _int_keyed(load_json(path, keys_to_int=True), path)
+    out = {}
+    for im_id, entries in sorted(content.items()):
+        if not isinstance(entries, list):
+            raise BopFormatError(f"{path}: image {im_id}: expected a list of annotations")
+        out[im_id] = [(f"image {im_id}, annotation {gt_id}", e) for gt_id, e in enumerate(entries)]
+    return out
+
+
+def _save_image_keyed(path, content: dict) -> None:
+    """Write ``{im_id: value}`` (arrays flattened row-major) as a BOP scene JSON."""
+    save_json(path, {int(k): _jsonable(v) for k, v in content.items()})
+
+
+def _scene_gt_entry(gt: Any, path, where: str) -> dict:
+    _require(gt, "obj_id", path, where)
+    gt = dict(gt)
+    for key, shape in (("cam_R_m2c", (3, 3)), ("cam_t_m2c", (3,))):
+        gt[key] = _array(_require(gt, key, path, where), shape, path, key, where)
+    try:
+        gt["obj_id"] = int(gt["obj_id"])
+    except (TypeError, ValueError):
+        raise BopFormatError(f"{path}: key 'obj_id' in {where}: not an integer") from None
+    return gt
 
 
 def load_scene_gt(path) -> dict[int, list[dict]]:
     """``scene_gt.json`` -> ``{im_id: [{"cam_R_m2c": (3,3), "cam_t_m2c": (3,) mm, "obj_id": int}]}``."""
-    content = _int_keyed(load_json(path, keys_to_int=True), path)
-    out = {}
-    for im_id, gts in sorted(content.items()):
-        if not isinstance(gts, list):
-            raise BopFormatError(f"{path}: image {im_id}: expected a list of annotations")
-        im_gts = []
-        for gt_id, gt in enumerate(gts):
-            where = f"image {im_id}, annotation {gt_id}"
-            _require(gt, "obj_id", path, where)
-            gt = dict(gt)
-            gt["cam_R_m2c"] = _array(_require(gt, "cam_R_m2c", path, where), (3, 3), path,
-                                     "cam_R_m2c", where)
-            gt["cam_t_m2c"] = _array(_require(gt, "cam_t_m2c", path, where), (3,), path,
-                                     "cam_t_m2c", where)
-            try:
-                gt["obj_id"] = int(gt["obj_id"])
-            except (TypeError, ValueError):
-                raise BopFormatError(f"{path}: key 'obj_id' in {where}: not an integer") from None
-            im_gts.append(gt)
-        out[im_id] = im_gts
-    return out
+    return {im_id: [_scene_gt_entry(gt, path, where) for where, gt in entries]
+            for im_id, entries in _image_lists(path).items()}
 
 
 def save_scene_gt(path, scene_gt: dict) -> None:
     """Write ``{im_id: [gt dict]}`` as ``scene_gt.json`` (R 9 numbers row-major, t 3 numbers mm)."""
-    save_json(path, {int(k): _jsonable(v) for k, v in scene_gt.items()})
+    _save_image_keyed(path, scene_gt)
 
 
 GT_INFO_KEYS = ("bbox_obj", "bbox_visib", "px_count_all", "px_count_valid", "px_count_visib",
                 "visib_fract")
 
 
+def _scene_gt_info_entry(info: Any, path, where: str) -> dict:
+    _require(info, "visib_fract", path, where)
+    info = dict(info)
+    for k in ("bbox_obj", "bbox_visib"):
+        if k in info:
+            info[k] = [int(v) for v in _array(info[k], (4,), path, k, where)]
+    for k in ("px_count_all", "px_count_valid", "px_count_visib"):
+        if k in info:
+            info[k] = int(info[k])
+    info["visib_fract"] = float(info["visib_fract"])
+    return info
+
+
 def load_scene_gt_info(path) -> dict[int, list[dict]]:
     """``scene_gt_info.json`` -> ``{im_id: [{"bbox_obj": [x,y,w,h], "bbox_visib", "px_count_*",
     "visib_fract"}]}`` (boxes as lists of int, BOP convention ``w = x_max - x_min``)."""
-    content = _int_keyed(load_json(path, keys_to_int=True), path)
-    out = {}
-    for im_id, infos in sorted(content.items()):
-        if not isinstance(infos, list):
-            raise BopFormatError(f"{path}: image {im_id}: expected a list of annotations")
-        im_infos = []
-        for gt_id, info in enumerate(infos):
-            where = f"image {im_id}, annotation {gt_id}"
-            _require(info, "visib_fract", path, where)
-            info = dict(info)
-            for k in ("bbox_obj", "bbox_visib"):
-                if k in info:
-                    info[k] = [int(v) for v in _array(info[k], (4,), path, k, where)]
-            for k in ("px_count_all", "px_count_valid", "px_count_visib"):
-                if k in info:
-                    info[k] = int(info[k])
-            info["visib_fract"] = float(info["visib_fract"])
-            im_infos.append(info)
-        out[im_id] = im_infos
-    return out
+    return {im_id: [_scene_gt_info_entry(info, path, where) for where, info in entries]
+            for im_id, entries in _image_lists(path).items()}
 
 
 def save_scene_gt_info(path, scene_gt_info: dict) -> None:
     """Write ``{im_id: [info dict]}`` as ``scene_gt_info.json``."""
-    save_json(path, {int(k): _jsonable(v) for k, v in scene_gt_info.items()})
+    _save_image_keyed(path, scene_gt_info)
 
 
 def load_camera(path) -> dict:
@@ -461,6 +470,18 @@ def _cv2():
     return cv2
 
 
+def _imread(path, flag: str, what: str) -> np.ndarray:
+    """``cv2.imread(path, cv2.<flag>)``; a missing or undecodable file raises BopFormatError."""
+    path = Path(path)
+    if not path.is_file():
+        raise BopFormatError(f"{path}: file not found")
+    cv2 = _cv2()
+    im = cv2.imread(str(path), getattr(cv2, flag))
+    if im is None:
+        raise BopFormatError(f"{path}: cannot decode {what}")
+    return im
+
+
 def load_image(path, order: str = "bgr") -> np.ndarray:
     """Load a png/jpg/tif image.
 
@@ -470,13 +491,7 @@ def load_image(path, order: str = "bgr") -> np.ndarray:
     """
     if order not in ("bgr", "rgb"):
         raise ValueError(f"order must be 'bgr' or 'rgb', got {order!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise BopFormatError(f"{path}: file not found")
-    cv2 = _cv2()
-    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if im is None:
-        raise BopFormatError(f"{path}: cannot decode image")
+    im = _imread(path, "IMREAD_UNCHANGED", "image")
     if im.ndim == 3 and im.shape[2] == 1:
         im = im[:, :, 0]
     if im.ndim == 3:
@@ -505,13 +520,7 @@ def save_image(path, im: np.ndarray, order: str = "bgr", jpg_quality: int = 95) 
 
 def load_depth(path, depth_scale: float = 1.0) -> np.ndarray:
     """Load a depth image (uint16 png or tif) -> (H, W) float32 in mm (stored value x depth_scale)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BopFormatError(f"{path}: file not found")
-    cv2 = _cv2()
-    d = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH)
-    if d is None:
-        raise BopFormatError(f"{path}: cannot decode depth image")
+    d = _imread(path, "IMREAD_ANYDEPTH", "depth image")
     return d.astype(np.float32) * np.float32(depth_scale)
 
 
@@ -661,7 +670,9 @@ def group_detections(dets: Iterable[dict]) -> dict[tuple[int, int], list[dict]]:
     return out
 
 
-def _format_result(r: dict) -> str:
+def format_result_row(r: dict) -> str:
+    """One BOP'19 results CSV line (no newline) of ``{scene_id, im_id, obj_id, score, R (3,3),
+    t (3,) mm, time s (default -1)}``: R row-major, numbers with full precision."""
     R = np.asarray(r["R"], dtype=np.float64).reshape(9)
     t = np.asarray(r["t"], dtype=np.float64).reshape(3)
     return "{},{},{},{},{},{},{}".format(
@@ -689,7 +700,7 @@ class BopResultsWriter:
 
     def write(self, row: dict) -> None:
         """Append one estimate ``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time}``."""
-        self._f.write(_format_result(row) + "\n")
+        self._f.write(format_result_row(row) + "\n")
         self._f.flush()
         self.count += 1
 
@@ -720,7 +731,9 @@ def save_bop_results(path, rows: Iterable[dict]) -> int:
 
 
 def load_bop_results(path) -> list[dict]:
-    """BOP'19 results CSV -> list of ``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time}``."""
+    """BOP'19 results CSV -> list of ``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time}``.
+
+    A malformed line or a NaN / inf number raises :class:`BopFormatError` naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
         raise BopFormatError(f"{path}: file not found")
@@ -736,10 +749,16 @@ def load_bop_results(path) -> list[dict]:
             try:
                 R = np.array([float(v) for v in e[4].split()], np.float64).reshape(3, 3)
                 t = np.array([float(v) for v in e[5].split()], np.float64).reshape(3)
-                out.append({"scene_id": int(e[0]), "im_id": int(e[1]), "obj_id": int(e[2]),
-                            "score": float(e[3]), "R": R, "t": t, "time": float(e[6])})
+                row = {"scene_id": int(e[0]), "im_id": int(e[1]), "obj_id": int(e[2]),
+                       "score": float(e[3]), "R": R, "t": t, "time": float(e[6])}
             except ValueError:
                 raise BopFormatError(f"{path}:{line_no}: malformed numbers (R needs 9, t needs 3)") from None
+            bad = [k for k in ("score", "R", "t", "time") if not np.all(np.isfinite(row[k]))]
+            if bad:
+                raise BopFormatError(f"{path}: result row {len(out) + 1} (scene {row['scene_id']}, image "
+                                     f"{row['im_id']}, object {row['obj_id']}): {bad[0]} is NaN or inf "
+                                     f"({path.name}:{line_no})")
+            out.append(row)
     return out
 
 
@@ -794,6 +813,16 @@ class ImageRecord:
         return load_mask(self.mask_path(gt_id, visib))
 
 
+def scene_dirs(split_dir) -> list[Path]:
+    """The scene folders (numeric names) of a split folder, sorted."""
+    return sorted(p for p in Path(split_dir).iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def split_folders(root) -> list[str]:
+    """The split folders of a dataset folder (those holding scene folders), names sorted."""
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and scene_dirs(p))
+
+
 def split_dirname(split: str, split_type: str | None = None) -> str:
     """BOP split folder name: ``test`` + ``primesense`` -> ``test_primesense``."""
     return f"{split}_{split_type}" if split_type else split
@@ -829,7 +858,7 @@ class BopDataset:
         self.models_info = load_models_info(self.models_dir / "models_info.json")
         self.skipped: dict[int, str] = {}
         self._images: dict[tuple[int, int], ImageRecord] = {}
-        for scene_dir in sorted(p for p in self.split_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        for scene_dir in scene_dirs(self.split_dir):
             try:
                 self._index_scene(scene_dir)
             except BopFormatError as e:
@@ -927,21 +956,37 @@ class BopDataset:
                 if vf is None or vf >= min_visib_fract:
                     yield rec, inst
 
-    def targets(self, path=None, min_visib_fract: float = 0.1) -> list[dict]:
+    def targets_path(self, path=None) -> Path | None:
+        """The targets file: ``path`` (as given, else relative to the dataset root; one that does
+        not exist raises :class:`BopFormatError`), or by default ``root/TARGETS_FILENAME`` when it
+        exists, else None (targets derived from the annotations)."""
+        if path is None:
+            default = self.root / TARGETS_FILENAME
+            return default if default.is_file() else None
+        p = Path(path)
+        if not p.is_file() and not p.is_absolute() and (self.root / p).is_file():
+            p = self.root / p
+        if not p.is_file():
+            raise BopFormatError(f"{path}: targets file not found")
+        return p
+
+    def targets(self, path=None, min_visib_fract: float = TARGETS_MIN_VISIB) -> list[dict]:
         """Evaluation targets ``{scene_id, im_id, obj_id, inst_count}``.
 
-        From ``path`` or ``root/test_targets_bop19.json`` when it exists (restricted to indexed
-        images; targets of skipped scenes are dropped), else derived from the annotations
-        (instances with ``visib_fract >= min_visib_fract``, counted per object).
+        From the targets file (:meth:`targets_path`: ``path``, else ``root/test_targets_bop19.json``
+        when it exists), restricted to indexed images (targets of skipped scenes are dropped), else
+        derived from the annotations (instances with ``visib_fract >= min_visib_fract``, counted per
+        object). An explicit ``path`` that does not exist raises :class:`BopFormatError`.
         """
-        path = Path(path) if path is not None else self.root / "test_targets_bop19.json"
-        if path.is_file():
+        path = self.targets_path(path)
+        if path is not None:
             return [t for t in load_test_targets(path) if (t["scene_id"], t["im_id"]) in self._images]
         return targets_from_gt(
             ((rec.scene_id, rec.im_id, inst.obj_id, inst.visib_fract) for rec, inst in self.instances()),
             min_visib_fract)
 
-    def target_images(self, path=None, min_visib_fract: float = 0.1) -> Iterator[tuple[ImageRecord, list[dict]]]:
+    def target_images(self, path=None, min_visib_fract: float = TARGETS_MIN_VISIB
+                      ) -> Iterator[tuple[ImageRecord, list[dict]]]:
         """``(image, its targets)`` for every image with at least one target (see :meth:`targets`),
         sorted by (scene_id, im_id): what a BOP evaluation run iterates over."""
         grouped = _group_targets(self.targets(path, min_visib_fract))
@@ -956,7 +1001,7 @@ def _group_targets(targets: Iterable[dict]) -> dict[tuple[int, int], list[dict]]
     return out
 
 
-def targets_from_gt(rows: Iterable[tuple], min_visib_fract: float = 0.1) -> list[dict]:
+def targets_from_gt(rows: Iterable[tuple], min_visib_fract: float = TARGETS_MIN_VISIB) -> list[dict]:
     """Count ``(scene_id, im_id, obj_id, visib_fract)`` rows into BOP'19 targets."""
     counts: dict = {}
     for scene_id, im_id, obj_id, vf in rows:

@@ -39,8 +39,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mrcnet.data import bop
-from mrcnet.runtime.geometry import BinSpec, rotz, translation_to_persp
-from mrcnet.runtime.preprocess import CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image
+from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
+from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
+                                      crop_fov, crop_transform, warp_crop)
 from mrcnet.train import targets as T
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ MIN_VISIB_FRACT = 0.1
 DZI_SHIFT = 0.25  # centre shift, fraction of the box w / h
 DZI_SCALE = (0.75, 1.25)  # side scale range
 COLOR_AUG_PROB = 0.8
+N_ROT = 4  # in-plane rotations k * 360/N_ROT deg, the runtime's TTA group
 BG_PROB = 0.5
 
 
@@ -57,39 +59,22 @@ BG_PROB = 0.5
 def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: float, k: int = 0,
             n_rot: int = 4, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (SPEC 1).
-
-    Mirrors the warp of :func:`mrcnet.runtime.preprocess.prepare_detection` (which derives centre and
-    side from a box) for an explicit centre and side: ``T_rot = K Rz K^-1``, ``c' = T_rot c``,
-    ``T_img2roi = [[r, 0, -r (c'x - side/2)], [0, r, -r (c'y - side/2)], [0, 0, 1]]``, r = size/side.
+    """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (SPEC 1):
+    :func:`mrcnet.runtime.preprocess.crop_transform` with the runtime's k-th TTA rotation, for an
+    explicit centre and side (``prepare_detection`` derives them from a box).
     image (H, W[, C]) any dtype; K (3, 3); center (2,) px; k in 0..n_rot-1.
-    Returns crop (size, size[, C]) (image dtype, zero outside), K_roi (3, 3) = T_img2roi K,
-    M (2, 3) the image -> crop warp, c_rot (2,) the rotated centre c' (px).
+    Returns crop (size, size[, C]) (image dtype, zero outside), K_roi (3, 3), M (2, 3) the image ->
+    crop warp, c_rot (2,) the rotated centre (px).
     """
-    K = np.asarray(K, np.float64)
-    Rz = rotz(2.0 * np.pi * k / n_rot)
-    T_rot = K @ Rz @ np.linalg.inv(K)
-    c = T_rot @ np.array([center[0], center[1], 1.0])
-    c = c[:2] / c[2]
-    r = size / side
-    T_img2roi = np.array([[r, 0.0, -r * (c[0] - side / 2)], [0.0, r, -r * (c[1] - side / 2)], [0.0, 0.0, 1.0]])
-    A = T_img2roi @ T_rot
-    M = (A / A[2, 2])[:2]
-    crop = cv2.warpAffine(image, M, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return crop, T_img2roi @ K, M, c
+    M, K_roi, c_rot = crop_transform(K, center, side, tta_rotations(n_rot)[k], size)
+    return warp_crop(image, M, size, interpolation), K_roi, M, c_rot
 
 
 def box_location(box_xyxy: Sequence[float], center: Sequence[float], side: float, k: int = 0,
                  n_rot: int = 4) -> np.ndarray:
     """Box (x1, y1, x2, y2) px in the crop of (center, side), crop units, its corners rotated by
     k * 360/n_rot deg about the crop centre (min / max): (4,) float64 (SPEC 1 ``box_loc``)."""
-    x1, y1, x2, y2 = box_xyxy
-    ox, oy = center[0] - side / 2, center[1] - side / 2
-    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64)
-    corners = (corners - (ox, oy)) / side - 0.5
-    Rz = rotz(2.0 * np.pi * k / n_rot)[:2, :2]
-    rc = corners @ Rz.T + 0.5
-    return np.array([*rc.min(0), *rc.max(0)])
+    return crop_box_location(box_xyxy, center, side, tta_rotations(n_rot)[k])
 
 
 def dynamic_zoom_in(box_xyxy: Sequence[float], rng: np.random.Generator, shift: float = DZI_SHIFT,
@@ -161,8 +146,7 @@ def find_split(root) -> str:
     """The split folder of a dataset root: the only ``train*``/``test*``/``val*`` folder holding
     scenes, else the first of train_pbr, train, val, test that exists."""
     root = Path(root)
-    cands = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.split("_")[0] in ("train", "val", "test")
-                   and any(q.is_dir() and q.name.isdigit() for q in p.iterdir()))
+    cands = [n for n in bop.split_folders(root) if n.split("_")[0] in ("train", "val", "test")]
     if len(cands) == 1:
         return cands[0]
     for name in ("train_pbr", "train", "val", "test"):
@@ -322,12 +306,12 @@ class TrainingSamples(Dataset):
 
         if self.augment:
             center, side = dynamic_zoom_in(box, rng)
-            k = int(rng.integers(4))
+            k = int(rng.integers(N_ROT))
         else:
             center, side = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]), PAD_SCALE * max(w, h)
             k = 0
-        crop, K_roi, M, c_rot = crop_at(image, K, center, side, k, size=self.size)
-        mask256 = crop_at(mask_full * 255, K, center, side, k, size=self.size)[0] > 127
+        crop, K_roi, M, c_rot = crop_at(image, K, center, side, k, N_ROT, self.size)
+        mask256 = warp_crop(mask_full * 255, M, self.size) > 127
 
         if self.augment:
             if rng.random() < self.bg_prob:
@@ -340,13 +324,13 @@ class TrainingSamples(Dataset):
         ms = T.MASK_SIZE
         mask64 = cv2.resize(mask256.astype(np.float32), (ms, ms), interpolation=cv2.INTER_AREA) > 0.5
 
-        box_loc = box_location(box, center, side, k)
+        box_loc = box_location(box, center, side, k, N_ROT)
         crops = np.empty((4, self.size, self.size), np.float32)
         crops[:3] = np.moveaxis(crop, 2, 0).astype(np.float32) / 255.0
         crops[3] = box_map(box_loc[None], self.size)[0]
-        fov = np.array([(c_rot[0] - K[0, 2]) / K[0, 0], (c_rot[1] - K[1, 2]) / K[1, 1], side / K[0, 0]])
+        fov = crop_fov(K, center, c_rot, side, "training")
 
-        Rz = rotz(np.pi / 2 * k)
+        Rz = tta_rotations(N_ROT)[k]
         R_k = Rz @ inst.R
         t_k = Rz @ inst.t
         dxy, d = translation_to_persp(t_k, K_roi, self.size)

@@ -84,7 +84,7 @@ class SceneConfig:
     split: str = "test"
     depth_scale: float = 0.1
     box_jitter: float = 0.0
-    min_visib_fract: float = 0.1
+    min_visib_fract: float = bop.TARGETS_MIN_VISIB
     backgrounds: str | None = None
     noise_std: tuple = (0.0, 3.0)
     obj_ids: list | None = None  # default: every object of models_info.json
@@ -425,7 +425,7 @@ class SceneWriter:
                 for r in records for g, i in zip(r["gt"], r["gt_info"]))
         out = {}
         if self.cfg.split == "test":
-            out["targets"] = self.out / "test_targets_bop19.json"
+            out["targets"] = self.out / bop.TARGETS_FILENAME
             bop.save_test_targets(out["targets"], bop.targets_from_gt(rows, self.cfg.min_visib_fract))
         out["detections"] = self.out / DETECTIONS_NAME.format(split=self.cfg.split)
         bop.save_detections(out["detections"], [d for r in records for d in r["detections"]])

@@ -34,6 +34,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mrcnet.data import bop
+
 from . import pose_errors as pe
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ MSPD_THRESHOLDS = tuple(float(x) for x in np.arange(5, 51, 5))
 MSPD_REF_WIDTH = 640.0
 #: bop_toolkit's per-dataset VSD delta (mm) where it differs from pose_errors.VSD_DELTA_MM
 VSD_DELTA_BY_DATASET = {"itodd": 5.0}
-TARGETS_FILENAME = "test_targets_bop19.json"
-#: visib_fract threshold of the targets derived from the annotations when no targets file exists
-TARGETS_MIN_VISIB = 0.1
 #: views rendered per renderer call (bounds memory: views x H x W x 5 floats)
 RENDER_BATCH = 16
 
@@ -145,23 +144,18 @@ class _Model:
     syms: tuple  # (R (S,3,3), t (S,3))
 
 
-def _models_dir(root: Path) -> Path:
-    d = root / "models_eval"
-    return d if (d / "models_info.json").is_file() else root / "models"
+def _models_name(root: Path) -> str:
+    """The models folder of the evaluation, relative to the dataset folder (as ``BopDataset``
+    takes it): ``models_eval`` when the dataset has it, else ``models``."""
+    return "models_eval" if (root / "models_eval" / "models_info.json").is_file() else "models"
 
 
-def _load_targets(ds, root: Path, targets_path) -> tuple[list[dict], str]:
-    from mrcnet.data import bop
-
-    if targets_path is not None:
-        path = Path(targets_path)
-        if not path.is_absolute() and not path.is_file():
-            path = root / path
-        if not path.is_file():
-            raise EvalError(f"targets file not found: {targets_path}")
-    else:
-        path = root / TARGETS_FILENAME
-    if path.is_file():
+def _load_targets(ds, targets_path) -> tuple[list[dict], str]:
+    try:
+        path = ds.targets_path(targets_path)
+    except bop.BopFormatError as e:
+        raise EvalError(str(e)) from None
+    if path is not None:
         targets = bop.load_test_targets(path)
         for i, t in enumerate(targets):
             key = (t["scene_id"], t["im_id"])
@@ -177,26 +171,20 @@ def _load_targets(ds, root: Path, targets_path) -> tuple[list[dict], str]:
         for inst in rec.instances:
             if inst.visib_fract is None:
                 raise EvalError(f"{rec.scene_dir / 'scene_gt_info.json'}: needed (visib_fract) to "
-                                f"derive the targets when {TARGETS_FILENAME} is absent")
-    derived = bop.targets_from_gt(((rec.scene_id, rec.im_id, inst.obj_id, inst.visib_fract)
-                                   for rec, inst in ds.instances()), TARGETS_MIN_VISIB)
-    return derived, f"derived from the annotations (visib_fract >= {TARGETS_MIN_VISIB})"
+                                f"derive the targets when {bop.TARGETS_FILENAME} is absent")
+    derived = ds.targets(None, bop.TARGETS_MIN_VISIB)  # no targets file: from the annotations
+    return derived, f"derived from the annotations (visib_fract >= {bop.TARGETS_MIN_VISIB})"
 
 
 def _load_estimates(path) -> tuple[list[dict], dict]:
-    """Results rows (bop.load_bop_results) grouped by (scene, im, obj) in file order."""
-    from mrcnet.data import bop
-
+    """Results rows (bop.load_bop_results: malformed or non-finite numbers are errors) grouped by
+    (scene, im, obj) in file order."""
     try:
         rows = bop.load_bop_results(path)
     except bop.BopFormatError as e:
         raise EvalError(str(e)) from None
     groups: dict = {}
-    for i, r in enumerate(rows):
-        bad = [k for k in ("score", "R", "t") if not np.all(np.isfinite(r[k]))]
-        if bad:
-            raise EvalError(f"{path}: result row {i + 1} (scene {r['scene_id']}, image "
-                            f"{r['im_id']}, object {r['obj_id']}): {bad[0]} is NaN or inf")
+    for r in rows:
         groups.setdefault((r["scene_id"], r["im_id"], r["obj_id"]), []).append(r)
     return rows, groups
 
@@ -248,8 +236,6 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
     Raises:
         EvalError / mrcnet.data.bop.BopFormatError: unusable inputs, naming the file.
     """
-    from mrcnet.data import bop
-
     metrics = tuple(m.lower() for m in metrics)
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
@@ -257,9 +243,9 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
     root = Path(data_dir)
     if not root.is_dir():
         raise EvalError(f"dataset folder not found: {root}")
-    models_dir = _models_dir(root)
-    ds = bop.BopDataset(root, split, split_type=split_type, models=str(models_dir), strict=True)
-    target_list, targets_src = _load_targets(ds, root, targets)
+    ds = bop.BopDataset(root, split, split_type=split_type, models=_models_name(root), strict=True)
+    models_dir = ds.models_dir
+    target_list, targets_src = _load_targets(ds, targets)
     rows, est_groups = _load_estimates(results)
 
     # targets organised per image: {(scene, im): {obj_id: inst_count}}
@@ -519,13 +505,11 @@ def format_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir, stem: str = "scores_bop19") -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically; returns both paths."""
-    from mrcnet.data.bop import atomic_open
-
     out_dir = Path(out_dir)
     js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    with atomic_open(js, "w", encoding="utf8") as f:
+    with bop.atomic_open(js, "w", encoding="utf8") as f:
         json.dump(report, f, indent=2, sort_keys=False)
         f.write("\n")
-    with atomic_open(md, "w", encoding="utf8") as f:
+    with bop.atomic_open(md, "w", encoding="utf8") as f:
         f.write(format_markdown(report))
     return js, md

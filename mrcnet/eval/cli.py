@@ -6,11 +6,17 @@ from pathlib import Path
 import click
 
 
+def split_options(f):
+    """``--split`` and ``--split-type`` (the split folder ``<split>[_<split_type>]``): shared by
+    ``mrcnet-eval`` and ``mrcnet-infer``."""
+    f = click.option("--split-type", default=None, help="Split type, e.g. primesense (test_primesense/).")(f)
+    return click.option("--split", default="test", show_default=True, help="Split folder name.")(f)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="BOP dataset folder (models[_eval]/, <split>/<scene>/...).")
-@click.option("--split", default="test", show_default=True, help="Split folder name.")
-@click.option("--split-type", default=None, help="Split type, e.g. primesense (test_primesense/).")
+@split_options
 @click.option("--results", required=True, type=click.Path(dir_okay=False),
               help="BOP'19 results CSV (scene_id,im_id,obj_id,score,R,t,time).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),

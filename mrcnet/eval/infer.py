@@ -62,10 +62,10 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     torch_model: an ``MRCNet`` with ``meta`` (from :func:`mrcnet.checkpoint.load_checkpoint`, or set
     by the caller: ``obj_ids``, ``depth_range``, ``dataset``, ``preset``, ``fov_variant``).
     root / models_dir: where ``obj_XXXXXX.ply`` of its objects are (``root/models_dir``).
-    The fov variant maps as the exporter does (checkpoint ``official`` -> runtime ``inference``);
+    The fov variant is put in the runtime's words (:func:`mrcnet.checkpoint.normalise_fov_variant`);
     ``n_rot`` = ``bn_group`` = the model's BatchNorm group (4 = one TTA group per detection).
     """
-    from mrcnet.export.exporter import _fov_variant
+    from mrcnet.checkpoint import normalise_fov_variant
     from mrcnet.export.manifest import build_manifest
 
     meta = dict(getattr(torch_model, "meta", None) or {})
@@ -74,7 +74,7 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     m = build_manifest(
         dataset=meta.get("dataset") or "", preset=meta.get("preset", torch_model.cfg.name), obj_ids=obj_ids,
         depth_range=meta.get("depth_range") or list(torch_model.tables.depth_range), bins=torch_model.cfg.bins,
-        fov_variant=_fov_variant(meta.get("fov_variant")), crop_size=torch_model.cfg.crop_size,
+        fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")), crop_size=torch_model.cfg.crop_size,
         bn_group=group, n_rot=group, project_version="", checkpoint_sha256=None)
     m.root = Path(root).resolve()
     m.models_dir = str(models_dir)
@@ -271,10 +271,10 @@ class ResumableResultsWriter:
     def write_image(self, scene_id: int, im_id: int, rows: Sequence[dict]) -> None:
         """Append the rows (``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time s}``) of one
         image, flush, then record the image as done."""
-        from mrcnet.data.bop import _format_result
+        from mrcnet.data.bop import format_result_row
 
         if rows:
-            self._csv.write("".join(_format_result(r) + "\n" for r in rows).encode("ascii"))
+            self._csv.write("".join(format_result_row(r) + "\n" for r in rows).encode("ascii"))
         self._csv.flush()
         os.fsync(self._csv.fileno())
         self._log.write(json.dumps({"scene_id": int(scene_id), "im_id": int(im_id), "rows": len(rows),

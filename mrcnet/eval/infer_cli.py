@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from .cli import split_options
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="BOP dataset folder (models/, <split>/<scene>/, test_targets_bop19.json).")
-@click.option("--split", default="test", show_default=True, help="Split folder name.")
-@click.option("--split-type", default=None, help="Split type, e.g. primesense (test_primesense/).")
+@split_options
 @click.option("--model", required=True, type=click.Path(exists=False),
               help=".pth checkpoint (runs on torch) or mrcnet-export directory (runtime backends).")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default=None,
