@@ -130,13 +130,19 @@ def test_cli_tracks_a_synthetic_clip(small_export, renderer, tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     recs = read_jsonl(tmp_path / "run" / "poses.jsonl")
     assert len(recs) == 4 and recs[0]["tracking"]["detected"]
-    assert all(len(x["objects"]) >= 1 for x in recs)
-    # frames after the first run on boxes projected from the previous poses, not on a detections file
-    # (the file only has frame 0)
-    assert any(not x["tracking"]["detected"] for x in recs[1:])
-    for x in recs[1:]:
-        if not x["tracking"]["detected"]:
-            assert recs[0]["objects"] and all(o["box"] for o in x["objects"])
+    # Random weights: poses are arbitrary, so an object may be lost; what must hold is the mechanics.
+    # Frame 0 runs on the file's detections; later frames have none in the file, so every object
+    # there comes from the previous frame's pose (tracked), and every object that disappears is
+    # reported as lost with a reason.
+    assert {o["obj_id"] for o in recs[0]["objects"]} == {oid for oid, _, _ in gt[0]}
+    for prev, x in zip(recs, recs[1:]):
+        assert not x["tracking"]["detected"]
+        now = {o["obj_id"] for o in x["objects"]}
+        before = {o["obj_id"] for o in prev["objects"]}
+        assert now <= before
+        lost = {e["obj_id"] for e in x["tracking"]["lost"]} | {e["obj_id"] for e in prev["tracking"]["lost"]}
+        assert before - now <= lost, (before, now, x["tracking"])
+        assert all(len(o["box"]) == 4 for o in x["objects"])
     cap = cv2.VideoCapture(str(tmp_path / "run" / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     ok, first = cap.read()
