@@ -41,8 +41,8 @@ def summary_lines(res: ExportResult) -> list[str]:
 @click.option("--object-ids", default=None, help="Comma-separated BOP object ids to keep, e.g. 5,7.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
               help="BOP models folder (obj_XXXXXX.ply). Default: the shipped demo's models.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Export directory to write.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Export directory to write (default for the demo model: where mrcnet-run --demo reads it).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--max-detections", type=int, default=8, show_default=True,
@@ -51,9 +51,11 @@ def summary_lines(res: ExportResult) -> list[str]:
               help="BOP dataset root or split folder for int8 calibration crops.")
 @click.option("--calib-split", default=None, help="Split of --calib-data (e.g. test_primesense). Default: auto.")
 @click.option("--calib-count", type=int, default=32, show_default=True, help="Calibration detections.")
+@click.option("--engines-only", is_flag=True,
+              help="Only build TensorRT engines (fp32/fp16) for the ONNX export already in --out; no torch needed.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precision, max_detections, calib_data,
-         calib_split, calib_count, quiet):
+         calib_split, calib_count, engines_only, quiet):
     """Export an MRC-Net checkpoint to ONNX (and TensorRT) for the torch-free runtime."""
     from .exporter import export_checkpoint
     from .subset import SubsetError, parse_object_ids
@@ -62,6 +64,22 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
         if not quiet:
             click.echo(f"[mrcnet-export] {msg}", err=True)
 
+    if out_dir is None:
+        if checkpoint is not None:
+            raise click.UsageError("missing --out DIR (the export directory to write)")
+        from mrcnet.runtime.manifest import DEMO_EXPORT_DIR
+
+        out_dir = DEMO_EXPORT_DIR
+    if engines_only:
+        from .tensorrt import TensorRTUnavailable, engines_for_export
+
+        try:
+            entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
+        except (ValueError, TensorRTUnavailable) as e:
+            click.echo(f"mrcnet-export: error: {e}", err=True)
+            sys.exit(2)
+        click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
+        return
     try:
         ids = parse_object_ids(object_ids)
         if checkpoint is None:

@@ -34,21 +34,17 @@ class ExportError(RuntimeError):
 
 
 def default_checkpoint() -> Path:
-    """The shipped demo model's checkpoint (``mrcnet/assets/demo_model.pth`` or
-    ``mrcnet/assets/demo/model.pth``, whichever exists; the first when neither does)."""
-    assets = Path(__file__).resolve().parent.parent / "mrcnet" / "assets"
-    cands = [assets / "demo_model.pth", assets / "demo" / "model.pth"]
-    for c in cands:
-        if c.is_file():
-            return c
-    return cands[0]
+    """The shipped demo model's checkpoint (``mrcnet.runtime.manifest.DEMO_CHECKPOINT``)."""
+    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
+
+    return DEMO_CHECKPOINT
 
 
 def default_models_dir() -> Path:
-    """The shipped demo's BOP models (``DEMO_DIR/models``)."""
-    from mrcnet.runtime.manifest import DEMO_DIR
+    """The shipped demo's BOP models (``mrcnet.runtime.manifest.DEMO_MODELS``)."""
+    from mrcnet.runtime.manifest import DEMO_MODELS
 
-    return DEMO_DIR / MODELS_DIR
+    return DEMO_MODELS
 
 
 @dataclass

@@ -285,3 +285,27 @@ def compare_with_ort(onnx_paths: Mapping[str, Path], engine_paths: Mapping[str, 
     out["rot_agree_5deg"] = float((rotation_angle_deg(got["R"], ref["R"]) < 5).mean())
     out["t_agree_5mm"] = float((np.linalg.norm(got["t"] - ref["t"], axis=-1) < 5).mean())
     return out
+
+
+def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: int = 8,
+                       progress: Callable[[str], None] | None = None) -> dict:
+    """Build (or refresh from the cache) TensorRT engines for an existing ONNX export directory,
+    without torch: what a Jetson board runs on an export made on a desktop. fp32 / fp16 only
+    (int8 needs calibration crops through the PyTorch model: export with ``--precision int8``).
+    Updates the directory's manifest atomically; returns its new engines entry."""
+    from mrcnet.runtime.manifest import ManifestError, load_manifest
+
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"--engines-only builds fp32 or fp16 engines, not {precision!r}")
+    out = Path(export_dir)
+    try:
+        man = load_manifest(out)
+    except ManifestError as e:
+        raise ValueError(str(e)) from None
+    raw = json.loads((out / "manifest.json").read_text())
+    fp32 = raw.get("onnx_fp32") or {"classifier": man.classifier.onnx, "regressor": man.regressor.onnx}
+    onnx_paths = {g: out / fp32[g] for g in GRAPHS}
+    entry, _ = build_engines(onnx_paths, out, precision=precision, max_detections=max_detections, progress=progress)
+    raw.setdefault("engines", {})[precision] = entry
+    atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
+    return entry

@@ -273,3 +273,10 @@ def normalise_fov_variant(name: str) -> str:
     if name not in FOV_VARIANTS:
         raise CheckpointError(f"unknown fov variant {name!r}; expected one of {FOV_VARIANTS}")
     return name
+
+
+def slim_checkpoint(src: "str | os.PathLike", dst: "str | os.PathLike", half: bool = True) -> dict:
+    """Copy a project checkpoint without its training state (optimizer, scheduler, RNG), floating
+    tensors as float16 when ``half`` (how the demo model is shipped). Returns the meta dict."""
+    model = load_checkpoint(src)
+    return save_checkpoint(dst, model, half=half)

@@ -302,6 +302,35 @@ def test_cli_tensorrt_absent_or_no_gpu(small_ckpt, tmp_path):
     assert "TensorRT" in line or "GPU" in line
 
 
+def test_cli_engines_only(small_ckpt, tmp_path):
+    """--engines-only works on an existing ONNX export without torch: a missing export or an int8
+    request is a one-line error; without TensorRT / a GPU, that is the one line."""
+    from mrcnet.export.tensorrt import TensorRTUnavailable, check_tensorrt
+
+    r = _cli(["--engines-only", "--out", tmp_path / "none", "--backend", "tensorrt"])
+    assert r.exit_code == 2 and "export directory not found" in r.stderr.strip().splitlines()[-1]
+    ckpt, models = small_ckpt
+    out = tmp_path / "o"
+    assert _cli(["--checkpoint", ckpt, "--models", models, "--out", out, "--quiet"]).exit_code == 0
+    r = _cli(["--engines-only", "--out", out, "--precision", "int8"])
+    assert r.exit_code == 2 and "fp32 or fp16" in r.stderr.strip().splitlines()[-1]
+    try:
+        check_tensorrt()
+    except TensorRTUnavailable as e:
+        r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
+        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"mrcnet-export: error: {e}"
+    else:
+        r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
+        assert r.exit_code == 0, r.output
+        assert "fp16" in load_manifest(out).engines
+
+
+def test_cli_out_required_with_checkpoint(small_ckpt):
+    ckpt, models = small_ckpt
+    r = _cli(["--checkpoint", ckpt, "--models", models])
+    assert r.exit_code == 2 and "--out" in r.output
+
+
 # ------------------------------------------------------------------------------------------ int8
 @pytest.fixture(scope="module")
 def bop_calib(tmp_path_factory):
