@@ -76,6 +76,7 @@ class TrainConfig:
     label_cache_dir: str | None = None  # default <out>/label_cache
     color_prob: float = 0.8
     bg_prob: float = 0.5
+    augment: bool = True  # zoom-in, in-plane rotation, colour and background (False: plain crops)
     progress: bool = True
 
 
@@ -331,7 +332,7 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     ds = TrainingSamples(cfg.data, mcfg.bins, preset.depth_range, split=cfg.split, obj_ids=cfg.objects,
-                         augment=True, seed=cfg.seed, n_vertices=cfg.n_vertices,
+                         augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
                          color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size)
     obj_ids = ds.obj_ids
