@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
+
 from .geometry import BinSpec
 from .preprocess import FOV_VARIANTS
 
@@ -28,7 +30,7 @@ MANIFEST_NAME = "manifest.json"
 # models, the demo clip (the layout of mrcnet.data.video.generate_video) with camera and detections.
 # The checkpoint is exported once (`mrcnet-export`, torch) into DEMO_EXPORT_DIR, which
 # `mrcnet-run --demo` and the `--model` default read (torch-free).
-DEMO_DIR = Path(__file__).resolve().parent.parent / "mrcnet" / "assets" / "demo"
+DEMO_DIR = Path(_mrcnet_pkg.__file__).resolve().parent / "assets" / "demo"  # source tree and wheels alike
 DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
 DEMO_MODELS = DEMO_DIR / "models"
 DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
