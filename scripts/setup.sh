@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Headless OpenGL through EGL (Mesa llvmpipe where there is no GPU).
-if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libEGL_mesa.so.0'; then
+if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libEGL_mesa.so.0' \
+   || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then
   echo "[setup] installing EGL/Mesa system libraries (libegl1 libgl1 libgl1-mesa-dri)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
