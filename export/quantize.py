@@ -99,10 +99,12 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
         raise CalibrationError(f"--calib-data: {e}") from None
+    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (SPEC 5), one place
+
     wanted = set(int(i) for i in obj_ids)
-    rows = [(rec, inst) for rec, inst in ds.instances(0.1) if inst.obj_id in wanted
+    rows = [(rec, inst) for rec, inst in ds.instances(MIN_VISIB_FRACT) if inst.obj_id in wanted
             and inst.info is not None and inst.info.get("bbox_visib") is not None
-            and min(inst.info["bbox_visib"][2:]) > 10]
+            and min(inst.info["bbox_visib"][2:]) > MIN_BOX_PX]
     if not rows:
         raise CalibrationError(f"--calib-data {root / split_name}: no visible instance of objects {sorted(wanted)}")
     pick = np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))
