@@ -46,7 +46,7 @@ def tiny_assets(tmp_path_factory) -> TinyAssets:
     model = build_model(len(OBJ_IDS), DEPTH_RANGE, "small").eval()
     save_checkpoint(a.checkpoint, model, dataset="synth", obj_ids=OBJ_IDS, fov_variant="official")
     man = build_manifest(dataset="synth", preset="small", obj_ids=OBJ_IDS, depth_range=DEPTH_RANGE,
-                         bins=model.cfg.bins, fov_variant="inference", crop_size=256, bn_group=4,
+                         bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
                          project_version="test", checkpoint_sha256=None)
     export_onnx(model, a.export, man)
     shutil.copytree(a.data / "models", a.export / "models")

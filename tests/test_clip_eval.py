@@ -65,3 +65,25 @@ def test_symmetric_turn_is_not_an_error(tmp_path, clip):
     _write_track(tmp_path / "q.jsonl", gt, edit=lambda o, R, t: (rotz(np.radians(20.0)) @ R, t) if o == 1 else (R, t))
     r = evaluate_clip(tmp_path / "q.jsonl", DEMO_DIR / "scene_gt.json", DEMO_MODELS, K)
     assert r["per_object"][1]["rot_err_deg"] == pytest.approx(20.0, abs=1e-3)
+
+
+def test_cli_scores_the_demo_clip_and_rejects_bad_input(tmp_path, clip):
+    import subprocess
+    import sys
+
+    gt, _ = clip
+    _write_track(tmp_path / "p.jsonl", gt)
+
+    ok = subprocess.run([sys.executable, "-m", "mrcnet.eval.clip_eval", str(tmp_path / "p.jsonl"),
+                         "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "| all |" in ok.stdout and "AR (mean of AR_MSSD and AR_MSPD): 1.000" in ok.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["overall"]["AR"] == 1.0
+    (tmp_path / "bad.jsonl").write_text('{"frame": 0, "objects": [{"obj_id": 1}]}\n')
+    bad = subprocess.run([sys.executable, "-m", "mrcnet.eval.clip_eval", str(tmp_path / "bad.jsonl")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "bad.jsonl:1: malformed pose record" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([sys.executable, "-m", "mrcnet.eval.clip_eval", str(tmp_path / "none.jsonl")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "poses file not found" in missing.stderr

@@ -44,7 +44,7 @@ def small_export(tmp_path_factory):
     model = build_model(len(OBJ_IDS), DEPTH, "small").eval()
     out = tmp_path_factory.mktemp("small_export")
     man = build_manifest(dataset="synth", preset="small", obj_ids=OBJ_IDS, depth_range=DEPTH, bins=model.cfg.bins,
-                         fov_variant="inference", crop_size=256, bn_group=4, project_version="test",
+                         fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4, project_version="test",
                          checkpoint_sha256=None)
     export_onnx(model, out, man)
     (out / "models").mkdir()

@@ -68,7 +68,7 @@ def trt_export(tmp_path_factory):
     torch.manual_seed(5)
     model = build_model(2, (0.05, 1.7), "small").eval()
     man = build_manifest(dataset="synth", preset="small", obj_ids=[1, 2], depth_range=(0.05, 1.7),
-                         bins=model.cfg.bins, fov_variant="inference", crop_size=256, bn_group=4,
+                         bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
                          project_version="0.1.0", checkpoint_sha256="")
     out = tmp_path_factory.mktemp("trt")
     return model, out, export_onnx(model, out, man)
@@ -135,7 +135,7 @@ def test_int8_engine_with_calibration(trt_export, tmp_path):
     for oid in (1, 2):
         write_box_ply(models / f"obj_{oid:06d}.ply")
     man = build_manifest(dataset="synth", preset="small", obj_ids=[1, 2], depth_range=(0.05, 1.7),
-                         bins=model.cfg.bins, fov_variant="inference", crop_size=256, bn_group=4,
+                         bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
                          project_version="0.1.0", checkpoint_sha256="")
     cal = calibration_feeds(model, man, None, count=4, models_dir=models)
     entry, parity = build_engines(paths, out, precision="int8", max_detections=2, calib=cal,

@@ -1,4 +1,5 @@
 """Losses and trainer: loss definitions, schedule, sampler, over-fitting, resume, torchrun (gloo)."""
+import json
 import os
 import subprocess
 import sys
@@ -203,3 +204,67 @@ def test_torchrun_two_gloo_processes_match_one(tiny, tmp_path):
     assert close >= 0.9999 * sum(a[k].numel() for k in a)
     init = build_model(3, (0.05, 1.7), "small").state_dict()
     assert any(not torch.allclose(a[k], init[k]) for k in a), "training did not change the weights"
+
+
+def test_whole_images_cuts_at_an_image_boundary():
+    from mrcnet.train.trainer import _whole_images
+
+    items = [((0, 0), 0), ((0, 0), 1), ((0, 1), 0), ((0, 1), 1), ((0, 1), 2), ((0, 2), 0)]
+    assert _whole_images(items, 1) == items[:2]
+    assert _whole_images(items, 3) == items[:5]
+    assert _whole_images(items, 100) == items
+
+
+def _val_samples(tiny):
+    from mrcnet.data.samples import TrainingSamples
+
+    cfg = get_config("small")
+    return TrainingSamples(tiny, cfg.bins, (0.05, 1.7), augment=False, label_cache=0, size=cfg.crop_size)
+
+
+def test_validation_ar_scores_ground_truth_as_one_and_far_poses_as_zero(tiny, tmp_path):
+    from mrcnet.train.trainer import _bop_ar
+
+    ds = _val_samples(tiny)
+    items = ds.items
+    gt = [ds.ds.image(*key).instances[g] for key, g in items]
+    rows = [{"scene_id": k[0], "im_id": k[1], "obj_id": i.obj_id, "score": 1.0, "R": i.R, "t": i.t}
+            for (k, _), i in zip(items, gt)]
+    rep = _bop_ar(ds, items, rows, tmp_path / "gt")
+    assert rep["AR_MSSD"] == 1.0 and rep["AR_MSPD"] == 1.0 and rep["AR_VSD"] > 0.99, rep
+    assert (tmp_path / "gt" / "estimates.csv").is_file() and (tmp_path / "gt" / "targets.json").is_file()
+    # every estimate one diameter too far: no MSSD / MSPD / VSD recall at any threshold
+    far = [dict(r, t=r["t"] + np.array([0.0, 0.0, ds.objects[r["obj_id"]].diameter])) for r in rows]
+    rep = _bop_ar(ds, items, far, tmp_path / "far")
+    assert rep["AR_MSSD"] == 0.0 and rep["AR"] < 0.1, rep
+
+
+def test_validation_reports_errors_and_ar_per_object(tiny, tmp_path):
+    from mrcnet.train.trainer import StageTwoRenderer, validate
+
+    torch.manual_seed(0)
+    ds = _val_samples(tiny)
+    model = build_model(3, (0.05, 1.7), "small").eval()
+    r = StageTwoRenderer(ds.ds.models_dir, ds.obj_ids, model.cfg.crop_size)
+    with torch.no_grad():
+        val = validate(model, r, ds, max_instances=3, ar_dir=tmp_path / "val")
+    assert val["all"]["n"] >= 3 and set(val) >= {"all"}
+    assert sum(v["n"] for k, v in val.items() if k != "all") == val["all"]["n"]
+    for v in val.values():
+        assert 0.0 <= v["rot_err_deg"] <= 180.0 and v["trans_err_mm"] >= 0.0
+        for k in ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD"):
+            assert 0.0 <= v[k] <= 1.0, (k, v)
+    assert (tmp_path / "val" / "estimates.csv").read_text().count("\n") == val["all"]["n"] + 1
+
+
+def test_train_speed_benchmark_times_the_steps_after_warmup(tiny, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_speed
+
+    r = train_speed.measure("small", 2, 2, 1, tiny, tmp_path / "run", device="cpu", workers=0)
+    assert r["steps_timed"] == 2 and r["crop_size"] == 128 and r["device"] == "cpu"
+    assert 0 < r["steps_per_s"] < 1e3 and abs(r["samples_per_s"] - 2 * r["steps_per_s"]) < 1e-9
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    wall = [h["wall_s"] for h in hist]
+    assert len(wall) == 3 and wall == sorted(wall) and wall[0] > 0
+    assert abs(r["s_per_step"] - (wall[2] - wall[0]) / 2) < 1e-6

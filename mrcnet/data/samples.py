@@ -16,7 +16,7 @@ or height <= 10 px or ``visib_fract`` < 0.1 are skipped), cropped the SPEC-1 way
   random square window of another image of the split (or of a ``backgrounds`` folder).
 
 Targets (:mod:`mrcnet.train.targets`): soft rotation labels over the bins (symmetry-aware; cached
-per (object, rotated GT rotation), see ``label_cache``), soft depth and cell labels, the 64x64
+per (object, rotated GT rotation), see ``label_cache``), soft depth and cell labels, the crop/4
 visible mask, subsampled model vertices (mm), the symmetry group (``sym_R``, ``sym_t``) and the
 diameter. :func:`collate_samples` pads vertices and symmetries of different objects with masks.
 
@@ -171,7 +171,7 @@ class TrainingSamples(Dataset):
     ``fov`` (3,) f32 (training variant); ``K_roi`` (3, 3) f32; ``k`` () i64 in-plane rotation index;
     ``R`` (3, 3) f32 and ``t`` (3,) f32 mm: the pose in the rotated crop frame; ``persp`` (3,) f32
     (dx, dy, d); ``rot_labels`` (n_rot,), ``depth_labels`` (n_depth,), ``cell_labels`` (n_cells^2,) f32;
-    ``mask`` (64, 64) f32 {0, 1}; ``vertices`` (V, 3) mm, ``sym_R`` (S, 3, 3), ``sym_t`` (S, 3) mm,
+    ``mask`` (S/4, S/4) f32 {0, 1}; ``vertices`` (V, 3) mm, ``sym_R`` (S, 3, 3), ``sym_t`` (S, 3) mm,
     ``diameter`` () f32 mm; ``key`` (3,) i64 (scene_id, im_id, gt_id).
     """
 
@@ -321,7 +321,7 @@ class TrainingSamples(Dataset):
                 self._aug.set_random_seed(int(rng.integers(2**31)))
                 res = self._aug(image=crop, mask=mask256.astype(np.uint8))
                 crop, mask256 = res["image"], res["mask"].astype(bool)
-        ms = T.MASK_SIZE
+        ms = self.size // T.MASK_STRIDE
         mask64 = cv2.resize(mask256.astype(np.float32), (ms, ms), interpolation=cv2.INTER_AREA) > 0.5
 
         box_loc = box_location(box, center, side, k, N_ROT)

@@ -265,7 +265,8 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
         if not models[obj_id].diameter > 0:
             raise EvalError(f"{models_dir / 'models_info.json'}: object {obj_id}: diameter must be > 0")
 
-    if "vsd" in metrics and renderer is None:
+    own_renderer = "vsd" in metrics and renderer is None
+    if own_renderer:
         from mrcnet.runtime.render import Renderer
 
         renderer = Renderer()
@@ -362,6 +363,8 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
                 acc = tp[metric].setdefault(obj_id, np.zeros(len(th[metric]), np.int64))
                 acc += matched.sum(axis=1)
 
+    if own_renderer:
+        renderer.release()
     return _report(tp, n_valid, n_est_used, n_missing, params, metrics, th, n_tau,
                    inputs={"data": str(root), "split": ds.split_dir.name, "results": str(results),
                            "targets": targets_src, "models": str(models_dir)},

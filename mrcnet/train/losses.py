@@ -15,7 +15,7 @@ With B samples, the network outputs of :meth:`mrcnet.model.MRCNet.stage1` / ``st
    made of stage 1's argmax cell + the predicted xy residual with the *ground-truth* depth.
 6. ``depth_reg`` (x0.2): the same with the ground-truth (dx, dy) and stage 1's argmax depth bin +
    the predicted depth residual.
-7. ``mask`` (x10): binary cross-entropy (mean over pixels) of the visible-mask logit (64x64).
+7. ``mask`` (x10): binary cross-entropy (mean over pixels) of the visible-mask logit (crop/4 side: 64x64 for 256 crops).
 
 Residuals are thus supervised relative to stage 1's own argmax bins. Distances are in mm (the
 official units). All losses are per-sample means, so the gradient of a batch split across

@@ -28,7 +28,7 @@ from mrcnet.runtime.geometry import BinSpec, cell_centers, depth_bin_centers, ro
 
 ROT_SIGMA = 0.03  # rotation label width, as a fraction of the object diameter
 DEPTH_SIGMA = 0.5  # depth / cell label width, in bin spacings
-MASK_SIZE = 64  # side of the visible-mask target (the network's 1/4 map of a 256 crop)
+MASK_STRIDE = 4  # the visible-mask target is the network's 1/4 map: side = crop size // MASK_STRIDE
 
 
 # ---------------------------------------------------------------------------- object tensors

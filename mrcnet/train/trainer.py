@@ -222,12 +222,18 @@ def _set_rng_state(st: dict) -> None:
 # ------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, batch_detections: int = 4,
-             device="cpu") -> dict:
+             device="cpu", ar_dir=None) -> dict:
     """Pose errors on a held-out split, the runtime's way (4 in-plane crops per detection with
     BatchNorm per group of 4, ``fov`` training variant, TTA selection), GT ``bbox_visib`` as the
     detection. Rotation error: degrees to the closest symmetric GT; translation error: mm.
     Returns ``{"all": {...}, "obj_<id>": {...}}`` with ``n``, ``rot_err_deg`` and ``trans_err_mm``
-    (medians), ``share_5deg_5cm``."""
+    (medians), ``share_5deg_5cm``.
+
+    The instances validated are those of the split's first images, whole images only, up to
+    ``max_instances``. With ``ar_dir`` (a folder) the estimates are also scored with the BOP'19
+    protocol (:func:`mrcnet.eval.bop_eval.evaluate_bop19` on those images, their instances as
+    targets): ``AR``, ``AR_VSD``, ``AR_MSSD``, ``AR_MSPD`` in [0, 1] are added to each entry, and
+    the estimates (``estimates.csv``) and targets (``targets.json``) are kept in ``ar_dir``."""
     from mrcnet.geometry import tta_select
     from mrcnet.runtime.geometry import rotation_angle_deg
     from mrcnet.runtime.preprocess import prepare_detection
@@ -235,7 +241,8 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
     group = model.bn_group
     model.set_bn_group(4)
     errs: dict[int, list] = {}
-    items = ds.items[:max_instances]
+    items = _whole_images(ds.items, max_instances)
+    rows: list[dict] = []
     for i0 in range(0, len(items), batch_detections):
         chunk = items[i0:i0 + batch_detections]
         crops, K_roi, fov, Rz, idx, gts = [], [], [], [], [], []
@@ -243,7 +250,8 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
             rec = ds.ds.image(scene_id, im_id)
             inst = rec.instances[gt_id]
             x, y, w, h = inst.info["bbox_visib"]
-            cb = prepare_detection(rec.load_image("bgr"), rec.K, [x, y, x + w, y + h], 4, "training")
+            cb = prepare_detection(rec.load_image("bgr"), rec.K, [x, y, x + w, y + h], 4, "training",
+                                   model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
             idx += [ds.cls[inst.obj_id]] * 4
             gts.append(inst)
@@ -263,6 +271,9 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
             re = float(rotation_angle_deg(Rp[None], cand).min())
             te = float(np.linalg.norm(t[j].double().cpu().numpy() - inst.t))
             errs.setdefault(inst.obj_id, []).append((re, te))
+            (scene_id, im_id), _ = chunk[j]
+            rows.append({"scene_id": scene_id, "im_id": im_id, "obj_id": inst.obj_id, "score": 1.0, "R": Rp,
+                         "t": t[j].double().cpu().numpy()})
     model.set_bn_group(group)
 
     def summary(rows):
@@ -272,7 +283,47 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
 
     out = {"all": summary([r for v in errs.values() for r in v])}
     out.update({f"obj_{k}": summary(v) for k, v in sorted(errs.items())})
+    if ar_dir is not None and rows:
+        rep = _bop_ar(ds, items, rows, Path(ar_dir))
+        out["all"].update(_ar_fields(rep))
+        for oid, r in rep["per_object"].items():
+            if f"obj_{int(oid)}" in out:
+                out[f"obj_{int(oid)}"].update(_ar_fields(r))
     return out
+
+
+def _whole_images(items: list, max_instances: int) -> list:
+    """The first items (``((scene_id, im_id), gt_id)``, grouped by image) up to ``max_instances``,
+    cut at an image boundary (at least one image)."""
+    out = []
+    for i, it in enumerate(items):
+        if len(out) >= max_instances and it[0] != items[i - 1][0]:
+            break
+        out.append(it)
+    return out
+
+
+AR_KEYS = ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD")
+
+
+def _ar_fields(report: dict) -> dict:
+    return {k: (None if report.get(k) is None else float(report[k])) for k in AR_KEYS}
+
+
+def _bop_ar(ds: TrainingSamples, items: list, rows: list[dict], ar_dir: Path) -> dict:
+    """BOP'19 scores of ``rows`` (one estimate per validated instance) with the validated
+    instances as the targets."""
+    from collections import Counter
+
+    from mrcnet.data import bop
+    from mrcnet.eval.bop_eval import evaluate_bop19
+
+    ar_dir.mkdir(parents=True, exist_ok=True)
+    counts = Counter((sid, iid, ds.ds.image(sid, iid).instances[g].obj_id) for (sid, iid), g in items)
+    targets = [{"scene_id": s, "im_id": i, "obj_id": o, "inst_count": n} for (s, i, o), n in counts.items()]
+    bop.save_test_targets(ar_dir / "targets.json", targets)
+    bop.save_bop_results(ar_dir / "estimates.csv", rows)
+    return evaluate_bop19(ds.root, ar_dir / "estimates.csv", split=ds.split, targets=ar_dir / "targets.json")
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -287,7 +338,7 @@ def plot_history(history: list[dict], path) -> None:
         return
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key in [k for k in history[0] if k not in ("step", "lr")]:
+    for key in [k for k in history[0] if k not in ("step", "lr", "wall_s")]:
         vals = np.array([h[key] for h in history], np.float64)
         w = max(1, len(vals) // 50)
         smooth = np.convolve(vals, np.ones(w) / w, mode="valid")
@@ -430,7 +481,7 @@ def train(cfg: TrainConfig) -> dict:
                 t = torch.tensor(list(vals.values()), device=device)
                 dist.all_reduce(t)
                 vals = dict(zip(vals, (t / world).tolist()))
-            history.append({"step": step, "lr": lr, **vals})
+            history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
             if rank == 0:
                 for k, v in vals.items():
                     writer.add_scalar(f"loss/{k}", v, step)
@@ -442,12 +493,13 @@ def train(cfg: TrainConfig) -> dict:
                 save(ckpt_path)
             if end_of_epoch and val_ds is not None:
                 model.eval()
-                val = validate(model, renderer, val_ds, cfg.val_max, device=device)
+                val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
                 model.train()
                 _atomic_json(val, out / f"val_epoch_{step // steps_per_epoch:03d}.json")
                 for name, v in val.items():
-                    for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm"):
-                        writer.add_scalar(f"val/{name}/{k}", v[k], step)
+                    for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
+                        if v.get(k) is not None:
+                            writer.add_scalar(f"val/{name}/{k}", v[k], step)
                 log.info("epoch %d validation: %s", step // steps_per_epoch, json.dumps(val["all"]))
             if distributed and end_of_epoch:
                 dist.barrier()
