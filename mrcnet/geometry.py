@@ -7,7 +7,8 @@ bins + residuals into poses (:func:`decode_bins`, :func:`decode_final`).
 
 Conventions: OpenCV camera (x right, y down, z forward), millimetres, ``X_cam = R X_model + t``,
 quaternions ``(w, x, y, z)``, crop offsets ``(dx, dy)`` in crop units ([-0.5, 0.5]),
-normalised depth ``d = t_z / fx_roi``. Everything here is plain tensor arithmetic (no Python
+normalised depth ``d = t_z / fx_roi`` (of a 256-px crop, :data:`REF_CROP`). Everything here is
+plain tensor arithmetic (no Python
 control flow on values), so it traces into ONNX opset 17.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 from mrcnet.runtime.geometry import (  # noqa: F401  (re-exported facts)
     BinSpec,
     PAPER_BINS,
+    REF_CROP,
     cell_centers,
     depth_bin_centers,
     rotation_prototypes,
@@ -84,12 +86,12 @@ def rotz(theta: Tensor) -> Tensor:
 def persp_to_translation(dxy: Tensor, d: Tensor, K_roi: Tensor, size: int = 256) -> Tensor:
     """Crop offsets (..., 2), normalised depth (...) and crop cameras (..., 3, 3) -> t (..., 3) mm.
 
-    ``t_z = d fx; t_x = t_z/fx (w dx + w/2 - cx); t_y = t_z/fy (h dy + h/2 - cy)``, w = h = size
+    ``t_z = d fx 256/size; t_x = t_z/fx (w dx + w/2 - cx); t_y = t_z/fy (h dy + h/2 - cy)``, w = h = size
     (the formula of :func:`mrcnet.runtime.geometry.persp_to_translation`).
     """
     fx, fy = K_roi[..., 0, 0], K_roi[..., 1, 1]
     cx, cy = K_roi[..., 0, 2], K_roi[..., 1, 2]
-    tz = d * fx
+    tz = d * fx * (REF_CROP / size)
     tx = tz / fx * (size * dxy[..., 0] + size / 2.0 - cx)
     ty = tz / fy * (size * dxy[..., 1] + size / 2.0 - cy)
     return torch.stack([tx, ty, tz], dim=-1)
@@ -99,7 +101,7 @@ def translation_to_persp(t: Tensor, K_roi: Tensor, size: int = 256) -> tuple[Ten
     """Inverse of :func:`persp_to_translation`: (..., 3) mm -> ((..., 2) offsets, (...) depth)."""
     fx, fy = K_roi[..., 0, 0], K_roi[..., 1, 1]
     cx, cy = K_roi[..., 0, 2], K_roi[..., 1, 2]
-    d = t[..., 2] / fx
+    d = t[..., 2] / fx * (size / REF_CROP)
     dx = (fx * t[..., 0] / t[..., 2] + cx - size / 2.0) / size
     dy = (fy * t[..., 1] / t[..., 2] + cy - size / 2.0) / size
     return torch.stack([dx, dy], dim=-1), d

@@ -204,17 +204,24 @@ def check_rotation(R: np.ndarray, what: str = "R", atol: float = 1e-3) -> np.nda
 
 
 # -------------------------------------------------------------------------------- translation
+#: Crop side the normalised depth refers to: ``d = t_z / fx_256`` with ``fx_256 = fx_roi * 256 / size``
+#: the focal length of the same crop at 256 px (SPEC's 256-px crops: ``d = t_z / fx_roi``). So a
+#: dataset preset's depth range means the same distances for every crop size.
+REF_CROP = 256
+
+
 def persp_to_translation(dxy: np.ndarray, d: np.ndarray, K_roi: np.ndarray, size: int = 256) -> np.ndarray:
     """(dx, dy) crop offsets (..., 2) and normalised depth (...) with crop cameras (..., 3, 3)
     -> translations (..., 3) in mm.
 
-    ``t_z = d fx; t_x = t_z/fx (w dx + w/2 - cx); t_y = t_z/fy (h dy + h/2 - cy)``, w = h = size.
+    ``t_z = d fx 256/size; t_x = t_z/fx (w dx + w/2 - cx); t_y = t_z/fy (h dy + h/2 - cy)``,
+    w = h = size (:data:`REF_CROP`).
     """
     dxy = np.asarray(dxy, np.float64)
     d = np.asarray(d, np.float64)
     K = np.asarray(K_roi, np.float64)
     fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
-    tz = d * fx
+    tz = d * fx * (REF_CROP / size)
     tx = tz / fx * (size * dxy[..., 0] + size / 2.0 - cx)
     ty = tz / fy * (size * dxy[..., 1] + size / 2.0 - cy)
     return np.stack([tx, ty, tz], axis=-1)
@@ -225,7 +232,7 @@ def translation_to_persp(t: np.ndarray, K_roi: np.ndarray, size: int = 256) -> t
     t = np.asarray(t, np.float64)
     K = np.asarray(K_roi, np.float64)
     fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
-    d = t[..., 2] / fx
+    d = t[..., 2] / fx * (size / REF_CROP)
     dx = (fx * t[..., 0] / t[..., 2] + cx - size / 2.0) / size
     dy = (fy * t[..., 1] / t[..., 2] + cy - size / 2.0) / size
     return np.stack([dx, dy], axis=-1), d

@@ -6,14 +6,14 @@
 #
 # Settings (environment variables, defaults in brackets):
 #   OUT [runs/demo]   run folder (data under $OUT/data, training under $OUT/train)
-#   EPOCHS [32]  BATCH [16]  WORKERS [1]  LR [5e-4]  WARMUP [300]
+#   EPOCHS [15]  BATCH [16]  WORKERS [1]  LR [5e-4]  WARMUP [300]
 #   DEVICE []         '' = cuda:0 when available, else cpu
 #   NPROC [1]         >1: one process per GPU through torchrun (BATCH is per process)
 # Re-running continues where it stopped: scenes resume, training uses --resume when a checkpoint exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
-EPOCHS=${EPOCHS:-32}
+EPOCHS=${EPOCHS:-15}
 BATCH=${BATCH:-16}
 WORKERS=${WORKERS:-1}
 LR=${LR:-5e-4}
@@ -25,9 +25,10 @@ DATA=$OUT/data
 
 # 1. objects: a bracket (no symmetry), a bushing (continuous + discrete), a plate with holes (discrete)
 [ -f "$DATA/models/models_info.json" ] || $BIN/mrcnet-synth objects --count 3 --seed 0 --out "$DATA"
-# 2. scenes: training split, a held-out split (another seed, same objects) and the demo clip
-$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split train_pbr --images 1500 --seed 1 --objects-per-image 2 5
-$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split test --images 60 --seed 2 --objects-per-image 2 5
+# 2. scenes: training split, a held-out split (another seed, same objects) and the demo clip; the
+#    'table' layout (objects resting on a table, camera from above) is the demo clip's setting
+$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split train_pbr --images 2400 --seed 1 --objects-per-image 2 5 --layout table
+$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split test --images 60 --seed 2 --objects-per-image 2 5 --layout table
 [ -f "$DATA/clip/video.mp4" ] || $BIN/mrcnet-synth video --models "$DATA/models" --out "$DATA/clip" --frames 90 --seed 3
 # 3. training
 ARGS=(--data "$DATA" --split train_pbr --preset small --dataset synth --objects 1,2,3

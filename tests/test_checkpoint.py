@@ -130,10 +130,11 @@ def test_project_format_round_trip(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(4, 4, 256, 256, generator=g)
+    S = model.cfg.crop_size
+    x = torch.rand(4, 4, S, S, generator=g)
     obj = torch.full((4,), 2)
     fov = torch.tensor([[0.0, 0.0, 0.3]]).repeat(4, 1)
-    K = torch.tensor([[600.0, 0, 128], [0, 600, 128], [0, 0, 1]]).repeat(4, 1, 1)
+    K = torch.tensor([[600.0, 0, S / 2], [0, 600, S / 2], [0, 0, 1]]).repeat(4, 1, 1)
     with torch.no_grad():
         a = model(x, obj, fov, K, x.flip(-1))
         b = loaded(x, obj, fov, K, x.flip(-1))

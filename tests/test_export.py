@@ -24,7 +24,7 @@ from mrcnet.export.manifest import (  # noqa: E402
     build_manifest,
 )
 from mrcnet.export.onnx_export import (  # noqa: E402
-    example_inputs,
+    example_inputs as _example_inputs,
     export_onnx,
     onnx_parity,
     ort_session,
@@ -34,11 +34,17 @@ from mrcnet.export.onnx_export import (  # noqa: E402
     run_torch,
 )
 from mrcnet.export.subset import SingleObjectConv2d, SubsetError, parse_object_ids, subset_model  # noqa: E402
-from mrcnet.model import CondConv2d, build_model  # noqa: E402
+from mrcnet.model import CondConv2d, build_model, get_config  # noqa: E402
 from mrcnet.runtime.manifest import load_manifest  # noqa: E402
 from mrcnet.testing import write_box_ply  # noqa: E402
 
 TOL = 1e-3
+CROP = get_config("small").crop_size
+
+
+def example_inputs(*args, **kw):
+    """The exporter's example feeds at the small preset's crop size."""
+    return _example_inputs(*args, crop_size=CROP, **kw)
 OBJ_IDS = [1, 2, 3]
 DEPTH = (0.05, 1.7)
 
@@ -93,7 +99,7 @@ def test_metadata_present(small_export):
         assert md["graph"] == graph
         assert md["obj_ids"] == OBJ_IDS and md["dataset"] == "synth" and md["preset"] == "small"
         assert md["bins"] == {"n_side": 2, "n_depth": 100, "n_cells": 32}
-        assert md["depth_range"] == list(DEPTH) and md["crop_size"] == 256 and md["bn_group"] == 4
+        assert md["depth_range"] == list(DEPTH) and md["crop_size"] == CROP and md["bn_group"] == 4
         assert md["checkpoint_sha256"] == "ab" * 32 and md["fov_variant"] == "inference"
 
 
@@ -427,7 +433,7 @@ def test_synthetic_calibration_fallback(small_model, bop_calib):
     cal = calibration_feeds(sub, man, None, count=3, models_dir=bop_calib / "models")
     assert cal.source.startswith("synthetic") and cal.n_detections == 3 and len(cal.feeds) == 2
     f = cal.feeds[0]
-    assert f["crops"].shape == (4, 4, 256, 256) and f["render"].shape == (4, 4, 256, 256)
+    assert f["crops"].shape == (4, 4, CROP, CROP) and f["render"].shape == (4, 4, CROP, CROP)
     assert f["render"][:, :3].max() > 0.3 and f["render"][:, 3].sum() > 0  # the object is rendered
     assert f["crops"][:, 3].sum() > 0 and set(np.unique(f["obj_index"])) <= {0, 1}
     assert set(cal.regressor_batches()[0]) == set(REGRESSOR_INPUTS)

@@ -193,3 +193,22 @@ def test_tta_select_matches_numpy():
     np.testing.assert_allclose(Rt.numpy(), Rn, atol=1e-9)
     np.testing.assert_allclose(tt.numpy(), tn, atol=1e-9)
     np.testing.assert_allclose(st.numpy(), sn, atol=1e-12)
+
+
+def test_normalised_depth_is_crop_size_independent():
+    """d refers to a 256-px crop: the same physical crop at 128 px (K_roi halved) gives the same d,
+    so a dataset preset's depth range means the same distances for every model preset."""
+    rng = np.random.default_rng(1)
+    t = np.stack([rng.uniform(-50, 50, 5), rng.uniform(-50, 50, 5), rng.uniform(300, 900, 5)], 1)
+    K256 = np.tile(np.array([[600.0, 0, 130], [0, 610, 125], [0, 0, 1]]), (5, 1, 1))
+    S = np.diag([0.5, 0.5, 1.0])
+    K128 = S @ K256
+    dxy_a, d_a = ng.translation_to_persp(t, K256, 256)
+    dxy_b, d_b = ng.translation_to_persp(t, K128, 128)
+    np.testing.assert_allclose(d_a, d_b, rtol=1e-12)
+    np.testing.assert_allclose(dxy_a, dxy_b, atol=1e-12)
+    np.testing.assert_allclose(d_a, t[:, 2] / 600.0)  # SPEC's d = t_z / fx_roi at 256 px
+    np.testing.assert_allclose(ng.persp_to_translation(dxy_b, d_b, K128, 128), t, rtol=1e-12)
+    tt = tg.persp_to_translation(torch.from_numpy(dxy_b), torch.from_numpy(d_b), torch.from_numpy(K128), 128)
+    _close(tt, torch.from_numpy(t), 1e-9)
+    _close(tg.translation_to_persp(tt, torch.from_numpy(K128), 128)[1], torch.from_numpy(d_b), 1e-9)

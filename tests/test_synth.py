@@ -294,3 +294,39 @@ def test_cli_objects_scenes_video(tmp_path):
                           "--images", "1"])
     assert r.exit_code != 0 and "no models_info.json" in r.output
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_table_layout_rests_objects_on_a_table(models, renderer, tmp_path):
+    """layout="table": every object lies on a face of its box on one plane (the table), seen from
+    above; the GT poses still reproduce the masks; the table itself is no instance."""
+    root, _ = models
+    cfg = SceneConfig(obj_ids=[1, 2, 3], distractors_per_image=(0, 0), layout="table",
+                      **{k: v for k, v in CFG.items() if k != "distractors_per_image"})
+    generate_scenes(root / "models", tmp_path, 3, cfg, seed=5, renderer=renderer, progress=False)
+    ds = bop.BopDataset(tmp_path, "test")
+    for oid in (1, 2, 3):
+        renderer.add_object(oid, root / "models" / f"obj_{oid:06d}.ply")
+    for rec in ds:
+        assert 2 <= len(rec.instances)
+        normals = []
+        for inst in rec.instances:
+            assert inst.obj_id in (1, 2, 3)
+            # the table normal in model coordinates is a coordinate axis (a box face down)
+            R = inst.R
+            normals.append(R)
+            full = rec.load_mask(inst.gt_id, visib=False)
+            r = renderer.render([inst.obj_id], inst.R[None], inst.t[None], rec.K, width=W, height=H)
+            if full.sum() > 50:
+                assert objects.mask_iou(r.mask[0], full) >= 0.98
+        # all objects share the table plane: some model axis of each maps to the same camera
+        # direction (the table's up), up to sign
+        ups = []
+        for R in normals:
+            ups.append([R[:, k] for k in range(3)])
+        ref = ups[0]
+        for other in ups[1:]:
+            assert max(abs(float(a @ b)) for a in ref for b in other) > 0.999
+        # seen from above: the table's up points towards the camera (negative camera z)
+        assert any(abs(a[2]) > 0.3 for a in ref)
+    with pytest.raises(ValueError, match="layout"):
+        SceneConfig(layout="shelf").validate()

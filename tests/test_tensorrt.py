@@ -14,6 +14,7 @@ from mrcnet.export.tensorrt import (
     profile_crops,
 )
 
+CROP = 128  # the small preset's crop side (mrcnet.model.get_config("small").crop_size)
 ENV = {"name": "NVIDIA H100", "compute_capability": "9.0", "tensorrt": "10.9.0"}
 
 
@@ -86,7 +87,7 @@ def test_engines_match_onnxruntime(trt_export, precision, tol):
     from mrcnet.export.tensorrt import build_engines
 
     model, out, paths = trt_export
-    feeds = example_inputs(2, 12, obj_index=[0] * 4 + [1] * 4 + [0] * 4, seed=3)
+    feeds = example_inputs(2, 12, obj_index=[0] * 4 + [1] * 4 + [0] * 4, seed=3, crop_size=CROP)
     entry, parity = build_engines(paths, out, precision=precision, max_detections=3, check_feeds=feeds)
     assert (out / entry["classifier"]).is_file() and (out / entry["regressor"]).is_file()
     assert entry["max_detections"] == 3 and entry["profile_crops"] == [4, 8, 12]
@@ -139,6 +140,6 @@ def test_int8_engine_with_calibration(trt_export, tmp_path):
                          project_version="0.1.0", checkpoint_sha256="")
     cal = calibration_feeds(model, man, None, count=4, models_dir=models)
     entry, parity = build_engines(paths, out, precision="int8", max_detections=2, calib=cal,
-                                  check_feeds=example_inputs(2, 8, seed=8))
+                                  check_feeds=example_inputs(2, 8, seed=8, crop_size=CROP))
     print("int8", parity)
     assert np.isfinite(parity["max"]) and parity["pose_logits"] < 0.5

@@ -107,11 +107,14 @@ def objects(count, out, seed, families, check, device):
               help="Detections: move box sides by up to this fraction of the box size.")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of background images (default: procedural).")
+@click.option("--layout", type=click.Choice(["random", "table"]), default="random", show_default=True,
+              help="random: objects float at uniform rotations (BOP PBR-like); table: objects rest on a "
+                   "table seen from above at 20-70 deg elevation (bin picking, the demo clip).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a split made with other settings.")
 @click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
-           distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, seed,
+           distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
     from mrcnet.runtime.render import Renderer
 
@@ -122,7 +125,7 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
                       objects_per_image=objects_per_image, distractors_per_image=distractors,
                       images_per_scene=images_per_scene, split=split, depth_scale=depth_scale,
-                      box_jitter=box_jitter, backgrounds=backgrounds)
+                      box_jitter=box_jitter, backgrounds=backgrounds, layout=layout)
     try:
         s = generate_scenes(models, out, images, cfg, seed=seed, renderer=Renderer(_device(device)),
                             overwrite=overwrite)

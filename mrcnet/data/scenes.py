@@ -70,7 +70,9 @@ class SceneConfig:
     """Settings of a synthetic split (lengths in mm, sizes in pixels).
 
     ``K`` None: :func:`default_K`. ``width``/``height`` None: the ``synth`` preset's image size.
-    ``depth_range``: camera z of the object centres. ``box_jitter``: detections' box corners
+    ``depth_range``: camera z of the object centres (``layout="table"``: the camera's distance to
+    the table centre). ``layout``: ``"random"`` (uniform rotations, anywhere in view) or
+    ``"table"`` (every object resting on a table, :func:`place_on_table_view`). ``box_jitter``: detections' box corners
     move by up to this fraction of the box size (0 = exact GT boxes).
     """
 
@@ -88,6 +90,7 @@ class SceneConfig:
     backgrounds: str | None = None
     noise_std: tuple = (0.0, 3.0)
     obj_ids: list | None = None  # default: every object of models_info.json
+    layout: str = "random"  # "random" | "table"
 
     def resolved(self) -> "SceneConfig":
         """A copy with width/height/K filled in and tuples normalised (JSON-comparable)."""
@@ -120,6 +123,8 @@ class SceneConfig:
             raise ValueError(f"images_per_scene must be >= 1, got {self.images_per_scene}")
         if self.depth_scale <= 0:
             raise ValueError(f"depth_scale must be > 0, got {self.depth_scale}")
+        if self.layout not in ("random", "table"):
+            raise ValueError(f"layout must be 'random' or 'table', got {self.layout!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +194,41 @@ def place_objects(rng, spheres: Sequence[tuple], K: np.ndarray, width: int, heig
 # --------------------------------------------------------------------------------------------
 # One image.
 # --------------------------------------------------------------------------------------------
+
+TABLE_ELEVATION_DEG = (20.0, 70.0)  # camera elevation above the table ("table" layout)
+
+
+def place_on_table_view(rng, renderer, ids: Sequence[int], spheres: dict, distance_range: Sequence[float]):
+    """The ``"table"`` layout: objects ``ids`` resting on a table (:func:`mrcnet.data.video.place_on_table`:
+    a face of the bounding box down, random yaw, no overlap) seen by a camera at a random azimuth,
+    elevation in :data:`TABLE_ELEVATION_DEG` and distance to the table centre uniform in
+    ``distance_range`` (mm), looking at a point near the centre.
+
+    Registers the table mesh with ``renderer`` (id :data:`mrcnet.data.video.TABLE_ID`). Returns the
+    objects' camera poses ``[(R (3, 3), t (3,))]`` and the table's ``SceneObject`` (a random colour).
+    """
+    import trimesh
+
+    from mrcnet.runtime.render import Mesh, SceneObject
+
+    from .video import TABLE_ID, look_at, place_on_table
+
+    radius = max(spheres[i][1] for i in ids)
+    spread = 1.2 * radius * max(1.0, np.sqrt(len(ids)))
+    poses_w = place_on_table(rng, [renderer.mesh(i) for i in ids], spread)
+    side = 4.0 * spread + 4 * radius
+    box = trimesh.creation.box(extents=(side, side, 10.0))
+    box.apply_translation((0, 0, -5.0))
+    renderer.add_object(TABLE_ID, Mesh.from_arrays(box.vertices, box.faces, name="<table>"))
+    az = rng.uniform(0, 2 * np.pi)
+    el = np.radians(rng.uniform(*TABLE_ELEVATION_DEG))
+    dist = rng.uniform(*distance_range)
+    target = np.append(rng.uniform(-0.3, 0.3, 2) * spread, 0.0)
+    eye = target + dist * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    Rw, tw = look_at(eye, target)
+    table = SceneObject(TABLE_ID, Rw, tw, color=_hsv_colour(rng, sat=(0, 0.6), val=(0.2, 0.8)), specular=0.05)
+    return [(Rw @ R, Rw @ t + tw) for R, t in poses_w], table
+
 
 def _full_silhouette(renderer, obj_id, R, t, K, width, height, mask_in_image):
     """Silhouette pixel count and BOP box of an object, including the part outside the image.
@@ -301,6 +341,7 @@ class SceneWriter:
         mine = json.loads(json.dumps(self.settings()))
         if path.is_file():
             theirs = bop.load_json(path)
+            theirs.get("config", {}).setdefault("layout", "random")  # splits made before layouts existed
             if theirs != mine:
                 if not overwrite:
                     diff = sorted(k for k in set(mine["config"]) | set(theirs.get("config", {}))
@@ -330,8 +371,12 @@ class SceneWriter:
         n_dis = int(rng.integers(cfg.distractors_per_image[0], cfg.distractors_per_image[1] + 1))
         ids = [self.obj_ids[int(k)] for k in rng.integers(len(self.obj_ids), size=n_obj)]
         ids += [self.distractor_ids[int(k)] for k in rng.integers(len(self.distractor_ids), size=n_dis)]
-        poses = place_objects(rng, [self.spheres[i] for i in ids], self.K, self.W, self.H, cfg.depth_range)
         objects, targets = [], []
+        if cfg.layout == "table":
+            poses, table = place_on_table_view(rng, self.renderer, ids, self.spheres, cfg.depth_range)
+            objects.append(table)
+        else:
+            poses = place_objects(rng, [self.spheres[i] for i in ids], self.K, self.W, self.H, cfg.depth_range)
         for oid, pose in zip(ids, poses):
             colour = _hsv_colour(rng) if oid < DISTRACTOR_ID0 else _hsv_colour(rng, sat=(0, 1), val=(0.2, 1))
             spec, shin = float(rng.uniform(0, 0.5)), float(rng.uniform(5, 60))
