@@ -256,6 +256,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                                   score_threshold=0.25 if det_min_score is None else det_min_score)
     except DetectionError as e:
         raise click.UsageError(str(e))
+    if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
+        problem = M.demo_export_problem(model)
+        if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():
+            raise click.UsageError(f"{problem}; re-export it: mrcnet-export --out {M.DEMO_EXPORT_DIR}")
     try:
         man = M.load_manifest(model)
     except M.ManifestError as e:

@@ -13,6 +13,7 @@ place that parses and validates it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,27 @@ DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
 DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
 DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
 DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
+
+
+def demo_export_problem(export_dir=None) -> str | None:
+    """Why the demo export (default :data:`DEMO_EXPORT_DIR`) cannot serve the shipped demo model:
+    ``None`` when it is an export of the shipped checkpoint (same sha256), else a short reason
+    (missing, unreadable, or exported from another checkpoint, e.g. before an update)."""
+    d = Path(export_dir) if export_dir is not None else DEMO_EXPORT_DIR
+    path = d / MANIFEST_NAME
+    if not path.is_file():
+        return f"no export in {d}"
+    try:
+        have = str(json.loads(path.read_text()).get("checkpoint_sha256", ""))
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{path}: unreadable ({type(e).__name__})"
+    h = hashlib.sha256()
+    with open(DEMO_CHECKPOINT, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    if have != h.hexdigest():
+        return f"{d} was exported from another checkpoint than the shipped {DEMO_CHECKPOINT.name}"
+    return None
 
 # Names of the graph interface (docs/ARCHITECTURE.md "Network graph names").
 CLASSIFIER_INPUTS = ("crops", "obj_index", "fov", "K_roi")

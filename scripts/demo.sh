@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-EXPORT_DIR=$(.venv/bin/python -c 'from mrcnet.runtime.manifest import DEMO_EXPORT_DIR; print(DEMO_EXPORT_DIR)')
-if [ ! -f "$EXPORT_DIR/manifest.json" ]; then
+# export once, and again when the shipped demo model changed (a stale export is refused by mrcnet-run)
+if ! .venv/bin/python -c 'import sys; from mrcnet.runtime.manifest import demo_export_problem; sys.exit(demo_export_problem() is not None)'; then
   .venv/bin/mrcnet-export
 fi
 exec .venv/bin/mrcnet-run --demo --out out/demo "$@"

@@ -6,14 +6,14 @@
 #
 # Settings (environment variables, defaults in brackets):
 #   OUT [runs/demo]   run folder (data under $OUT/data, training under $OUT/train)
-#   EPOCHS [15]  BATCH [16]  WORKERS [1]  LR [5e-4]  WARMUP [300]
+#   EPOCHS [11]  BATCH [16]  WORKERS [1]  LR [5e-4]  WARMUP [300]
 #   DEVICE []         '' = cuda:0 when available, else cpu
 #   NPROC [1]         >1: one process per GPU through torchrun (BATCH is per process)
 # Re-running continues where it stopped: scenes resume, training uses --resume when a checkpoint exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-11}
 BATCH=${BATCH:-16}
 WORKERS=${WORKERS:-1}
 LR=${LR:-5e-4}

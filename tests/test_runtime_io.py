@@ -343,3 +343,24 @@ def test_cli_errors_are_one_line(args, message, export_dir, frames_dir, tmp_path
     assert r.exit_code == 2, r.output
     err = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(err) == 1 and message in err[0], r.output
+
+
+def test_stale_demo_export_is_detected_and_refused(tmp_path, monkeypatch):
+    import hashlib
+
+    from mrcnet.runtime import manifest as M
+
+    if not M.DEMO_CHECKPOINT.is_file():
+        pytest.skip("the demo model is not shipped in this checkout")
+    d = tmp_path / "demo-export"
+    assert "no export" in M.demo_export_problem(d)
+    d.mkdir()
+    sha = hashlib.sha256(M.DEMO_CHECKPOINT.read_bytes()).hexdigest()
+    (d / M.MANIFEST_NAME).write_text(json.dumps({"checkpoint_sha256": sha}))
+    assert M.demo_export_problem(d) is None
+    (d / M.MANIFEST_NAME).write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
+    assert "another checkpoint" in M.demo_export_problem(d)
+    # mrcnet-run --demo on the stale default export: one line telling how to re-export
+    monkeypatch.setattr(M, "DEMO_EXPORT_DIR", d)
+    r = CliRunner().invoke(cli.main, ["--demo", "--out", str(tmp_path / "out"), "--no-video"])
+    assert r.exit_code == 2 and "re-export it: mrcnet-export --out" in r.output, r.output
