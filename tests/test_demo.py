@@ -50,8 +50,10 @@ def test_demo_run_is_accurate(demo_export, tmp_path):
     sub.write_text(json.dumps({k: v for k, v in gt.items() if int(k) < FRAMES}))
     res = evaluate_clip(out / "poses.jsonl", sub, DEMO_MODELS, _K())["overall"]
     assert res["found"] == 3 * FRAMES
-    assert res["trans_err_mm"] < 60.0
-    assert res["AR_MSPD"] > 0.05
+    print("demo, first frames:", res)
+    # the shipped model's figures on the whole clip (MODEL_CARD.md): 17.7 mm, AR_MSPD 0.342
+    assert res["trans_err_mm"] < 35.0
+    assert res["AR_MSPD"] > 0.2
 
 
 def test_demo_tracking_follows_the_clip(demo_export, tmp_path):
@@ -68,4 +70,5 @@ def test_demo_tracking_follows_the_clip(demo_export, tmp_path):
     sub.write_text(json.dumps({k: v for k, v in gt.items() if int(k) < FRAMES}))
     res = evaluate_clip(out / "poses.jsonl", sub, DEMO_MODELS, _K())["overall"]
     assert res["found"] >= 0.8 * 3 * FRAMES  # still following at the end of the window
+    print("tracking, first frames:", res)
     assert res["trans_err_mm"] < 80.0

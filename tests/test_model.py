@@ -12,16 +12,19 @@ N_OBJ = 3
 DEPTH = (0.05, 1.7)
 
 
-def _inputs(n, seed=0, n_obj=N_OBJ):
+S = get_config("small").crop_size  # 128
+
+
+def _inputs(n, seed=0, n_obj=N_OBJ, size=S):
     g = torch.Generator().manual_seed(seed)
-    crops = torch.rand(n, 4, 256, 256, generator=g)
-    render = torch.rand(n, 4, 256, 256, generator=g)
+    crops = torch.rand(n, 4, size, size, generator=g)
+    render = torch.rand(n, 4, size, size, generator=g)
     obj = torch.randint(0, n_obj, (n // 4,), generator=g).repeat_interleave(4)
     fov = (torch.rand(n, 3, generator=g) - 0.5) * 0.1 + torch.tensor([0.0, 0.0, 0.3])
     f = 500 + 400 * torch.rand(n, generator=g)
     K = torch.zeros(n, 3, 3)
     K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = f, f * 1.01, 1.0
-    K[:, 0, 2], K[:, 1, 2] = 128 + torch.rand(n, generator=g), 127 + torch.rand(n, generator=g)
+    K[:, 0, 2], K[:, 1, 2] = size / 2 + torch.rand(n, generator=g), size / 2 - 1 + torch.rand(n, generator=g)
     return dict(crops=crops, obj_index=obj, fov=fov, K_roi=K, render=render)
 
 
@@ -81,15 +84,16 @@ def test_small_preset_shapes(small):
     inp = _inputs(4)
     with torch.no_grad():
         out = small(**inp)
-    e = cfg.embed_channels
+    e, q = cfg.embed_channels, S // 4  # the 1/4 map
+    assert S == 128
     expected = {
-        "emb": (4, e, 64, 64), "mask_logit": (4, 1, 64, 64), "mask_logit_synt": (4, 1, 64, 64),
+        "emb": (4, e, q, q), "mask_logit": (4, 1, q, q), "mask_logit_synt": (4, 1, q, q),
         "pose_logits": (4, b.n_rot), "depth_logits": (4, b.n_depth), "trans_logits": (4, b.n_cells**2),
         "pose_id": (4,), "depth_id": (4,), "cell_id": (4,), "rot_score": (4,), "depth_score": (4,),
         "quat_init": (4, 4), "R_init": (4, 3, 3), "persp_init": (4, 3), "t_init": (4, 3),
-        "feat_x4": (4, e + 1, 64, 64), "feat_x8": (4, cfg.down_channels, 32, 32),
-        "feat_x16": (4, cfg.down_channels, 16, 16), "reg_x8": (4, cfg.reg_channels[0], 32, 32),
-        "reg_map": (4, cfg.reg_channels[2] * cfg.aspp_factor, 16, 16),
+        "feat_x4": (4, e + 1, q, q), "feat_x8": (4, cfg.down_channels, q // 2, q // 2),
+        "feat_x16": (4, cfg.down_channels, q // 4, q // 4), "reg_x8": (4, cfg.reg_channels[0], q // 2, q // 2),
+        "reg_map": (4, cfg.reg_channels[2] * cfg.aspp_factor, q // 4, q // 4),
         "pose_res": (4, 6), "depth_res": (4, 1), "trans_res": (4, 2), "R": (4, 3, 3), "persp": (4, 3), "t": (4, 3),
     }
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
