@@ -481,6 +481,7 @@ def train(cfg: TrainConfig) -> dict:
                 t = torch.tensor(list(vals.values()), device=device)
                 dist.all_reduce(t)
                 vals = dict(zip(vals, (t / world).tolist()))
+            # wall_s: seconds since this process started its training loop (restarts at a resume)
             history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
             if rank == 0:
                 for k, v in vals.items():
