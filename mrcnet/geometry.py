@@ -8,8 +8,7 @@ bins + residuals into poses (:func:`decode_bins`, :func:`decode_final`).
 Conventions: OpenCV camera (x right, y down, z forward), millimetres, ``X_cam = R X_model + t``,
 quaternions ``(w, x, y, z)``, crop offsets ``(dx, dy)`` in crop units ([-0.5, 0.5]),
 normalised depth ``d = t_z / fx_roi`` (of a 256-px crop, :data:`REF_CROP`). Everything here is
-plain tensor arithmetic (no Python
-control flow on values), so it traces into ONNX opset 17.
+plain tensor arithmetic (no Python control flow on values), so it traces into ONNX opset 17.
 """
 from __future__ import annotations
 

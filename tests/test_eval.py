@@ -383,3 +383,13 @@ def test_cli_relative_data_with_models_eval(dataset, tmp_path, monkeypatch):
     js = json.loads((tmp_path / "out" / "scores_bop19.json").read_text())
     assert js["AR_MSSD"] == 1.0 and js["AR_MSPD"] == 1.0
     assert Path(js["inputs"]["models"]) == Path("ds") / "models_eval"
+
+
+def test_symmetry_aware_rotation_error():
+    R_gt = rot([0, 0, 1], 30)
+    flip = rot([1, 0, 0], 180)
+    syms = np.stack([np.eye(3), flip])
+    est = R_gt @ flip @ rot([0, 1, 0], 4)  # 4 deg from the flipped copy
+    assert pe.re_sym(est, R_gt, syms) == pytest.approx(4.0, abs=1e-6)
+    assert pe.re_sym(est, R_gt, syms[:1]) > 170.0  # without the symmetry: nearly 180 deg
+    np.testing.assert_array_equal(pe.within_5deg_5cm([4.9, 5.0, 1.0], [10.0, 10.0, 50.0]), [True, False, False])

@@ -13,8 +13,9 @@ from mrcnet.export.tensorrt import (
     key_hash,
     profile_crops,
 )
+from mrcnet.model import get_config
 
-CROP = 128  # the small preset's crop side (mrcnet.model.get_config("small").crop_size)
+CROP = get_config("small").crop_size
 ENV = {"name": "NVIDIA H100", "compute_capability": "9.0", "tensorrt": "10.9.0"}
 
 

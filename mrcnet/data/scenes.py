@@ -72,8 +72,8 @@ class SceneConfig:
     ``K`` None: :func:`default_K`. ``width``/``height`` None: the ``synth`` preset's image size.
     ``depth_range``: camera z of the object centres (``layout="table"``: the camera's distance to
     the table centre). ``layout``: ``"random"`` (uniform rotations, anywhere in view) or
-    ``"table"`` (every object resting on a table, :func:`place_on_table_view`). ``box_jitter``: detections' box corners
-    move by up to this fraction of the box size (0 = exact GT boxes).
+    ``"table"`` (every object resting on a table, :func:`place_on_table_view`). ``box_jitter``:
+    detections' box corners move by up to this fraction of the box size (0 = exact GT boxes).
     """
 
     width: int | None = None

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 
 from mrcnet.data import bop
 from mrcnet.eval import pose_errors as pe
 from mrcnet.eval.bop_eval import MSPD_REF_WIDTH, Bop19Params
-from mrcnet.runtime.geometry import rotation_angle_deg
+from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
 from mrcnet.runtime.render import load_mesh
 
 
@@ -66,7 +67,7 @@ def evaluate_clip(poses_jsonl, scene_gt_json, models_dir, K, image_width: int = 
             pts, syms = pts_cache[oid], syms_cache[oid]
             e_mssd = pe.mssd(c["R"], c["t"], Rg, tg, pts, syms)
             e_mspd = pe.mspd(c["R"], c["t"], Rg, tg, K, pts, syms)
-            rot = min(float(rotation_angle_deg(c["R"], Rg @ s["R"])) for s in syms)
+            rot = pe.re_sym(c["R"], Rg, [s["R"] for s in syms])
             rows.setdefault(oid, []).append((e_mssd, e_mspd, rot, float(np.linalg.norm(c["t"] - tg))))
 
     def score(items, diameter_of):
@@ -80,7 +81,7 @@ def evaluate_clip(poses_jsonl, scene_gt_json, models_dir, K, image_width: int = 
             "AR_MSSD": float((a[:, :1] < mssd_th).mean()), "AR_MSPD": float((a[:, 1:2] < mspd_th).mean()),
             "rot_err_deg": float(np.median(a[found, 2])) if found.any() else None,
             "trans_err_mm": float(np.median(a[found, 3])) if found.any() else None,
-            "within_5deg_5cm": float(((a[:, 2] < 5) & (a[:, 3] < 50)).mean()),
+            "within_5deg_5cm": float(pe.within_5deg_5cm(a[:, 2], a[:, 3]).mean()),
         }
 
     diam = {o: infos[o].diameter for o in rows}
@@ -105,38 +106,31 @@ def format_table(report: dict, obj_names: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    """``mrcnet-eval-clip POSES_JSONL``: score a pose track against a clip's ground truth."""
-    import click
-
-    from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
-
-    @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-    @click.argument("poses", type=click.Path(dir_okay=False))
-    @click.option("--scene-gt", type=click.Path(dir_okay=False), default=str(DEMO_DIR / "scene_gt.json"),
-                  help="the clip's ground truth (BOP scene_gt.json keyed by frame)")
-    @click.option("--models", type=click.Path(file_okay=False), default=str(DEMO_MODELS),
-                  help="models folder (PLY + models_info.json)")
-    @click.option("--camera", type=click.Path(dir_okay=False), default=str(DEMO_DIR / DEMO_CAMERA),
-                  help="camera.json (fx, fy, cx, cy, width, height)")
-    @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the report here")
-    def cmd(poses, scene_gt, models, camera, json_out):
-        """Score POSES (mrcnet-run's poses.jsonl) against a clip's ground truth: BOP MSSD / MSPD recall
-        and symmetry-aware rotation / translation errors per object. Defaults: the shipped demo clip."""
-        for what, p in (("poses", poses), ("scene_gt", scene_gt), ("camera", camera)):
-            if not Path(p).is_file():
-                raise click.ClickException(f"{what} file not found: {p}")
-        try:
-            cam = bop.load_camera(camera)
-            rep = evaluate_clip(poses, scene_gt, models, cam["K"], cam["width"])
-        except (bop.BopFormatError, ValueError, KeyError, OSError) as e:
-            raise click.ClickException(f"{type(e).__name__}: {e}") from None
-        click.echo(format_table(rep))
-        click.echo(f"AR (mean of AR_MSSD and AR_MSPD): {rep['overall']['AR']:.3f}")
-        if json_out:
-            bop.save_json(json_out, rep)
-
-    cmd.main(args=argv, prog_name="mrcnet-eval-clip", standalone_mode=argv is None)
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("poses", type=click.Path(dir_okay=False))
+@click.option("--scene-gt", type=click.Path(dir_okay=False), default=str(DEMO_DIR / "scene_gt.json"),
+              help="the clip's ground truth (BOP scene_gt.json keyed by frame)")
+@click.option("--models", type=click.Path(file_okay=False), default=str(DEMO_MODELS),
+              help="models folder (PLY + models_info.json)")
+@click.option("--camera", type=click.Path(dir_okay=False), default=str(DEMO_DIR / DEMO_CAMERA),
+              help="camera.json (fx, fy, cx, cy, width, height)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def main(poses, scene_gt, models, camera, json_out):
+    """``mrcnet-eval-clip POSES``: score POSES (mrcnet-run's poses.jsonl) against a clip's ground
+    truth: BOP MSSD / MSPD recall and symmetry-aware rotation / translation errors per object.
+    Defaults: the shipped demo clip."""
+    for what, p in (("poses", poses), ("scene_gt", scene_gt), ("camera", camera)):
+        if not Path(p).is_file():
+            raise click.ClickException(f"{what} file not found: {p}")
+    try:
+        cam = bop.load_camera(camera)
+        rep = evaluate_clip(poses, scene_gt, models, cam["K"], cam["width"])
+    except (bop.BopFormatError, ValueError, KeyError, OSError) as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    click.echo(format_table(rep))
+    click.echo(f"AR (mean of AR_MSSD and AR_MSPD): {rep['overall']['AR']:.3f}")
+    if json_out:
+        bop.save_json(json_out, rep)
 
 
 if __name__ == "__main__":

@@ -255,6 +255,23 @@ def te(t_est, t_gt) -> float:
     return float(np.linalg.norm(t_est.reshape(3) - t_gt.reshape(3)))
 
 
+ROT_OK_DEG, TRANS_OK_MM = 5.0, 50.0  # the (5 deg, 5 cm) success rule
+
+
+def within_5deg_5cm(rot_deg, trans_mm) -> np.ndarray:
+    """The (5 deg, 5 cm) rule on errors of any shape: ``rot < 5 deg and trans < 50 mm`` (bool)."""
+    return (np.asarray(rot_deg) < ROT_OK_DEG) & (np.asarray(trans_mm) < TRANS_OK_MM)
+
+
+def re_sym(R_est, R_gt, sym_R) -> float:
+    """Symmetry-aware rotation error: the smallest angle (degrees) between ``R_est`` (3, 3) and
+    the symmetric copies ``R_gt S`` of the ground truth, ``sym_R`` (S, 3, 3) (identity included)."""
+    R_gt = np.asarray(R_gt, np.float64)
+    cand = R_gt[None] @ np.asarray(sym_R, np.float64).reshape(-1, 3, 3)
+    tr = np.einsum("ij,nij->n", np.asarray(R_est, np.float64), cand)
+    return float(np.degrees(np.arccos(np.clip((tr.max() - 1.0) / 2.0, -1.0, 1.0))))
+
+
 def _np(x) -> np.ndarray:
     """numpy float64 view of an array-like (torch tensors on any device included, duck-typed)."""
     if hasattr(x, "detach"):
@@ -284,5 +301,4 @@ def pose_accuracy(R_est, t_est, R_gt, t_gt) -> dict:
     cos = 0.5 * (np.einsum("nij,nij->n", R_est, R_gt) - 1.0)
     rot = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     trans = np.linalg.norm(t_est - t_gt, axis=1)
-    return {"rot_err_deg": rot, "trans_err_mm": trans,
-            "within_5deg_5cm": (rot < 5.0) & (trans < 50.0)}
+    return {"rot_err_deg": rot, "trans_err_mm": trans, "within_5deg_5cm": within_5deg_5cm(rot, trans)}

@@ -234,8 +234,8 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
     protocol (:func:`mrcnet.eval.bop_eval.evaluate_bop19` on those images, their instances as
     targets): ``AR``, ``AR_VSD``, ``AR_MSSD``, ``AR_MSPD`` in [0, 1] are added to each entry, and
     the estimates (``estimates.csv``) and targets (``targets.json``) are kept in ``ar_dir``."""
+    from mrcnet.eval import pose_errors as pe
     from mrcnet.geometry import tta_select
-    from mrcnet.runtime.geometry import rotation_angle_deg
     from mrcnet.runtime.preprocess import prepare_detection
 
     group = model.bn_group
@@ -267,8 +267,7 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
         for j, inst in enumerate(gts):
             od = ds.objects[inst.obj_id]
             Rp = R[j].double().cpu().numpy()
-            cand = inst.R[None] @ od.sym_R.double().numpy()  # (S, 3, 3) symmetric GTs
-            re = float(rotation_angle_deg(Rp[None], cand).min())
+            re = pe.re_sym(Rp, inst.R, od.sym_R.double().numpy())
             te = float(np.linalg.norm(t[j].double().cpu().numpy() - inst.t))
             errs.setdefault(inst.obj_id, []).append((re, te))
             (scene_id, im_id), _ = chunk[j]
@@ -279,7 +278,7 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
     def summary(rows):
         a = np.asarray(rows, np.float64).reshape(-1, 2)
         return {"n": len(a), "rot_err_deg": float(np.median(a[:, 0])), "trans_err_mm": float(np.median(a[:, 1])),
-                "share_5deg_5cm": float(np.mean((a[:, 0] < 5.0) & (a[:, 1] < 50.0)))}
+                "share_5deg_5cm": float(np.mean(pe.within_5deg_5cm(a[:, 0], a[:, 1])))}
 
     out = {"all": summary([r for v in errs.values() for r in v])}
     out.update({f"obj_{k}": summary(v) for k, v in sorted(errs.items())})
