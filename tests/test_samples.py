@@ -189,3 +189,43 @@ def test_collate_pads_vertices_and_symmetries():
 def test_unknown_object_is_a_clear_error(tiny):
     with pytest.raises(bop.BopFormatError, match="models_info.json.*99"):
         TrainingSamples(tiny, BINS, DEPTH, obj_ids=[1, 99])
+
+
+def _bracket_mesh():
+    """A 120 x 40 x 20 mm block (12 triangles, 8 vertices) and a thin 64-sided pin on its -x end:
+    most of the vertices sit on the pin, most of the surface on the block."""
+    import trimesh
+
+    block = trimesh.creation.box(extents=(120, 40, 20))
+    pin = trimesh.creation.cylinder(radius=3, height=30, sections=64)
+    pin.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, (0, 1, 0)))
+    pin.apply_translation((-75, 0, 0))
+    m = trimesh.util.concatenate([block, pin])
+    return m, block
+
+
+def test_surface_points_follow_the_area_not_the_vertices():
+    m, block = _bracket_mesh()
+    assert np.mean(m.vertices[:, 0] <= -60) > 0.9  # the vertices are on the pin
+    pts = T.surface_points(m.vertices, m.faces, 2000, seed=3)
+    assert pts.shape == (2000, 3) and pts.dtype == np.float32
+    np.testing.assert_array_equal(pts, T.surface_points(m.vertices, m.faces, 2000, seed=3))  # deterministic
+    on_block = np.mean(pts[:, 0] >= -60.01)
+    assert abs(on_block - block.area / m.area) < 0.03
+    # labels from surface points tell a 90 deg roll about the pin's axis (x) apart; the vertices' do not
+    roll = torch.from_numpy(quat_to_matrix(np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0, 0]))).float()
+    protos = torch.stack([torch.eye(3), roll])
+    eye_S, zero_t = torch.eye(3)[None], torch.zeros(1, 3)
+    e_pts = T.rotation_distances(torch.eye(3), torch.from_numpy(pts), eye_S, zero_t, protos)
+    e_vert = T.rotation_distances(torch.eye(3), torch.from_numpy(m.vertices).float(), eye_S, zero_t, protos)
+    diameter = float(np.linalg.norm(m.extents))
+    assert float(e_pts[1]) > 0.1 * diameter and float(e_pts[1]) > 2.5 * float(e_vert[1]), (e_pts, e_vert)  # vertices: ~0.04 d
+
+
+def test_label_cache_is_keyed_by_the_model_points(tiny, tmp_path):
+    ds = TrainingSamples(tiny, BINS, DEPTH, augment=False, label_cache_dir=tmp_path)
+    first = ds[0]["rot_labels"]
+    other = TrainingSamples(tiny, BINS, DEPTH, augment=False, label_cache_dir=tmp_path, n_vertices=50)
+    assert ds.label_cache_dir != other.label_cache_dir and ds.label_cache_dir.parent == tmp_path
+    assert len(list(ds.label_cache_dir.glob("*.npy"))) == 1
+    torch.testing.assert_close(TrainingSamples(tiny, BINS, DEPTH, augment=False, label_cache_dir=tmp_path)[0]["rot_labels"], first)

@@ -26,6 +26,7 @@ out in any worker, process or resumed run (``set_epoch`` before each epoch).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -117,8 +118,9 @@ def color_augmenter(p: float = COLOR_AUG_PROB):
 # ----------------------------------------------------------------------------------- objects
 @dataclass
 class ObjectData:
-    """Per-object loss tensors: vertices (V, 3) f32 mm (subsampled), sym_R (S, 3, 3), sym_t (S, 3)
-    mm (identity first), diameter mm."""
+    """Per-object loss tensors: vertices (V, 3) f32 mm (model points spread uniformly over the
+    surface, :func:`mrcnet.train.targets.surface_points`), sym_R (S, 3, 3), sym_t (S, 3) mm
+    (identity first), diameter mm."""
 
     vertices: torch.Tensor
     sym_R: torch.Tensor
@@ -137,7 +139,8 @@ def load_object_data(models_dir, infos: dict, obj_ids: Sequence[int], n_vertices
             raise bop.BopFormatError(f"{path}: model file not found (object {oid})")
         mesh = load_mesh(path)
         R, t = T.symmetry_tensors(infos[oid])
-        out[int(oid)] = ObjectData(torch.from_numpy(T.subsample_vertices(mesh.vertices, n_vertices, seed=int(oid))),
+        pts = T.surface_points(mesh.vertices, mesh.faces, n_vertices, seed=int(oid))
+        out[int(oid)] = ObjectData(torch.from_numpy(pts),
                                    torch.from_numpy(R), torch.from_numpy(t), float(infos[oid].diameter))
     return out
 
@@ -162,8 +165,8 @@ class TrainingSamples(Dataset):
     root: dataset folder (``models/`` + split folders); split: split folder name (default
     :func:`find_split`); obj_ids: the model's objects, in class-index order (default: all of
     models_info); bins, depth_range: the output discretisation; augment: training (zoom-in,
-    rotation, colour, background) or validation crops; seed: randomness; n_vertices: model vertices
-    kept for the losses; label_cache: entries of the rotation-label LRU cache (0 = off);
+    rotation, colour, background) or validation crops; seed: randomness; n_vertices: model points
+    (on the surface) for the labels and losses; label_cache: entries of the rotation-label LRU cache (0 = off);
     backgrounds: optional folder of background images (default: other images of the split).
 
     ``__getitem__`` returns a dict of tensors (N = one sample):
@@ -217,7 +220,13 @@ class TrainingSamples(Dataset):
         self.label_cache_size = int(label_cache)
         self.label_cache_dir = None
         if label_cache_dir is not None:
-            tag = f"{self.split}_nside{bins.n_side}_v{n_vertices}"
+            # the labels depend on the model points and symmetries: a digest keeps caches of other
+            # meshes (a re-generated dataset, another point sampling) from being read
+            h = hashlib.sha1()
+            for oid in self.obj_ids:
+                od = self.objects[oid]
+                h.update(od.vertices.numpy().tobytes() + od.sym_R.numpy().tobytes() + np.float32(od.diameter).tobytes())
+            tag = f"{self.split}_nside{bins.n_side}_v{n_vertices}_{h.hexdigest()[:10]}"
             self.label_cache_dir = Path(label_cache_dir) / tag
             self.label_cache_dir.mkdir(parents=True, exist_ok=True)
 
