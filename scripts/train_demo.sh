@@ -9,6 +9,7 @@
 #   EPOCHS [11]  BATCH [16]  WORKERS [1]  LR [5e-4]  WARMUP [300]
 #   DEVICE []         '' = cuda:0 when available, else cpu
 #   NPROC [1]         >1: one process per GPU through torchrun (BATCH is per process)
+#   INIT []           start from this checkpoint's weights (--init: a new schedule) instead of scratch
 # Re-running continues where it stopped: scenes resume, training uses --resume when a checkpoint exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ LR=${LR:-5e-4}
 WARMUP=${WARMUP:-300}
 DEVICE=${DEVICE:-}
 NPROC=${NPROC:-1}
+INIT=${INIT:-}
 BIN=.venv/bin
 DATA=$OUT/data
 
@@ -35,7 +37,7 @@ ARGS=(--data "$DATA" --split train_pbr --preset small --dataset synth --objects 
       --epochs "$EPOCHS" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --warmup "$WARMUP"
       --val-data "$DATA" --val-split test --val-max 100 --ckpt-every 200 --out "$OUT/train")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")
-[ -f "$OUT/train/last.pth" ] && ARGS+=(--resume)
+if [ -f "$OUT/train/last.pth" ]; then ARGS+=(--resume); elif [ -n "$INIT" ]; then ARGS+=(--init "$INIT"); fi
 if [ "$NPROC" -gt 1 ]; then
     $BIN/torchrun --standalone --nproc_per_node "$NPROC" -m mrcnet.train.cli "${ARGS[@]}"
 else
