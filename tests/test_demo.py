@@ -51,9 +51,10 @@ def test_demo_run_is_accurate(demo_export, tmp_path):
     res = evaluate_clip(out / "poses.jsonl", sub, DEMO_MODELS, _K())["overall"]
     assert res["found"] == 3 * FRAMES
     print("demo, first frames:", res)
-    # the shipped model's figures on the whole clip (MODEL_CARD.md): 17.7 mm, AR_MSPD 0.342
+    # the shipped model on these frames: 13.5 deg, 25.1 mm, AR_MSPD 0.72 (whole clip: MODEL_CARD.md)
+    assert res["rot_err_deg"] < 30.0
     assert res["trans_err_mm"] < 35.0
-    assert res["AR_MSPD"] > 0.2
+    assert res["AR_MSPD"] > 0.5
 
 
 def test_demo_tracking_follows_the_clip(demo_export, tmp_path):
