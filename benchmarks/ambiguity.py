@@ -25,12 +25,11 @@ import numpy as np
 
 
 def rotation_gap_deg(Ra: np.ndarray, Rb: np.ndarray, sym_R: np.ndarray) -> np.ndarray:
-    """Symmetry-aware rotation difference: (P, 3, 3), (P, 3, 3), (S, 3, 3) -> (P,) degrees,
-    ``min_s angle(Ra, Rb S_s)``."""
-    rel = np.einsum("pji,pjk->pik", Ra, Rb)  # Ra^T Rb
-    tr = np.einsum("pij,sji->ps", rel, sym_R)  # trace(Ra^T Rb S)
-    cos = np.clip((tr - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos.max(axis=1)))
+    """Symmetry-aware rotation difference of pairs: (P, 3, 3), (P, 3, 3), (S, 3, 3) -> (P,) degrees
+    (:func:`mrcnet.eval.pose_errors.re_sym` of each pair)."""
+    from mrcnet.eval.pose_errors import re_sym
+
+    return np.array([re_sym(a, b, sym_R) for a, b in zip(Ra, Rb)], np.float64)
 
 
 def lookalike_pairs(masks: np.ndarray, R: np.ndarray, sym_R: np.ndarray, iou_min: float = 0.85

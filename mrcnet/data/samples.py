@@ -17,7 +17,7 @@ or height <= 10 px or ``visib_fract`` < 0.1 are skipped), cropped the SPEC-1 way
 
 Targets (:mod:`mrcnet.train.targets`): soft rotation labels over the bins (symmetry-aware; cached
 per (object, rotated GT rotation), see ``label_cache``), soft depth and cell labels, the crop/4
-visible mask, subsampled model vertices (mm), the symmetry group (``sym_R``, ``sym_t``) and the
+visible mask, model points sampled on the surface (mm), the symmetry group (``sym_R``, ``sym_t``) and the
 diameter. :func:`collate_samples` pads vertices and symmetries of different objects with masks.
 
 Without ``augment`` (validation) the crop is the plain SPEC-1 crop (no zoom-in, k = 0, no colour or

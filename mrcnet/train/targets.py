@@ -44,15 +44,6 @@ def symmetry_tensors(info, max_sym_disc_step: float = 0.01) -> tuple[np.ndarray,
     return R, t
 
 
-def subsample_vertices(vertices: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """At most ``n`` of the (V, 3) vertices, a deterministic random subset (all if V <= n): (n', 3) f32."""
-    v = np.asarray(vertices, np.float32).reshape(-1, 3)
-    if len(v) <= n:
-        return v.copy()
-    idx = np.sort(np.random.default_rng(seed).choice(len(v), n, replace=False))
-    return v[idx]
-
-
 def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """``n`` points spread uniformly over the mesh surface (area-weighted, deterministic): (n, 3) f32 mm.
 
