@@ -114,15 +114,19 @@ def _distinct(rng, lo, hi, n, min_ratio=1.15, tries=1000):
 # --------------------------------------------------------------------------------------------
 
 def make_bracket(rng):
-    """Asymmetric bracket: block with a corner notch, an off-centre hole and a side pin. No symmetry."""
+    """Asymmetric bracket: block with a corner notch (through z), a rebate along one edge (through
+    x), an off-centre hole and an off-centre side pin. No symmetry, and none of its outlines along
+    the block's axes is symmetric either, so a turned bracket never shows the same silhouette (a
+    notch alone leaves the outline seen along x unchanged by a roll: see benchmarks/ambiguity.py)."""
     a, b, c = _distinct(rng, 25, 110, 3)
     body = _box(a, b, c)
-    notch = _box(a * 0.45, b * 0.5, c * 1.2, centre=(a * 0.5, b * 0.4, 0))
+    notch = _box(a * 0.5, b * 0.55, c * 1.2, centre=(a * 0.5, b * 0.4, 0))
+    rebate = _box(a * 1.2, b * 0.4, c * 0.5, centre=(0, b * 0.4, c * 0.35))
     r = min(a, b) * 0.09
     hole = _cyl(r, c * 2, centre=(-a * 0.22, -b * 0.18, 0), sections=32)
-    pin = _cyl(min(b, c) * 0.18, a * 0.25, centre=(-a * 0.5 - a * 0.1, b * 0.15, c * 0.1), axis="x",
+    pin = _cyl(min(b, c) * 0.2, a * 0.35, centre=(-a * 0.65, -b * 0.2, -c * 0.2), axis="x",
                sections=32)
-    return _union(_minus(body, notch, hole), pin), [], []
+    return _union(_minus(body, notch, rebate, hole), pin), [], []
 
 
 def make_bushing(rng):
