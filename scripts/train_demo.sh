@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo model (mrcnet/assets/demo/) with the project's own commands:
 #   3 procedural objects -> synthetic BOP scenes (train_pbr + a held-out test split) and the demo
-#   clip -> mrcnet-train (small preset) -> mrcnet/assets/demo/model.pth (float16, 13 MB).
-# These are the exact settings of the shipped model (see mrcnet/assets/demo/MODEL_CARD.md).
+#   clip -> mrcnet-train (small preset) -> mrcnet/assets/demo/ (model.pth, float16, 11 MB; the
+#   clip, its ground truth and detections; the meshes). The shipped model's runs (a first run and
+#   fine-tuning runs with INIT=) are listed in mrcnet/assets/demo/MODEL_CARD.md.
 #
 # Settings (environment variables, defaults in brackets):
 #   OUT [runs/demo]   run folder (data under $OUT/data, training under $OUT/train)
@@ -43,8 +44,11 @@ if [ "$NPROC" -gt 1 ]; then
 else
     $BIN/mrcnet-train "${ARGS[@]}"
 fi
-# 4. ship the weights (project format, official 'network' key, float16 without training state)
-mkdir -p mrcnet/assets/demo
+# 4. ship the weights (project format, official 'network' key, float16 without training state),
+#    the demo clip with its ground truth and detections, and the meshes
+mkdir -p mrcnet/assets/demo/models
+cp "$DATA"/clip/{video.mp4,camera.json,scene_camera.json,scene_gt.json,scene_gt_info.json,detections.json} mrcnet/assets/demo/
+cp "$DATA"/models/{models_info.json,obj_*.ply} mrcnet/assets/demo/models/
 CKPT="$OUT/train/model.pth"; [ -f "$CKPT" ] || CKPT="$OUT/train/last.pth"
 $BIN/python -c "import sys; from mrcnet.checkpoint import slim_checkpoint; slim_checkpoint(sys.argv[1], sys.argv[2])" \
     "$CKPT" mrcnet/assets/demo/model.pth

@@ -18,7 +18,8 @@ from mrcnet.runtime.video_io import read_jsonl  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo model is not shipped in this checkout")]
-FRAMES = 12
+FRAMES = 12  # the tracking window
+CLIP_FRAMES = 90  # the whole demo clip (about 13 s on 2 CPU cores)
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +42,20 @@ def _run(args):
 
 def test_demo_run_is_accurate(demo_export, tmp_path):
     out = tmp_path / "run"
-    r = _run(["--demo", "--model", demo_export, "--out", out, "--max-frames", FRAMES, "--backend", "onnxruntime-cpu", "-q"])
+    r = _run(["--demo", "--model", demo_export, "--out", out, "--backend", "onnxruntime-cpu", "-q"])
     assert "poses.jsonl" in r.output
     recs = read_jsonl(out / "poses.jsonl")
-    assert len(recs) == FRAMES and all(len(x["objects"]) == 3 for x in recs)
-    gt = json.loads((DEMO_DIR / "scene_gt.json").read_text())
-    sub = tmp_path / "gt.json"
-    sub.write_text(json.dumps({k: v for k, v in gt.items() if int(k) < FRAMES}))
-    res = evaluate_clip(out / "poses.jsonl", sub, DEMO_MODELS, _K())["overall"]
-    assert res["found"] == 3 * FRAMES
-    print("demo, first frames:", res)
-    # the shipped model on these frames: 13.1 deg, 24.3 mm, AR_MSPD 0.74 (whole clip: MODEL_CARD.md)
-    assert res["rot_err_deg"] < 30.0
-    assert res["trans_err_mm"] < 35.0
-    assert res["AR_MSPD"] > 0.5
+    assert len(recs) == CLIP_FRAMES and all(len(x["objects"]) == 3 for x in recs)
+    res = evaluate_clip(out / "poses.jsonl", DEMO_DIR / "scene_gt.json", DEMO_MODELS, _K())
+    overall, per_obj = res["overall"], res["per_object"]
+    assert overall["found"] == 3 * CLIP_FRAMES
+    print("demo, whole clip:", overall)
+    # the shipped model on the clip (MODEL_CARD.md): 14.5 deg, 7.8 mm, AR_MSPD 0.73; per object
+    # bracket 19.1 deg, bushing 5.0 deg, plate 32.3 deg
+    assert overall["rot_err_deg"] < 20.0
+    assert overall["trans_err_mm"] < 12.0
+    assert overall["AR_MSPD"] > 0.65
+    assert max(r["rot_err_deg"] for r in per_obj.values()) < 40.0  # every part, the bracket included
 
 
 def test_demo_tracking_follows_the_clip(demo_export, tmp_path):
