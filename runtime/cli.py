@@ -88,6 +88,7 @@ def run(
     track: bool = False,
     track_min_score: Optional[float] = None,
     track_rel_drop: float = 0.5,
+    track_patience: int = 2,
     bop_csv: bool = False,
     scene_id: int = 0,
     video: bool = True,
@@ -107,7 +108,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     meshes = pipeline.meshes
     tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
-                      rel_drop=track_rel_drop) if track else None
+                      rel_drop=track_rel_drop, patience=track_patience) if track else None
     summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"))
     jsonl = JsonlWriter(out / "poses.jsonl")
     csv = BopCsvWriter(out / "results.csv", scene_id) if bop_csv else None
@@ -203,6 +204,8 @@ def run(
 @click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
 @click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
 @click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
+@click.option("--track-patience", type=click.IntRange(1), default=2, show_default=True,
+              help="Frames in a row a pose score may stay low (below --track-min-score, or half its score at detection) before re-detecting.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
 @click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default).")
@@ -214,7 +217,7 @@ def run(
 @click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
-         track_min_score, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, demo, quiet):
+         track_min_score, track_patience, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, demo, quiet):
     """Estimate object poses in INPUT (a video file or a folder of images) and write
     OUT/poses.jsonl, OUT/overlay.mp4 and (--bop-csv) OUT/results.csv."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
@@ -278,6 +281,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.ClickException(str(e).splitlines()[0])
     try:
         summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
+                          track_patience=track_patience,
                       bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
                       progress=not quiet)
     finally:

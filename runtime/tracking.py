@@ -52,6 +52,7 @@ class Track:
     score: float
     ref_score: float
     box: np.ndarray
+    low: int = 0  # frames in a row with a low score (below rel_drop x ref_score or min_score)
 
 
 class Tracker:
@@ -61,18 +62,21 @@ class Tracker:
     ``(frame_index, frame_bgr) -> list[Detection]`` (JSON file or ONNX detector).
     An object is lost (and the next frame re-detected) when its score falls below ``min_score``
     (absolute; None: not used) or below ``rel_drop`` x its score at detection (when that is
-    positive), when its projected box is less than ``min_visible`` inside the image or narrower
+    positive) in ``patience`` frames in a row (one noisy frame does not drop a track), when its
+    projected box is less than ``min_visible`` inside the image or narrower
     than ``min_size`` px, or when it is behind the camera. Scores are the pipeline's (max rotation logit of the chosen crop).
     """
 
     def __init__(self, vertices: dict, detect: Callable, min_score: Optional[float] = None,
-                 rel_drop: float = 0.5, min_visible: float = 0.3, min_size: float = 8.0):
+                 rel_drop: float = 0.5, min_visible: float = 0.3, min_size: float = 8.0,
+                 patience: int = 2):
         self.vertices = {int(k): np.asarray(v, np.float64) for k, v in vertices.items()}
         self.detect = detect
         self.min_score = min_score
         self.rel_drop = rel_drop
         self.min_visible = min_visible
         self.min_size = min_size
+        self.patience = max(int(patience), 1)
         self.tracks: dict[int, Track] = {}
         self.need_detection = True
         self.lost: list[tuple[int, str]] = []  # (obj_id, why) of the last update
@@ -106,7 +110,7 @@ class Tracker:
             fresh = old is None or p.obj_id in self._detected
             ref = float(p.score) if fresh else old.ref_score
             box = projected_box(verts, p.R, p.t, K) if verts is not None else None
-            why = ""
+            why, low = "", 0
             if box is None:
                 why = "behind the camera" if verts is not None else "no model"
             elif visible_fraction(box, W, H) < self.min_visible:
@@ -117,11 +121,15 @@ class Tracker:
                 why = f"score {p.score:.3f} < {self.min_score}"
             elif ref > 0 and p.score < self.rel_drop * ref:
                 why = f"score {p.score:.3f} < {self.rel_drop} x {ref:.3f}"
+            if why.startswith("score"):
+                low = (0 if fresh else old.low) + 1
+                if low < self.patience:  # a first low-score frame: keep following
+                    why = ""
             if why:
                 self.lost.append((p.obj_id, why))
                 continue
             new[p.obj_id] = Track(p.obj_id, np.asarray(p.R), np.asarray(p.t), float(p.score), ref,
-                                  np.clip(box, [0, 0, 0, 0], [W, H, W, H]))
+                                  np.clip(box, [0, 0, 0, 0], [W, H, W, H]), low)
         lost_ids = {k for k, _ in self.lost}
         self.lost += [(k, "not estimated") for k in self.tracks if k not in new and k not in lost_ids]
         self.tracks = new

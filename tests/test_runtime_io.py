@@ -160,9 +160,18 @@ def test_tracker_follows_and_redetects():
     tr.update([pose(1, [0, 0, 500], 5.0), pose(2, [0, 100, 600], 5.0)], K, (640, 480))
     assert not tr.need_detection
     tr.detections(3, img)
-    # score falls below half the score at detection -> re-detect
+    # score falls below half the score at detection: one such frame is tolerated (patience 2) ...
     tr.update([pose(1, [0, 0, 500], 2.0), pose(2, [0, 100, 600], 5.0)], K, (640, 480))
+    assert tr.lost == [] and not tr.need_detection and tr.tracks[1].low == 1
+    # ... a recovered score resets the count, and two low frames in a row lose it -> re-detect
+    tr.detections(3, img)
+    tr.update([pose(1, [0, 0, 500], 4.0), pose(2, [0, 100, 600], 5.0)], K, (640, 480))
+    assert tr.tracks[1].low == 0
+    for _ in range(2):
+        tr.detections(3, img)
+        tr.update([pose(1, [0, 0, 500], 2.0), pose(2, [0, 100, 600], 5.0)], K, (640, 480))
     assert tr.lost and tr.lost[0][0] == 1 and "score" in tr.lost[0][1] and tr.need_detection
+    assert calls == [0, 2]
     # a pose far away projects to a speck: lost
     tr.detections(4, img)
     tr.update([pose(1, [0, 0, 500]), pose(2, [0, 0, 60000])], K, (640, 480))
