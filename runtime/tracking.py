@@ -118,12 +118,12 @@ class Tracker:
             elif min(box[2] - box[0], box[3] - box[1]) < self.min_size:
                 why = "box smaller than %g px" % self.min_size
             elif self.min_score is not None and p.score < self.min_score:
-                why = f"score {p.score:.3f} < {self.min_score}"
+                why, low = f"score {p.score:.3f} < {self.min_score}", 1
             elif ref > 0 and p.score < self.rel_drop * ref:
-                why = f"score {p.score:.3f} < {self.rel_drop} x {ref:.3f}"
-            if why.startswith("score"):
-                low = (0 if fresh else old.low) + 1
-                if low < self.patience:  # a first low-score frame: keep following
+                why, low = f"score {p.score:.3f} < {self.rel_drop} x {ref:.3f}", 1
+            if low:
+                low += 0 if fresh else old.low
+                if low < self.patience:  # fewer low-score frames in a row than allowed: keep it
                     why = ""
             if why:
                 self.lost.append((p.obj_id, why))
