@@ -281,8 +281,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.ClickException(str(e).splitlines()[0])
     try:
         summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
-                          track_patience=track_patience,
-                      bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
+                      track_patience=track_patience, bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
                       progress=not quiet)
     finally:
         pipe.close()

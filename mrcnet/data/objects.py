@@ -417,12 +417,14 @@ def symmetry_samples(info: bop.ModelInfo, n_continuous: int = 3, rng=None) -> li
 
 
 def check_symmetries(renderer, obj_id: int, info: bop.ModelInfo, n_poses: int = 2,
-                     size: int = 128, seed: int = 0, transforms: list | None = None) -> list[float]:
+                     size: int = 128, seed: int = 0, transforms: list | None = None,
+                     rotations: list | None = None) -> list[float]:
     """Render the part (already added to ``renderer`` as ``obj_id``) at random R and at
     ``R * S`` (pose ``(R R_s, R t_s + t)``) for each symmetry S; return the mask IoU of each pair.
 
     :param transforms: 4x4 transforms to test (default: :func:`symmetry_samples`).
-    :return: IoUs, ``n_poses`` per transform; an empty list for an asymmetric part.
+    :param rotations: (3, 3) views R to test instead of ``n_poses`` random ones.
+    :return: IoUs, one per (view, transform), view-major; an empty list for an asymmetric part.
     """
     rng = np.random.default_rng(seed)
     Ss = symmetry_samples(info, rng=rng) if transforms is None else [np.asarray(S, float) for S in transforms]
@@ -431,9 +433,10 @@ def check_symmetries(renderer, obj_id: int, info: bop.ModelInfo, n_poses: int = 
     f = size * 1.2
     K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]])
     z = 1.2 * f * info.diameter / size  # the part spans about 80 % of the view
+    views = [random_rotation(rng) for _ in range(n_poses)] if rotations is None else rotations
     ious = []
-    for _ in range(n_poses):
-        R = random_rotation(rng)
+    for R in views:
+        R = np.asarray(R, np.float64)
         t = np.array([0.0, 0.0, z])
         Rs = [R] + [R @ S[:3, :3] for S in Ss]
         ts = [t] + [R @ S[:3, 3] + t for S in Ss]
