@@ -7,7 +7,9 @@ Public API (torch-backed names load lazily, so ``import mrcnet.export`` is cheap
 
 Modules: ``manifest`` (graph I/O names, manifest writing; the format is
 ``mrcnet.runtime.manifest``), ``onnx_export`` (graph wrappers, export, ORT parity), ``subset``
-(object subsets), ``quantize`` (calibration data, ORT int8 QDQ), ``tensorrt`` (engines, caches),
+(object subsets), ``quantize`` (calibration data, int8 QDQ in ONNX Runtime and TensorRT styles),
+``fp16`` (the fp16 graph), ``trt_support`` (onnx-tensorrt operator support, conformance check),
+``tensorrt`` (engines for TensorRT 10 / 11, caches),
 ``exporter`` (checkpoint -> export directory), ``cli`` (``mrcnet-export``).
 """
 _LAZY = {
@@ -18,7 +20,8 @@ _LAZY = {
     "subset_model": "subset", "SingleObjectConv2d": "subset",
     "calibration_feeds": "quantize", "quantize_graphs": "quantize", "quant_agreement": "quantize",
     "build_engines": "tensorrt", "build_engine": "tensorrt", "check_tensorrt": "tensorrt",
-    "TensorRTUnavailable": "tensorrt",
+    "TensorRTUnavailable": "tensorrt", "EngineBuildError": "tensorrt", "build_plan": "tensorrt",
+    "convert_graphs": "fp16", "check_graph": "trt_support", "check_export": "trt_support",
     "build_manifest": "manifest", "write_manifest": "manifest", "read_manifest": "manifest",
     "CLASSIFIER_OUTPUTS": "manifest", "REGRESSOR_INPUTS": "manifest", "REGRESSOR_OUTPUTS": "manifest",
 }

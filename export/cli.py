@@ -44,7 +44,9 @@ def summary_lines(res: ExportResult) -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Export directory to write (default for the demo model: where mrcnet-run --demo reads it).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="fp16: TensorRT, writes the fp16 graphs; int8: ONNX Runtime QDQ graphs (--backend onnx) or "
+                   "TensorRT symmetric QDQ graphs (--backend tensorrt), calibrated on --calib-data.")
 @click.option("--max-detections", type=int, default=8, show_default=True,
               help="TensorRT optimisation profile: up to this many detections (4 crops each).")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
@@ -52,14 +54,12 @@ def summary_lines(res: ExportResult) -> list[str]:
 @click.option("--calib-split", default=None, help="Split of --calib-data (e.g. test_primesense). Default: auto.")
 @click.option("--calib-count", type=int, default=32, show_default=True, help="Calibration detections.")
 @click.option("--engines-only", is_flag=True,
-              help="Only build TensorRT engines (fp32/fp16) for the ONNX export already in --out; no torch needed.")
+              help="Only build TensorRT engines for the export already in --out (its fp32 / fp16 / int8 graphs); "
+                   "no torch needed: run it on the target GPU.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precision, max_detections, calib_data,
          calib_split, calib_count, engines_only, quiet):
     """Export an MRC-Net checkpoint to ONNX (and TensorRT) for the torch-free runtime."""
-    from .exporter import export_checkpoint
-    from .subset import SubsetError, parse_object_ids
-
     def progress(msg: str) -> None:
         if not quiet:
             click.echo(f"[mrcnet-export] {msg}", err=True)
@@ -71,15 +71,18 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
 
         out_dir = DEMO_EXPORT_DIR
     if engines_only:
-        from .tensorrt import TensorRTUnavailable, engines_for_export
+        from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
 
         try:
             entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
-        except (ValueError, TensorRTUnavailable) as e:
+        except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
             click.echo(f"mrcnet-export: error: {e}", err=True)
             sys.exit(2)
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
+    from .exporter import export_checkpoint  # torch from here on (--engines-only above runs without it)
+    from .subset import SubsetError, parse_object_ids
+
     try:
         ids = parse_object_ids(object_ids)
         if checkpoint is None:
@@ -94,7 +97,7 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
     except (ExportError, SubsetError) as e:
         click.echo(f"mrcnet-export: error: {e}", err=True)
         sys.exit(2)
-    for line in summary_lines(res):
+    for line in summary_lines(res) + res.notes:
         click.echo(line)
 
 

@@ -59,6 +59,7 @@ class ExportResult:
     parity: dict[str, dict] = field(default_factory=dict)
     engines: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # one-line notices for the user (CLI prints them)
 
 
 def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None = None):
@@ -142,12 +143,15 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
     if max_detections < 1:
         raise ExportError(f"--max-detections: {max_detections} must be >= 1")
-    if backend == "tensorrt":  # fail fast, before the (slow) export
-        from .tensorrt import TensorRTUnavailable, check_tensorrt
+    trt_missing = None
+    if backend == "tensorrt":  # without TensorRT the precision graphs are written, engines built on the target
+        from .tensorrt import EngineBuildError, TensorRTUnavailable, check_precision, check_tensorrt
 
         try:
-            check_tensorrt()
+            check_precision(precision, check_tensorrt())
         except TensorRTUnavailable as e:
+            trt_missing = str(e).split(": ", 1)[-1]
+        except EngineBuildError as e:
             raise ExportError(str(e)) from None
     if dataset is not None:
         from mrcnet.runtime.presets import get_dataset
@@ -213,19 +217,29 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         extras["onnx_fp32"] = {"classifier": CLASSIFIER_ONNX, "regressor": REGRESSOR_ONNX}
         extras["calibration"] = calib.describe()
     elif backend == "tensorrt":
-        from .tensorrt import build_engines
+        from .tensorrt import EngineBuildError, build_engines
 
-        calib = None
-        if precision == "int8":
-            from .quantize import calibration_feeds
-
-            calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
-                                      models_dir=out / MODELS_DIR, progress=say)
-        entry, parity = build_engines(paths, out, precision=precision, max_detections=max_detections,
-                                      calib=calib, check_feeds=feeds, progress=say)
-        manifest.engines[precision] = entry
-        res.engines[precision] = entry
-        res.parity[f"tensorrt_{precision}"] = parity
+        graphs = {"fp32": paths}
+        if precision != "fp32":
+            graphs[precision], res.parity[f"onnxruntime_{precision}_graph"], calib = precision_graphs(
+                model, manifest, paths, precision, feeds, out, calib_data=calib_data, calib_split=calib_split,
+                calib_count=calib_count, progress=say)
+            res.files.update({f"{g}_{precision}": p for g, p in graphs[precision].items()})
+            extras["precision_graphs"] = {precision: {g: p.name for g, p in graphs[precision].items()}}
+            if calib is not None:
+                extras["calibration"] = calib.describe()
+        if trt_missing:
+            res.notes.append(f"{trt_missing.split(' (')[0]} here: {precision} graphs written, no engines; build them "
+                             f"on the target GPU with: mrcnet-export --engines-only --precision {precision} --out {out}")
+        else:
+            try:
+                entry, parity = build_engines(graphs, out, precision=precision, max_detections=max_detections,
+                                              check_feeds=feeds, progress=say)
+            except (EngineBuildError, ValueError) as e:
+                raise ExportError(str(e)) from None
+            manifest.engines[precision] = entry
+            res.engines[precision] = entry
+            res.parity[f"tensorrt_{precision}"] = parity
     for k, p in res.files.items():
         res.sizes[k] = Path(p).stat().st_size
     res.seconds = time.perf_counter() - t0
@@ -233,3 +247,34 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                    sizes_bytes={k: int(v) for k, v in res.sizes.items()}, **extras)
     res.files["manifest"] = out / "manifest.json"
     return res
+
+
+def precision_graphs(model, manifest, paths, precision: str, feeds, out_dir, *, calib_data=None,
+                     calib_split: str | None = None, calib_count: int = 32, progress=None):
+    """Write the TensorRT graphs of ``precision`` next to the fp32 ``paths`` and check them under ONNX
+    Runtime CPU against the fp32 graphs. Returns ({graph: path}, agreement figures, CalibrationSet
+    or None).
+
+    fp16: :func:`mrcnet.export.fp16.convert_graphs` (``<graph>.fp16.onnx``); the check runs the
+    float32 stand-in that rounds to float16 at the same points (ONNX Runtime CPU lacks float16
+    kernels), on ``feeds``. int8: calibration crops (``calib_data`` or synthetic renderings) and
+    TensorRT-style symmetric QDQ (``<graph>.trt-int8.onnx``), checked on the held-out detections."""
+    from .quantize import calibration_feeds, quant_agreement, quantize_graphs
+
+    say = progress or (lambda msg: None)
+    if precision == "fp16":
+        from .fp16 import convert_graphs
+
+        out = convert_graphs(paths)
+        with tempfile.TemporaryDirectory(dir=out_dir) as td:
+            emu = convert_graphs(paths, emulate=True, folder=td)
+            fig = quant_agreement(paths, emu, feeds)
+        fig["check"] = "float32 graph rounded to float16 at the fp16 graph's points (ONNX Runtime CPU)"
+        say(f"fp16 graphs: {', '.join(p.name for p in out.values())}")
+        return out, fig, None
+    calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
+                              models_dir=Path(out_dir) / MODELS_DIR, progress=say)
+    out = quantize_graphs(paths, calib, progress=say, style="tensorrt")
+    fig = quant_agreement(paths, out, calib.held_out)
+    return out, fig, calib
+

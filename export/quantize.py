@@ -15,8 +15,16 @@ the PyTorch model) and the rendering at the stage-1 pose with ``K_roi``. A quart
 detections (at least one) is held out for :func:`quant_agreement`.
 
 Quantisation (:func:`quantize_graphs`): ``onnxruntime.quantization.quantize_static``, QDQ format,
-uint8 activations / int8 per-channel weights (U8S8, the VNNI path of x86 CPUs), Conv, MatMul
-and Gemm quantised, MinMax calibration over batches of one detection (4 crops: BatchNorm groups).
+Conv, MatMul and Gemm quantised, MinMax calibration over batches of one detection (4 crops:
+BatchNorm groups), in one of two styles (:data:`QUANT_STYLES`):
+
+- ``onnxruntime`` (``<graph>.int8.onnx``, the ONNX Runtime CPU graph): uint8 activations with
+  zero points, int8 per-channel weights, int32 biases (U8S8, the VNNI path of x86 CPUs);
+- ``tensorrt`` (``<graph>.trt-int8.onnx``, TensorRT explicit quantisation): symmetric int8 (zero
+  point 0) activations and per-channel weights, biases left in float32; besides the pose geometry,
+  the layers the fp16 graph keeps in float32 (:func:`mrcnet.export.fp16.fp32_nodes`: normalisation
+  statistics, argmax / score path) are not quantised. :func:`mrcnet.export.trt_support.check_qdq`
+  verifies the result.
 """
 from __future__ import annotations
 
@@ -241,13 +249,35 @@ def geometry_nodes(model_path, min_k: int = 16) -> list[str]:
     return out
 
 
+#: quantisation styles: file suffix, activation type, activation symmetry, bias quantisation
+QUANT_STYLES = {
+    "onnxruntime": {"suffix": "int8", "activation": "QUInt8", "ActivationSymmetric": False, "QuantizeBias": True},
+    "tensorrt": {"suffix": "trt-int8", "activation": "QInt8", "ActivationSymmetric": True, "QuantizeBias": False},
+}
+
+
+def _excluded_nodes(model_path, style: str) -> list[str]:
+    """Nodes left in float: the geometry MatMuls; for TensorRT also the fp16 graph's float32 set."""
+    out = geometry_nodes(model_path)
+    if style == "tensorrt":
+        import onnx
+
+        from .fp16 import fp32_nodes
+
+        out = sorted(set(out) | fp32_nodes(onnx.load(str(model_path), load_external_data=False)))
+    return out
+
+
 def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarray]],
-                   op_types: Sequence[str] = ("Conv", "MatMul", "Gemm")) -> Path:
-    """Static QDQ quantisation of one graph (see the module docstring); atomic write. The pose
-    geometry MatMuls (:func:`geometry_nodes`) stay float."""
+                   op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"), style: str = "onnxruntime") -> Path:
+    """Static QDQ quantisation of one graph in ``style`` (see the module docstring); atomic write.
+    The pose geometry MatMuls (:func:`geometry_nodes`) stay float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if style not in QUANT_STYLES:
+        raise ValueError(f"quantisation style {style!r} is not one of {sorted(QUANT_STYLES)}")
+    st = QUANT_STYLES[style]
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as td:
         pre = Path(td) / "pre.onnx"
@@ -258,23 +288,27 @@ def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarr
             pre = Path(fp32_path)
         tmp = Path(td) / "q.onnx"
         quantize_static(str(pre), str(tmp), _Reader(batches).reader, quant_format=QuantFormat.QDQ,
-                        nodes_to_exclude=geometry_nodes(pre),
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        nodes_to_exclude=_excluded_nodes(pre, style),
+                        activation_type=getattr(QuantType, st["activation"]), weight_type=QuantType.QInt8,
+                        per_channel=True, op_types_to_quantize=list(op_types),
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": st["ActivationSymmetric"], "WeightSymmetric": True,
+                                       "QuantizeBias": st["QuantizeBias"]})
         os.replace(tmp, int8_path)
     return int8_path
 
 
 def quantize_graphs(paths: Mapping[str, Path], calib: CalibrationSet,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """``classifier.int8.onnx`` and ``regressor.int8.onnx`` next to the fp32 graphs."""
+                    progress: Callable[[str], None] | None = None, style: str = "onnxruntime") -> dict[str, Path]:
+    """``classifier.int8.onnx`` and ``regressor.int8.onnx`` next to the fp32 graphs (``style``
+    ``tensorrt``: ``classifier.trt-int8.onnx`` and ``regressor.trt-int8.onnx``)."""
     say = progress or (lambda m: None)
     out = {}
+    suffix = QUANT_STYLES[style]["suffix"] if style in QUANT_STYLES else style
     for graph, batches in (("classifier", calib.classifier_batches()), ("regressor", calib.regressor_batches())):
         t0 = time.perf_counter()
         p = Path(paths[graph])
-        out[graph] = quantize_graph(p, p.with_name(f"{graph}.int8.onnx"), batches)
+        out[graph] = quantize_graph(p, p.with_name(f"{graph}.{suffix}.onnx"), batches, style=style)
         say(f"quantised {graph}: {out[graph].name} ({out[graph].stat().st_size / 2**20:.1f} MiB, "
             f"{time.perf_counter() - t0:.0f} s)")
     return out
