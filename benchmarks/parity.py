@@ -1,7 +1,8 @@
 """Accuracy parity of every available backend with the PyTorch reference on a BOP split.
 
 For torch (the reference, a ``.pth`` checkpoint) and each backend of the export (``ort-fp32``,
-``ort-int8``, ``trt-fp32``/``fp16``/``int8``, those available): :func:`mrcnet.eval.infer.infer_split`
+``ort-int8``, ``trt-fp32``/``fp16``/``int8``, and the TensorRT precision graphs under ONNX Runtime
+CPU: ``ort-fp16``, ``ort-trt-int8`` (see ``GRAPH_KEYS``), those available): :func:`mrcnet.eval.infer.infer_split`
 writes the BOP'19 results CSV of the split (the same detections for all), and
 :func:`mrcnet.eval.bop_eval.evaluate_bop19` scores it. Reported per backend: AR (and AR_VSD /
 AR_MSSD / AR_MSPD), |delta AR| to torch, and the share of poses within 1 degree and 1 mm of
@@ -31,7 +32,12 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fps  # noqa: E402  (benchmarks/fps.py: environment, random model, export, backends)
 
-PARITY_KEYS = tuple(k for k in fps.BACKEND_KEYS if k != "torch")
+#: the TensorRT precision graphs run under ONNX Runtime CPU (no GPU needed): ``ort-fp16`` = the
+#: fp16 graph's float32 stand-in rounding to float16 at the same points
+#: (:func:`mrcnet.export.fp16.convert_graph` ``emulate=True``), ``ort-trt-int8`` = the TensorRT-style
+#: symmetric int8 QDQ graph (``<graph>.trt-int8.onnx``)
+GRAPH_KEYS = ("ort-fp16", "ort-trt-int8")
+PARITY_KEYS = tuple(k for k in fps.BACKEND_KEYS if k != "torch") + GRAPH_KEYS
 
 
 def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
@@ -44,6 +50,63 @@ def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
                              images_per_scene=max(1, n_images), depth_range=(300.0, 600.0))
     scenes.generate_scenes(root, root, n_images, cfg, seed=seed, renderer=Renderer(), progress=False)
     return root
+
+
+def add_precision_graphs(manifest, keys, model, calib_count: int = 8, say=print) -> None:
+    """Write the TensorRT precision graphs the ``GRAPH_KEYS`` in ``keys`` need into the (temporary)
+    export of ``manifest``, when it lacks them: ``<graph>.fp16.onnx`` and ``<graph>.trt-int8.onnx``
+    (symmetric int8 QDQ, calibrated on synthetic renderings), listed under ``precision_graphs``."""
+    import json
+
+    from mrcnet.export.manifest import atomic_write_bytes
+    from mrcnet.export.tensorrt import GRAPHS, PRECISION_SUFFIX, precision_graphs
+
+    raw = json.loads(manifest.path("manifest.json").read_text())
+    have = precision_graphs(manifest.root, raw)
+    fp32 = have["fp32"]
+    for key, prec in (("ort-fp16", "fp16"), ("ort-trt-int8", "int8")):
+        if key not in keys or prec in have:
+            continue
+        t0 = time.perf_counter()
+        if prec == "fp16":
+            from mrcnet.export.fp16 import convert_graphs
+
+            convert_graphs(fp32)
+        else:
+            from mrcnet.export.quantize import calibration_feeds, quantize_graphs
+
+            calib = calibration_feeds(model, manifest, None, count=calib_count, models_dir=manifest.path("models"))
+            quantize_graphs(fp32, calib, style="tensorrt")
+        raw.setdefault("precision_graphs", {})[prec] = {g: f"{g}.{PRECISION_SUFFIX[prec]}.onnx" for g in GRAPHS}
+        say(f"wrote the {prec} graphs ({time.perf_counter() - t0:.1f} s)")
+    atomic_write_bytes(manifest.path("manifest.json"), (json.dumps(raw, indent=2) + "\n").encode())
+
+
+def open_graph_backends(manifest, keys, workdir: Path) -> dict:
+    """{key: OnnxRuntimeBackend (CPU) | reason} for the ``GRAPH_KEYS`` in ``keys``; the fp16 key runs
+    the float32 stand-in of the fp16 graph (ONNX Runtime CPU has no float16 Conv kernel), written
+    into ``workdir``."""
+    import json
+
+    from mrcnet.export.tensorrt import precision_graphs
+    from mrcnet.runtime.backends import OnnxRuntimeBackend, ort_providers
+
+    graphs = precision_graphs(manifest.root, json.loads(manifest.path("manifest.json").read_text()))
+    out = {}
+    for key, prec in (("ort-fp16", "fp16"), ("ort-trt-int8", "int8")):
+        if key not in keys:
+            continue
+        if prec not in graphs:
+            out[key] = f"export has no {prec} graphs (mrcnet-export --backend tensorrt --precision {prec})"
+            continue
+        paths = graphs[prec]
+        if prec == "fp16":
+            from mrcnet.export.fp16 import convert_graphs
+
+            paths = convert_graphs(graphs["fp32"], emulate=True, folder=workdir)
+        out[key] = OnnxRuntimeBackend(paths["classifier"], paths["regressor"],
+                                      providers=ort_providers("onnxruntime-cpu"))
+    return out
 
 
 def ar_fields(report: dict) -> dict:
@@ -140,12 +203,15 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, backen
             trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if fps.tensorrt_usable() else []
             manifest = fps.export_model(model, tmp / "export", models_dir, int8=int8 and "ort-int8" in keys,
                                         trt_precisions=trt, say=say)
+            add_precision_graphs(manifest, keys, model, say=say)
         else:
             try:
                 manifest = load_manifest(export_dir)
             except ManifestError as e:
                 raise fps.BenchError(str(e)) from None
-        opened = fps.open_backends(manifest, None, keys, "cpu" if device == "cpu" else "cuda", 0)
+        base = [k for k in keys if k not in GRAPH_KEYS]
+        opened = fps.open_backends(manifest, None, base, "cpu" if device == "cpu" else "cuda", 0)
+        opened.update(open_graph_backends(manifest, keys, tmp))
         skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
         params = Bop19Params(vsd_delta=default_vsd_delta(data_dir))
 

@@ -1,19 +1,26 @@
-"""TensorRT engines (mrcnet.export.tensorrt): cache keys everywhere; engine builds, engine cache and
-TensorRT-vs-ONNX-Runtime parity only with TensorRT and a CUDA GPU (skipped otherwise)."""
+"""TensorRT engines (mrcnet.export.tensorrt): cache keys, build plans and one-line failures for
+TensorRT 10.3 and 11 with fake ``tensorrt`` modules (tests/trt_fakes.py) everywhere; engine builds,
+engine cache and TensorRT-vs-ONNX-Runtime parity (R and t of fp16 and int8 against fp32) only with
+TensorRT and a CUDA GPU (skipped otherwise)."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from mrcnet.export import tensorrt as T
 from mrcnet.export.tensorrt import (
+    BuildPlan,
+    EngineBuildError,
     TensorRTUnavailable,
+    build_plan,
     check_tensorrt,
     engine_key,
     key_hash,
     profile_crops,
 )
 from mrcnet.model import get_config
+from trt_fakes import fake_tensorrt
 
 CROP = get_config("small").crop_size
 ENV = {"name": "NVIDIA H100", "compute_capability": "9.0", "tensorrt": "10.9.0"}
@@ -36,7 +43,7 @@ def test_engine_key_changes_with_every_fact():
         engine_key(ENV, "b" * 64, "fp16", (4, 16, 32)),
         engine_key(ENV, "a" * 64, "fp32", (4, 16, 32)),
         engine_key(ENV, "a" * 64, "fp16", (4, 16, 48)),
-        engine_key(ENV, "a" * 64, "fp16", (4, 16, 32), calib_sha="c" * 64),
+        engine_key(ENV, "a" * 64, "fp16", (4, 16, 32), plan=BuildPlan("fp32", False, ("FP16",), pin_fp32=True)),
     ]
     assert len({h, *map(key_hash, variants)}) == len(variants) + 1
 
@@ -57,6 +64,148 @@ def test_unavailable_message_is_one_line():
         assert "\n" not in msg and ("TensorRT" in msg or "GPU" in msg)
     else:
         pytest.skip("TensorRT and a GPU are present")
+
+
+# --------------------------------------------------------------- TensorRT 10 / 11 build plans
+ALL = ("fp32", "fp16", "int8")
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "11.5.1"])
+def test_plan_tensorrt_11_is_strongly_typed_without_flags(version):
+    for prec in ALL:
+        p = build_plan(version, prec, ALL)
+        assert p.strongly_typed and p.graph == prec and not p.set_flags and not p.pin_fp32
+    with pytest.raises(ValueError, match="no fp16 graphs") as e:
+        build_plan(version, "fp16", ("fp32",))
+    assert "\n" not in str(e.value) and "--precision fp16" in str(e.value)
+
+
+def test_plan_tensorrt_10():
+    v = "10.3.0.26"
+    assert build_plan(v, "fp32", ("fp32",)) == BuildPlan("fp32", False, clear_flags=("TF32",))
+    assert build_plan(v, "fp16", ALL) == BuildPlan("fp16", True)  # the fp16 graph, strongly typed
+    old = build_plan(v, "fp16", ("fp32",))  # an export without fp16 graphs: flag + pinning
+    assert old.graph == "fp32" and set(old.set_flags) == {"FP16", "OBEY_PRECISION_CONSTRAINTS"} and old.pin_fp32
+    q = build_plan(v, "int8", ALL)  # explicit quantisation, no calibrator
+    assert q.graph == "int8" and "INT8" in q.set_flags and "OBEY_PRECISION_CONSTRAINTS" in q.set_flags and q.pin_fp32
+    for ver in (v, "11.1.0"):
+        with pytest.raises(ValueError, match="no TensorRT int8 graphs"):
+            build_plan(ver, "int8", ("fp32", "fp16"))
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+@pytest.mark.parametrize("precision", ALL)
+def test_build_engine_with_fake_tensorrt(tmp_path, version, precision):
+    """The exact builder calls per version: nothing TensorRT 11 removed is touched there."""
+    trt = fake_tensorrt(version, layers=(("/Add_3", ("float32",)), ("/backbone/conv/Conv", ("float32",)),
+                                         ("/Shape_1", ("int64",))))
+    plan = build_plan(version, precision, ("fp32",) if precision == "fp16" and version.startswith("10") else ALL)
+    out = T.build_engine(tmp_path / "g.onnx", tmp_path / "g.engine", precision=precision, plan=plan,
+                         keep_fp32={"/Add_3", "/Shape_1"}, max_detections=3, trt=trt)
+    assert out.read_bytes() == b"ENGINE"
+    net_flags = [c[1] for c in trt.calls if c[0] == "create_network"][0]
+    set_flags = {c[1] for c in trt.calls if c[0] == "set_flag"}
+    assert ("calibration_profile",) not in trt.calls
+    if version.startswith("11"):
+        assert net_flags == 1 << 1 and not set_flags  # STRONGLY_TYPED, precision from the graph
+    elif precision == "fp32":
+        assert net_flags == 0 and not set_flags and ("clear_flag", "TF32") in trt.calls
+    elif precision == "fp16":
+        assert net_flags == 0 and set_flags == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
+    else:
+        assert net_flags == 0 and set_flags == {"INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"}
+
+
+def test_pinning_on_tensorrt_10():
+    trt = fake_tensorrt("10.3.0", layers=(("/Add_3", ("float32",)), ("/Add_3_cast", ("float32",)),
+                                          ("/backbone/conv/Conv", ("float32",)), ("/Shape_1", ("int64",))))
+    net = trt.Builder(None).create_network(0)
+    assert T.pin_layers(trt, net, {"/Add_3", "/Shape_1"}) == 2  # the int64 shape layer is not pinned
+    pinned = {layer.name for layer in net.layers if layer.precision == "float32"}
+    assert pinned == {"/Add_3", "/Add_3_cast"}
+    assert net.layers[0].out_types == {0: "float32"}
+
+
+def test_tensorrt_11_without_strongly_typed_enum(tmp_path):
+    trt = fake_tensorrt("11.2.0", strongly_typed_flag=False)
+    T.build_engine(tmp_path / "g.onnx", tmp_path / "g.engine", precision="fp16", plan=build_plan("11.2", "fp16", ALL),
+                   trt=trt)
+    assert ("create_network", 0) in trt.calls  # strongly typed by default there
+
+
+def test_apply_flags_refuses_a_missing_set_flag():
+    trt = fake_tensorrt("11.0.0")
+    with pytest.raises(EngineBuildError, match="no BuilderFlag.FP16"):
+        T.apply_flags(trt, trt.Builder(None).create_builder_config(), BuildPlan("fp32", False, ("FP16",)))
+
+
+def test_parse_failure_names_node_and_op(tmp_path):
+    trt = fake_tensorrt("10.3.0", parse_ok=False)
+    with pytest.raises(EngineBuildError) as e:
+        T.build_engine(tmp_path / "regressor.onnx", tmp_path / "g.engine", precision="fp32", trt=trt)
+    msg = str(e.value)
+    assert "\n" not in msg and "'/backbone/Foo' (Foo)" in msg and "regressor.onnx" in msg and "10.3.0" in msg
+
+
+@pytest.mark.parametrize("errors, expect", [
+    (("[virtualMemoryBuffer.cpp::resizePhysical] Error Code 2: OutOfMemory (Requested size was 9 GiB)",),
+     "ran out of GPU memory"),
+    (("Error Code 10: Internal Error (Could not find any implementation for node /Conv)",), "built no engine"),
+    ((), "no error was logged"),
+])
+def test_builder_returning_nothing_is_one_line(tmp_path, errors, expect):
+    trt = fake_tensorrt("11.0.0", build_result=None, log_errors=errors)
+    with pytest.raises(EngineBuildError) as e:
+        T.build_engine(tmp_path / "classifier.fp16.onnx", tmp_path / "g.engine", precision="fp16",
+                       plan=build_plan("11.0", "fp16", ALL), trt=trt)
+    assert "\n" not in str(e.value) and expect in str(e.value) and "classifier.fp16.onnx" in str(e.value)
+
+
+def test_unsupported_precision_on_gpu():
+    with pytest.raises(EngineBuildError) as e:
+        T.check_precision("int8", {"name": "Tesla K80", "compute_capability": "3.7"})
+    assert "\n" not in str(e.value) and "K80" in str(e.value) and "use fp16" in str(e.value)
+    T.check_precision("int8", {"name": "Orin", "compute_capability": "8.7"})
+    T.check_precision("fp32", {"name": "K80", "compute_capability": "3.7"})
+
+
+def test_tensorrt_too_old_or_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("8.6.1"))
+    with pytest.raises(TensorRTUnavailable, match="10.3"):
+        T._import_trt()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(TensorRTUnavailable) as e:
+        T._import_trt()
+    assert "not installed" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch, version):
+    """engines_for_export on an export directory (no torch): the fp16 graph is what gets parsed."""
+    from mrcnet.export.manifest import build_manifest, write_manifest
+    from mrcnet.runtime.geometry import PAPER_BINS
+
+    man = build_manifest(dataset="synth", preset="small", obj_ids=[1], depth_range=(0.05, 1.7), bins=PAPER_BINS,
+                         fov_variant="inference", crop_size=128, bn_group=4, project_version="0", checkpoint_sha256="")
+    for name in ("classifier.onnx", "regressor.onnx", "classifier.fp16.onnx", "regressor.fp16.onnx"):
+        (tmp_path / name).write_bytes(name.encode())
+    monkeypatch.setattr("mrcnet.runtime.manifest.Manifest.validate", lambda self: None, raising=False)
+    monkeypatch.setattr("mrcnet.runtime.manifest.load_manifest", lambda d: man)
+    write_manifest(tmp_path, man, precision_graphs={"fp16": {"classifier": "classifier.fp16.onnx",
+                                                             "regressor": "regressor.fp16.onnx"}})
+    trt = fake_tensorrt(version)
+    monkeypatch.setattr(T, "_import_trt", lambda: trt)
+    monkeypatch.setattr(T, "gpu_info", lambda: {"name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setenv("MRCNET_CACHE", str(tmp_path / "cache"))
+    entry = T.engines_for_export(tmp_path, precision="fp16", max_detections=2)
+    parsed = [c[1] for c in trt.calls if c[0] == "parse"]
+    assert [p.rsplit("/", 1)[-1] for p in parsed] == ["classifier.fp16.onnx", "regressor.fp16.onnx"]
+    assert entry["graph"] == "fp16" and entry["strongly_typed"] and entry["tensorrt"] == version
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["engines"]["fp16"]["classifier"] == "engines/classifier.fp16.engine"
+    assert (tmp_path / "engines" / "classifier.fp16.engine").read_bytes() == b"ENGINE"
 
 
 # ------------------------------------------------------------------------------- GPU only
