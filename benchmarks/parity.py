@@ -52,7 +52,7 @@ def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
     return root
 
 
-def add_precision_graphs(manifest, keys, model, calib_count: int = 8, say=print) -> None:
+def add_precision_graphs(manifest, keys, model, calib_count: int = 32, say=print) -> None:
     """Write the TensorRT precision graphs the ``GRAPH_KEYS`` in ``keys`` need into the (temporary)
     export of ``manifest``, when it lacks them: ``<graph>.fp16.onnx`` and ``<graph>.trt-int8.onnx``
     (symmetric int8 QDQ, calibrated on synthetic renderings), listed under ``precision_graphs``."""
