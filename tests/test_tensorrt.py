@@ -353,3 +353,19 @@ def test_engine_cache_rebuilds_stale(trt_export):
     msgs.clear()
     build_engines(graphs, out, precision="fp32", max_detections=2, progress=msgs.append)  # new profile
     assert any(m.startswith("building classifier.fp32.engine") for m in msgs)
+
+
+def test_build_engines_older_call_writes_the_precision_graph(tmp_path, monkeypatch):
+    """``build_engines({graph: fp32 path}, precision="fp16")`` (benchmarks/fps.py) converts first."""
+    import runtime_fakes as F
+
+    out = F.make_export(tmp_path / "export", obj_ids=(1,))
+    trt = fake_tensorrt("11.0.0")
+    monkeypatch.setattr(T, "_import_trt", lambda: trt)
+    monkeypatch.setattr(T, "gpu_info", lambda: {"name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setenv("MRCNET_CACHE", str(tmp_path / "cache"))
+    entry, _ = T.build_engines({g: out / f"{g}.onnx" for g in ("classifier", "regressor")}, out, precision="fp16",
+                               max_detections=1)
+    assert (out / "classifier.fp16.onnx").is_file() and entry["graph"] == "fp16"
+    assert [c[1].rsplit("/", 1)[-1] for c in trt.calls if c[0] == "parse"] == ["classifier.fp16.onnx",
+                                                                              "regressor.fp16.onnx"]
