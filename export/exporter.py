@@ -3,8 +3,11 @@
 :func:`export_checkpoint` loads a checkpoint (official or project format), keeps the requested
 objects, writes ``classifier.onnx`` / ``regressor.onnx`` (checked, shape-inferred, annotated), copies
 the objects' BOP meshes into ``models/``, measures ORT-vs-PyTorch parity, optionally quantises to
-int8 (ONNX Runtime, QDQ) or builds TensorRT engines, and writes ``manifest.json`` last (atomically),
-so a directory with a manifest is always complete.
+int8 (ONNX Runtime, QDQ), or for ``--backend tensorrt`` writes the precision's graphs
+(:func:`precision_graphs`: the fp16 graph, or the TensorRT-style int8 QDQ graph) and builds the
+engines where TensorRT and a GPU exist (elsewhere a one-line note says to build them on the target
+with ``--engines-only``), and writes ``manifest.json`` last (atomically), so a directory with a
+manifest is always complete.
 """
 from __future__ import annotations
 

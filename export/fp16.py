@@ -68,13 +68,11 @@ def fp32_nodes(model: onnx.ModelProto) -> set[str]:
     return keep
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """{tensor name: ONNX element type} from value_info, graph I/O, initializers and Constants."""
     g = model.graph
-    types = {}
-    for v in list(g.value_info) + list(g.input) + list(g.output):
-        types[v.name] = v.type.tensor_type.elem_type
-    for t in g.initializer:
-        types[t.name] = t.data_type
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
     for n in g.node:
         if n.op_type == "Constant":
             for a in n.attribute:
@@ -100,7 +98,7 @@ def convert_graph(src, dst=None, *, keep: Iterable[str] | None = None, emulate: 
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     g = model.graph
     keep = fp32_nodes(model) if keep is None else set(keep)
-    types = _elem_types(model)
+    types = elem_types(model)
     half = FLOAT if emulate else FLOAT16
     is_fp16 = {n.name: n.name not in keep for n in g.node}
     consumers: dict[str, list] = {}
@@ -236,7 +234,7 @@ def float16_fraction(model: onnx.ModelProto) -> float:
 
 def ops_by_precision(model: onnx.ModelProto, ops: Sequence[str] = ("Conv", "Gemm", "MatMul")) -> dict[str, dict]:
     """{op: {"float16": count, "float": count}} by the element type of each node's first input."""
-    types = _elem_types(onnx.shape_inference.infer_shapes(model))
+    types = elem_types(onnx.shape_inference.infer_shapes(model))
     out = {op: {"float16": 0, "float": 0} for op in ops}
     for n in model.graph.node:
         if n.op_type in out:

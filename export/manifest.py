@@ -7,7 +7,9 @@ Torch-free (json + hashlib only). Layout of an export directory (docs/ARCHITECTU
       manifest.json          # this module
       classifier.onnx        # stage 1 (graph names: CLASSIFIER_INPUTS / CLASSIFIER_OUTPUTS)
       regressor.onnx         # stage 2 (REGRESSOR_INPUTS / REGRESSOR_OUTPUTS)
-      classifier.int8.onnx   # optional (--precision int8, ONNX Runtime CPU)
+      classifier.int8.onnx   # optional (--backend onnx --precision int8, ONNX Runtime CPU)
+      classifier.fp16.onnx   # optional (--backend tensorrt --precision fp16: the fp16 graph)
+      classifier.trt-int8.onnx  # optional (--backend tensorrt --precision int8: symmetric QDQ)
       engines/               # optional TensorRT engines (see mrcnet.export.tensorrt)
       models/                # copies of the BOP PLY meshes of the exported objects
 
@@ -18,7 +20,9 @@ Manifest keys: ``format_version``, ``dataset``, ``preset``, ``obj_ids`` (list; t
 statistics per group of 4 consecutive crops, so N must be a multiple of 4), ``models_dir``,
 ``classifier`` / ``regressor`` {onnx, inputs, outputs[, int8_onnx]}, ``engines`` {precision:
 {classifier, regressor, ...}}, ``project_version``, ``checkpoint_sha256``; informative extras the
-runtime ignores: ``parity`` (figures measured at export time), ``n_params``, ``sizes_bytes``.
+runtime ignores: ``parity`` (figures measured at export time), ``n_params``, ``sizes_bytes``,
+``precision_graphs`` {fp16|int8: {classifier, regressor}} (the TensorRT precision graphs, read by
+``mrcnet-export --engines-only``).
 
 The format itself (parsing, validation) is :mod:`mrcnet.runtime.manifest`; this module builds and
 writes it and owns the graph I/O names.

@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .fp16 import elem_types
+
 F32, F16, BF16 = "FP32", "FP16", "BF16"
 I32, I64, I8, U8, BOOL = "INT32", "INT64", "INT8", "UINT8", "BOOL"
 _FLOAT = (F32, F16, BF16)
@@ -104,18 +106,6 @@ POSE_OUTPUTS = ("R", "t", "R_init", "t_init")
 GEMM_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    g = model.graph
-    out = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
-    out.update({t.name: t.data_type for t in g.initializer})
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = a.t.data_type
-    return out
-
-
 def _consts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
@@ -179,7 +169,7 @@ def check_shapes(model: onnx.ModelProto, profile: Sequence[int] = (4, 32)) -> li
 
 def check_qdq(model: onnx.ModelProto, types=None, consts=None) -> list[str]:
     """TensorRT explicit quantisation rules for every Q/DQ node (see the module docstring)."""
-    types = types if types is not None else _types(onnx.shape_inference.infer_shapes(model))
+    types = types if types is not None else elem_types(onnx.shape_inference.infer_shapes(model))
     consts = consts if consts is not None else _consts(model)
     consumers: dict[str, list] = {}
     for n in model.graph.node:
@@ -224,7 +214,7 @@ def check_graph(path_or_model, version: str = "11", *, precision: str | None = N
     spec = TRT_VERSIONS[version]
     model = onnx.load(str(path_or_model)) if not isinstance(path_or_model, onnx.ModelProto) else path_or_model
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    types, consts = _types(model), _consts(model)
+    types, consts = elem_types(model), _consts(model)
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     lo, hi = spec["opsets"]
