@@ -465,8 +465,9 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     except ManifestError as e:
         raise ValueError(str(e)) from None
     raw = json.loads((out / "manifest.json").read_text())
-    entry, _ = build_engines(precision_graphs(out, raw), out, precision=precision, max_detections=max_detections,
-                             progress=progress)
+    graphs = precision_graphs(out, raw)
+    build_plan(f"{trt_compat.SUPPORTED_TRT_MAJORS[0]}.{trt_compat.MIN_TRT_10_MINOR}", precision, list(graphs))
+    entry, _ = build_engines(graphs, out, precision=precision, max_detections=max_detections, progress=progress)
     raw.setdefault("engines", {})[precision] = entry
     atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
     return entry
