@@ -20,7 +20,7 @@ directory. Checked:
 - the pose outputs (``R``, ``t``, ``R_init``, ``t_init``) are float32;
 - precision carried by the graph (TensorRT 11 has no FP16 / INT8 flags): a ``fp16`` graph has
   float16 Conv / Gemm / MatMul inputs, an ``int8`` graph has every Conv's data and weight dequantised
-  from int8.
+  from int8 (but the heads' convolutions, kept in float by design: ``QUANT_STYLES``).
 
 Torch-free; needs the ``onnx`` package.
 """
@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .fp16 import elem_types
+from .quantize import QUANT_STYLES
 
 F32, F16, BF16 = "FP32", "FP16", "BF16"
 I32, I64, I8, U8, BOOL = "INT32", "INT64", "INT8", "UINT8", "BOOL"
@@ -146,7 +147,8 @@ def _fixed_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
 
 
 def check_shapes(model: onnx.ModelProto, profile: Sequence[int] = (4, 32)) -> list[str]:
-    """Dynamic shapes within the optimisation profile (see the module docstring)."""
+    """Dynamic shapes within the optimisation profile (see the module docstring); an empty
+    ``profile`` checks the inputs' axes only (the same for every TensorRT version)."""
     problems = []
     for vi in model.graph.input:
         dims = vi.type.tensor_type.shape.dim
@@ -262,13 +264,16 @@ def check_precision(model: onnx.ModelProto, precision: str, types, version: str 
         half = [n for n in gemm if types.get(n.input[0]) == TensorProto.FLOAT16]
         if not gemm or len(half) < 0.9 * len(gemm):
             return [f"fp16 graph: only {len(half)} of {len(gemm)} Conv/Gemm/MatMul take float16"]
-    if precision == "int8":
-        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if precision == "int8":  # every Conv but the heads the TensorRT style keeps in float
+        convs = [n for n in model.graph.node if n.op_type == "Conv"
+                 and not any(f"/{s}" in n.name for s in QUANT_STYLES["tensorrt"]["float_scopes"])]
         bad = [n.name for n in convs if not all(
             producers.get(n.input[i]) is not None and producers[n.input[i]].op_type == "DequantizeLinear"
             for i in (0, 1))]
-        if not convs or bad:
-            return [f"int8 graph: {len(bad)} of {len(convs)} Conv not quantised (e.g. {bad[:2]})"]
+        out = [f"int8 graph: {len(bad)} of {len(convs)} Conv not quantised (e.g. {bad[:2]})"] if bad else []
+        if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+            out.append("int8 graph: no Q/DQ nodes")
+        return out
     if precision == "fp32" and any(types.get(n.input[0]) == TensorProto.FLOAT16 for n in gemm):
         return ["fp32 graph holds float16 layers"]
     return []
@@ -295,6 +300,6 @@ def check_export(export_dir, versions: Iterable[str] = tuple(TRT_VERSIONS), prof
     for prec, graphs in export_graphs(export_dir).items():
         for g, p in graphs.items():
             model = onnx.load(str(p))
-            for v in versions:
-                out[f"{v}/{prec}/{g}"] = check_graph(model, v, precision=prec, profile=profile)
+            for i, v in enumerate(versions):  # shape inference once per graph: it is version-free
+                out[f"{v}/{prec}/{g}"] = check_graph(model, v, precision=prec, profile=profile if i == 0 else ())
     return out

@@ -89,8 +89,8 @@ def _check(label, graphs):
         for g, p in paths.items():
             model = onnx.load(str(p))
             FIGURES[f"{label}/{prec}/{g}"] = (len(op_counts(model)), len(model.graph.node))
-            for v in VERSIONS:
-                problems = check_graph(model, v, precision=prec)
+            for i, v in enumerate(VERSIONS):  # the batch-profile shape check is version-free: once
+                problems = check_graph(model, v, precision=prec, profile=(4, 32) if i == 0 else ())
                 assert problems == [], (label, prec, g, v, problems[:10])
 
 
@@ -181,6 +181,16 @@ def test_checker_flags_static_batch_fp16_pose_and_opset():
     assert any("output t: FP16, not FP32" in p for p in problems)
     assert any("opset 22 outside TensorRT 10.3" in p for p in problems)
     assert not any("opset" in p for p in check_graph(m, "11"))
+
+
+def test_checker_int8_precision_allows_only_the_float_heads():
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [0.5])
+    for name, ok in (("/backbone/decoder/conv_last/conv/Conv", True), ("/backbone/layer1/conv/Conv", False)):
+        m = _tiny([helper.make_node("Conv", ["x", "w"], ["y"], name=name)], [_x(shape=("N", 1, 2, 2))],
+                  [_x("y", ("N", 1, 2, 2))], inits=[w])
+        problems = check_graph(m, "11", precision="int8")
+        assert "int8 graph: no Q/DQ nodes" in problems
+        assert any("1 of 1 Conv not quantised" in p for p in problems) != ok, problems
 
 
 def test_checker_flags_nonzero_zero_point():
