@@ -115,6 +115,27 @@ def provider_config(providers: Sequence[str], device_id: int = 0, *, cache_dir=N
     return out
 
 
+def manifest_providers(manifest: Manifest, kind: str = "auto", device_id: int = 0,
+                       max_detections: Optional[int] = DEFAULT_MAX_DETECTIONS, precision: Optional[str] = None,
+                       available: Optional[Sequence[str]] = None) -> dict[str, list]:
+    """{"classifier": providers, "regressor": providers} (:func:`provider_config`) for an export:
+    the TensorRT provider's caches in ``ORT_TRT_CACHE_DIR`` of the export (created), fp16 as
+    :func:`wants_fp16`, the profile of :func:`profile_crops` over each graph's inputs."""
+    names = ort_providers(kind, available)
+    trt = "TensorrtExecutionProvider" in names
+    cache = manifest.path(ORT_TRT_CACHE_DIR)
+    if trt:
+        os.makedirs(cache, exist_ok=True)
+    out = {}
+    for g in ("classifier", "regressor"):
+        path = manifest.path(getattr(manifest, g).onnx)
+        shapes = graph_input_shapes(path) if trt and os.path.isfile(path) else None
+        crops = profile_crops(manifest, max_detections or 64, precision) if trt else None
+        out[g] = provider_config(names, device_id, cache_dir=cache, fp16=wants_fp16(manifest, precision),
+                                 input_shapes=shapes, crops=crops)
+    return out
+
+
 def graph_input_shapes(path) -> dict[str, tuple]:
     """{input name: shape} of an ONNX graph (dim 0 as given, e.g. 'N'), read with a CPU session
     that applies no optimisation (only used to set up the TensorRT provider's profile)."""
@@ -193,21 +214,10 @@ class OnnxRuntimeBackend(Backend):
     def from_manifest(cls, manifest: Manifest, kind: str = "auto", threads: int = 0, *, device_id: int = 0,
                       max_detections: Optional[int] = DEFAULT_MAX_DETECTIONS, precision: Optional[str] = None,
                       available: Optional[Sequence[str]] = None) -> "OnnxRuntimeBackend":
-        """The export's graphs with the providers of ``kind`` configured for it (module docstring)."""
-        names = ort_providers(kind, available)
-        paths = {g: manifest.path(spec.onnx) for g, spec in (("classifier", manifest.classifier),
-                                                            ("regressor", manifest.regressor))}
-        provs = {}
-        for g, path in paths.items():
-            shapes, crops = None, None
-            if "TensorrtExecutionProvider" in names and os.path.isfile(path):
-                shapes, crops = graph_input_shapes(path), profile_crops(manifest, max_detections or 64, precision)
-            provs[g] = provider_config(names, device_id, cache_dir=manifest.path(ORT_TRT_CACHE_DIR),
-                                       fp16=wants_fp16(manifest, precision), input_shapes=shapes, crops=crops)
-        if "TensorrtExecutionProvider" in names:
-            os.makedirs(manifest.path(ORT_TRT_CACHE_DIR), exist_ok=True)
-        return cls(paths["classifier"], paths["regressor"], providers=provs, threads=threads, device_id=device_id,
-                   max_detections=max_detections, n_rot=manifest.n_rot)
+        """The export's graphs with the providers of ``kind`` configured for it (:func:`manifest_providers`)."""
+        provs = manifest_providers(manifest, kind, device_id, max_detections, precision, available)
+        return cls(manifest.path(manifest.classifier.onnx), manifest.path(manifest.regressor.onnx), providers=provs,
+                   threads=threads, device_id=device_id, max_detections=max_detections, n_rot=manifest.n_rot)
 
     def _cast(self, name: str, a) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=_dtype(self._types.get(name, "")))
