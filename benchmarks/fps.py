@@ -358,7 +358,10 @@ def write_reports(report: dict, out_dir: Path, name: str = "fps") -> dict:
         f.write("\n")
     with atomic_open(paths["md"], "w", encoding="utf8") as f:
         f.write(markdown(report))
-    plot(report, paths["png"])
+    try:
+        plot(report, paths["png"])
+    except ImportError:  # matplotlib is optional (e.g. the offline GPU check): json + md only
+        paths.pop("png")
     return paths
 
 
@@ -392,8 +395,11 @@ def parse_ints(text: str, what: str) -> list[int]:
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]; "
               "ORT uses the CPU provider when this is cpu.")
 @click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = default).")
+@click.option("--models", "models_src", default=None, type=click.Path(exists=True, file_okay=False),
+              help="BOP models folder with the obj_XXXXXX.ply of the model's objects [default: procedural "
+                   "objects, which need trimesh + manifold3d].")
 @click.option("--out", "out_dir", default="out/fps", show_default=True, type=click.Path(file_okay=False))
-def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, out_dir):
+def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, models_src, out_dir):
     """Per-stage latency and detections/s of torch, ONNX Runtime and TensorRT side by side."""
     import sys
 
@@ -438,11 +444,20 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
             else:
                 torch_model = random_model(preset)
                 torch_model.set_bn_group(tta_n)
-            models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
-            want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
-            manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
-                                    int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
-                                    max_detections=max(dpf_list), say=say)
+            if models_src is not None:
+                models_dir = Path(models_src)
+            else:
+                models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
+            if keys == ["torch"]:  # nothing to export: the torch row alone needs no onnx
+                from mrcnet.eval.infer import checkpoint_manifest
+
+                torch_model.set_bn_group(tta_n)
+                manifest = checkpoint_manifest(torch_model, models_dir.parent, models_dir.name)
+            else:
+                want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
+                manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
+                                        int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
+                                        max_detections=max(dpf_list), say=say)
             if "torch" not in keys:
                 torch_model = None
         opened = open_backends(manifest, torch_model, keys, device, threads)
@@ -461,7 +476,7 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = write_reports(report, Path(out_dir))
     click.echo(markdown(report))
-    click.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _load_torch(path, tta_n: int):
