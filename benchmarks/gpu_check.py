@@ -45,10 +45,13 @@ class Skip(Exception):
     """A step that cannot run here (the message says why)."""
 
 
-def _cuda():
+def _torch(ctx):
+    """torch, with the check's device usable (``ctx["device"]``: "cuda", or "cpu" to try the steps)."""
+    if ctx["skip_gpu"]:
+        raise Skip("GPU parts skipped")
     import torch
 
-    if not torch.cuda.is_available():
+    if ctx["device"] == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device visible to torch")
     return torch
 
@@ -148,15 +151,13 @@ def _clip_poses(model, device: str, frames: int):
 
 
 def step_torch_clip(ctx) -> dict:
-    if ctx["skip_gpu"]:
-        raise Skip("GPU parts skipped")
-    torch = _cuda()
+    _torch(ctx)
     from mrcnet.checkpoint import load_checkpoint
     from mrcnet.runtime.manifest import DEMO_CHECKPOINT
 
+    dev = ctx["device"]
     cpu, s_cpu = _clip_poses(load_checkpoint(DEMO_CHECKPOINT, device="cpu"), "cpu", ctx["frames"])
-    gpu, s_gpu = _clip_poses(load_checkpoint(DEMO_CHECKPOINT, device="cuda"), "cuda", ctx["frames"])
-    torch.cuda.synchronize()
+    gpu, s_gpu = _clip_poses(load_checkpoint(DEMO_CHECKPOINT, device=dev), dev, ctx["frames"])
     if [(a[0], a[1]) for a in cpu] != [(b[0], b[1]) for b in gpu]:
         raise RuntimeError("CPU and CUDA runs estimated different detections")
     t_cpu, t_gpu = np.stack([a[3] for a in cpu]), np.stack([b[3] for b in gpu])
@@ -170,18 +171,17 @@ def step_torch_clip(ctx) -> dict:
 
 
 def step_fps(ctx) -> dict:
-    if ctx["skip_gpu"]:
-        raise Skip("GPU parts skipped")
-    _cuda()
+    _torch(ctx)
     from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
 
     rows = {}
-    runs = {"demo": ["--model", str(DEMO_CHECKPOINT), "--detections-per-frame", "1,4", "--frames", "20"],
-            "paper": ["--preset", "paper", "--detections-per-frame", "1,4", "--frames", "10"]}
+    n = ctx["fps_frames"]
+    runs = {"demo": ["--model", str(DEMO_CHECKPOINT), "--detections-per-frame", "1,4", "--frames", str(2 * n)],
+            "paper": ["--preset", "paper", "--detections-per-frame", "1,4", "--frames", str(n)]}
     for name, args in runs.items():
         out = ctx["out"] / f"fps_{name}"
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "fps.py"), *args, "--backends", "torch", "--device", "cuda",
-               "--warmup", "3", "--models", str(DEMO_MODELS), "--out", str(out)]
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "fps.py"), *args, "--backends", "torch",
+               "--device", ctx["device"], "--warmup", str(min(3, n)), "--models", str(DEMO_MODELS), "--out", str(out)]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"fps.py {name} failed: {(r.stderr or r.stdout)[-1500:]}")
@@ -193,20 +193,18 @@ def step_fps(ctx) -> dict:
 
 
 def step_amp_train(ctx) -> dict:
-    if ctx["skip_gpu"]:
-        raise Skip("GPU parts skipped")
-    torch = _cuda()
+    torch = _torch(ctx)
     from mrcnet.model import build_model
     from mrcnet.model.layers import GroupBatchNorm2d
     from mrcnet.runtime.presets import get_dataset
 
     torch.manual_seed(0)
-    dev = torch.device("cuda")
+    dev = torch.device(ctx["device"])
     model = build_model(3, get_dataset("synth").depth_range, "small").to(dev).train()
     model.set_bn_group(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda")
-    n, s = 16, model.cfg.crop_size
+    scaler = torch.amp.GradScaler(dev.type)
+    n, s = ctx["amp_batch"], model.cfg.crop_size
     g = torch.Generator(device="cpu").manual_seed(0)
     crops = (torch.rand(n, 4, s, s, generator=g) * 255.0).to(dev)  # unnormalised: large activations
     obj = (torch.arange(n) // 4 % 3).to(dev)
@@ -217,7 +215,7 @@ def step_amp_train(ctx) -> dict:
              for m in model.modules() if isinstance(m, GroupBatchNorm2d)]
     losses = []
     for _ in range(ctx["amp_steps"]):
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast(dev.type, dtype=torch.float16):
             out = model.stage1(crops, obj, fov, K)
             target = {k: torch.randint(0, out[k].shape[1], (n,), generator=g).to(dev)
                       for k in ("pose_logits", "depth_logits", "trans_logits")}
@@ -227,7 +225,7 @@ def step_amp_train(ctx) -> dict:
         grads_finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         scaler.step(opt)
         scaler.update()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if not (np.isfinite(losses[-1]) and grads_finite):
             raise RuntimeError(f"non-finite loss or gradients at AMP step {len(losses)}: {losses}")
     for h in hooks:
@@ -237,9 +235,7 @@ def step_amp_train(ctx) -> dict:
 
 
 def step_gpu_tests(ctx) -> dict:
-    if ctx["skip_gpu"]:
-        raise Skip("GPU parts skipped")
-    _cuda()
+    _torch(ctx)
     have = []
     try:
         import tensorrt  # noqa: F401  (optional)
@@ -307,7 +303,8 @@ def main(out_dir, skip_gpu, frames, amp_steps, only):
             click.echo("gpu_check: torch is not importable: the GPU parts are SKIPPED")
     else:
         click.echo("gpu_check: --skip-gpu: the GPU parts are SKIPPED")
-    ctx = {"skip_gpu": skip_gpu, "frames": frames, "amp_steps": amp_steps, "out": out}
+    ctx = {"skip_gpu": skip_gpu, "frames": frames, "amp_steps": amp_steps, "out": out, "device": "cuda",
+           "fps_frames": 10, "amp_batch": 16}
     wanted = None if only is None else {s.strip() for s in only.split(",")}
     report = {"gpu_mode": not skip_gpu, "steps": {}, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "command": " ".join(["benchmarks/gpu_check.py", *sys.argv[1:]])}
