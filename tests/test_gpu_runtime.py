@@ -26,20 +26,11 @@ from mrcnet.runtime.render import context as C
 from mrcnet.runtime.render.context import EGLDevice, RenderContextError
 
 import runtime_fakes as F
+from test_runtime import export_dir, manifest  # noqa: F401  (the fake export fixtures)
 
 K = np.array([[600.0, 0, 320], [0, 610.0, 240], [0, 0, 1]])
 BOXES = [(100, 100, 200, 180), (300, 200, 380, 300), (20, 30, 90, 120), (400, 50, 520, 160), (250, 300, 330, 420)]
 ENV = {"name": "NVIDIA RTX 4090", "compute_capability": "8.9", "tensorrt": "10.9.0.34"}
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return F.make_export(tmp_path_factory.mktemp("export"), obj_ids=(1, 2))
-
-
-@pytest.fixture(scope="module")
-def manifest(export_dir):
-    return load_manifest(export_dir)
 
 
 def scene():
@@ -357,3 +348,20 @@ def test_comparator_reports_the_differences(manifest):
     ref_t_init = run_backend(a, feeds)["t_init"]
     np.testing.assert_array_equal(cand.fed[-1]["t_init"], ref_t_init)
     assert set(cand.fed[-1]) == set(a.regressor_inputs)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_run_summary_names_the_renderer_and_cli_options():
+    from click.testing import CliRunner
+
+    from mrcnet.runtime import cli
+
+    s = cli.RunSummary(backend="onnxruntime-cpu", renderer="llvmpipe (LLVM 15), OpenGL 4.5")
+    assert s.to_dict()["renderer"] == "llvmpipe (LLVM 15), OpenGL 4.5"
+    assert "renderer llvmpipe" in s.format().splitlines()[0]
+    r = cli.make_renderer("cpu")
+    assert C.is_software(r.description)
+    helptext = CliRunner().invoke(cli.main, ["--help"]).output
+    assert "--chunk-size" in helptext and "cuda:K" in helptext
+    with pytest.raises(RuntimeError, match="no EGL device for CUDA device 7"):
+        cli.make_renderer("cuda:7")
