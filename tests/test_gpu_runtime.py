@@ -365,3 +365,8 @@ def test_run_summary_names_the_renderer_and_cli_options():
     assert "--chunk-size" in helptext and "cuda:K" in helptext
     with pytest.raises(RuntimeError, match="no EGL device for CUDA device 7"):
         cli.make_renderer("cuda:7")
+
+
+def test_profile_needs_fixed_inner_dimensions():
+    assert ORT.profile_shapes({"crops": ("N", 4, "H", 256)}, (4, 8, 16)) == {}
+    assert ORT.profile_shapes({"crops": ("N", 4, 8, 8)}, (4, 8, 16))["trt_profile_opt_shapes"] == "crops:8x4x8x8"

@@ -56,7 +56,10 @@ def _shape_list(shapes: Mapping[str, Sequence[int]]) -> str:
 
 def profile_shapes(input_shapes: Mapping[str, Sequence], crops: Sequence[int]) -> dict[str, str]:
     """TensorRT provider profile options for a graph whose inputs have ``input_shapes`` (dim 0 is
-    the dynamic crop count, the others fixed ints) and crops (min, opt, max)."""
+    the dynamic crop count, the others fixed ints) and crops (min, opt, max); {} (the provider's
+    own profiles) when another dimension is not fixed."""
+    if any(not isinstance(d, int) for s in input_shapes.values() for d in tuple(s)[1:]):
+        return {}
     out = {}
     for key, n in zip(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"), crops):
         out[key] = _shape_list({name: (n, *tuple(s)[1:]) for name, s in input_shapes.items()})
