@@ -20,8 +20,11 @@ are usable. ``--tta 1`` runs one crop per detection (a BatchNorm group of 1: its
     .venv/bin/python benchmarks/fps.py --preset small --detections-per-frame 1,4 --out out/fps
     .venv/bin/python benchmarks/fps.py --preset paper --detections-per-frame 1 --frames 5 --out out/fps_paper
 
+When torch runs, every other backend is also compared with it on the same random crops (the
+runtime's comparator, ``compare_backends``): ``parity_vs_torch`` in the JSON, a list in the markdown.
+
 Writes ``OUT/fps.json`` (settings, hardware, library versions, figures), ``OUT/fps.md`` (tables) and
-``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D).
+``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D; skipped without matplotlib).
 """
 from __future__ import annotations
 
@@ -250,6 +253,21 @@ def measure(pipe, frames, K, dets, warmup: int) -> dict:
             "frames_per_s": len(per["total"]) / total_s if total_s > 0 else float("nan")}
 
 
+def parity_vs_torch(manifest, backends: dict, n_det: int = 2, seed: int = 0) -> dict:
+    """{backend: comparator report} of every open backend against torch on the same random crops
+    (``mrcnet.runtime.backends.compare_backends``: max rel. error per output, argmax agreement,
+    5 deg / 5 mm shares); {} when torch did not open."""
+    ref = backends.get("torch")
+    if ref is None or isinstance(ref, str) or len(backends) < 2:
+        return {}
+    from mrcnet.export.onnx_export import example_inputs
+    from mrcnet.runtime.backends import compare_backends
+
+    feeds = example_inputs(len(manifest.obj_ids), manifest.n_rot * n_det, seed=seed, crop_size=manifest.crop_size)
+    return {key: {k: round(v, 8) for k, v in compare_backends(ref, be, feeds).items()}
+            for key, be in backends.items() if key != "torch" and not isinstance(be, str)}
+
+
 def run_benchmark(manifest, backends: dict, dpf: Sequence[int], frames: int, warmup: int, renderer,
                   say: Callable[[str], None] = print) -> dict:
     """{backend: {D: measure()}} for the open backends, sharing one renderer; adds ``vs_torch`` (the
@@ -301,6 +319,12 @@ def markdown(report: dict) -> str:
             ratio = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
             lines.append(f"| {key} | {d} | " + " | ".join(cells) +
                          f" | {t['p50']:.1f} / {t['p90']:.1f} / {t['p99']:.1f} | {r['detections_per_s']:.2f} | {ratio} |")
+    if report.get("parity_vs_torch"):
+        lines += ["", "Parity with torch on the same random crops (max relative error of scale; share of crops "
+                      "within 5 deg / 5 mm):", ""]
+        lines += [f"- {k}: max {p['max']:.2e}, R {p.get('R', float('nan')):.2e}, t {p.get('t', float('nan')):.2e}, "
+                  f"within 5 deg {p.get('rot_agree_5deg', float('nan')):.2f}, within 5 mm {p.get('t_agree_5mm', float('nan')):.2f}"
+                  for k, p in report["parity_vs_torch"].items()]
     if report["skipped"]:
         lines += ["", "Not run: " + "; ".join(f"{k} ({why})" for k, why in report["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -464,6 +488,7 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
         skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
         for k, why in skipped.items():
             say(f"{k}: not run ({why})")
+        parity = parity_vs_torch(manifest, opened)
         results = run_benchmark(manifest, opened, dpf_list, frames, warmup, Renderer(), say)
     if not results:
         raise BenchError("no backend could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -472,6 +497,7 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
                            "threads": threads, "frame_size": list(FRAME_SIZE)},
               "command": " ".join(["benchmarks/fps.py", *sys.argv[1:]]),
               "hardware": hardware_info(), "libraries": library_versions(), "results": results,
+              "parity_vs_torch": parity,
               "skipped": skipped, "seconds": time.perf_counter() - t_start,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = write_reports(report, Path(out_dir))
