@@ -19,8 +19,9 @@ int8       int8 QDQ graph (``<g>.trt-int8.onnx``,  int8 QDQ graph, explicit quan
   middle, rounded), for every input (all inputs share the batch axis).
 - Timing cache: ``$MRCNET_CACHE or ~/.cache/mrcnet-edge``/``tensorrt/timing-<gpu>-<trt>.cache``,
   loaded before and saved after every build (persistent across exports).
-- Engine cache key (sha256 of JSON): GPU name, compute capability, TensorRT version, the built ONNX
-  file's sha256 (the int8 graph carries its calibration), precision, profile. Engines are stored in
+- Engine cache key (sha256 of JSON): GPU name, compute capability, TensorRT version, the export's
+  fp32 graph sha256 (``onnx_sha256``, what the runtime checks at load) and the built graph's
+  (``graph_sha256``: the fp16 / int8 graph, which carries the calibration), precision, plan, profile. Engines are stored in
   the cache folder as ``<key>.engine`` and copied into the export directory's ``engines/`` with a
   ``.json`` side-car holding the key: a stale or foreign engine never matches and is rebuilt.
 
@@ -311,10 +312,16 @@ def profile_crops(max_detections: int, group: int = 4) -> tuple[int, int, int]:
     return group, group * max(1, (m + 1) // 2), group * m
 
 
-def engine_key(env: Mapping, onnx_sha: str, precision: str, profile: Sequence[int], plan: BuildPlan | None = None) -> dict:
-    """The facts an engine depends on (its cache key is the sha256 of this dict's JSON)."""
+def engine_key(env: Mapping, onnx_sha: str, precision: str, profile: Sequence[int], plan: BuildPlan | None = None,
+               graph_sha: str | None = None) -> dict:
+    """The facts an engine depends on (its cache key is the sha256 of this dict's JSON).
+
+    onnx_sha: the export's fp32 graph (what the runtime's load check compares,
+    ``mrcnet.runtime.backends.tensorrt.engine_mismatches``); graph_sha: the graph actually built
+    (the fp16 / int8 graph, which carries the calibration)."""
     return {"gpu": env["name"], "compute_capability": env["compute_capability"], "tensorrt": env["tensorrt"],
-            "onnx_sha256": onnx_sha, "precision": precision, "profile_crops": list(profile),
+            "onnx_sha256": onnx_sha, "graph_sha256": graph_sha or onnx_sha, "precision": precision,
+            "profile_crops": list(profile),
             "plan": None if plan is None else {"graph": plan.graph, "strongly_typed": plan.strongly_typed,
                                                "flags": list(plan.set_flags), "pin_fp32": plan.pin_fp32}}
 
@@ -379,7 +386,8 @@ def build_engines(graph_paths: Mapping, out_dir, *, precision: str = "fp16", max
                    "compute_capability": env["compute_capability"], "tensorrt": env["tensorrt"],
                    "graph": plan.graph, "strongly_typed": plan.strongly_typed}
     for graph in GRAPHS:
-        key = engine_key(env, sha256_file(onnx_paths[graph]), precision, prof, plan)
+        key = engine_key(env, sha256_file(graph_paths["fp32"][graph]), precision, prof, plan,
+                         graph_sha=sha256_file(onnx_paths[graph]))
         h = key_hash(key)
         name = f"{graph}.{precision}.engine"
         dst, side = eng_dir / name, eng_dir / f"{graph}.{precision}.json"

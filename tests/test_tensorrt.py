@@ -41,6 +41,7 @@ def test_engine_key_changes_with_every_fact():
         engine_key(ENV, "a" * 64, "fp32", (4, 16, 32)),
         engine_key(ENV, "a" * 64, "fp16", (4, 16, 48)),
         engine_key(ENV, "a" * 64, "fp16", (4, 16, 32), plan=BuildPlan("fp32", False, ("FP16",), pin_fp32=True)),
+        engine_key(ENV, "a" * 64, "fp16", (4, 16, 32), graph_sha="d" * 64),
     ]
     assert len({h, *map(key_hash, variants)}) == len(variants) + 1
 
@@ -202,6 +203,11 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     assert entry["graph"] == "fp16" and entry["strongly_typed"] and entry["tensorrt"] == version
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert raw["engines"]["fp16"]["classifier"] == "engines/classifier.fp16.engine"
+    from mrcnet.export.manifest import sha256_file  # the runtime's load check compares the fp32 graph
+
+    key = json.loads((tmp_path / "engines" / "classifier.fp16.json").read_text())["key"]
+    assert key["onnx_sha256"] == sha256_file(tmp_path / "classifier.onnx")
+    assert key["graph_sha256"] == sha256_file(tmp_path / "classifier.fp16.onnx")
     assert (tmp_path / "engines" / "classifier.fp16.engine").read_bytes() == b"ENGINE"
 
 
