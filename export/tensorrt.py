@@ -415,34 +415,18 @@ def build_engines(graph_paths: Mapping, out_dir, *, precision: str = "fp16", max
 
 def compare_with_ort(onnx_paths: Mapping[str, Path], engine_paths: Mapping[str, Path],
                      feeds: Mapping[str, np.ndarray]) -> dict:
-    """TensorRT (runtime backend) vs ONNX Runtime CPU on ``feeds``, both chained stage 1 -> 2.
+    """TensorRT (runtime backend) vs ONNX Runtime CPU on ``feeds``, both chained stage 1 -> 2
+    (:func:`mrcnet.runtime.backends.compare_backends`): max rel. errors of logits / R / t, the
+    argmax agreement and the shares of crops within 5 deg / 5 mm."""
+    from mrcnet.runtime.backends import OnnxRuntimeBackend, TensorRTBackend, compare_backends
 
-    Returns max rel. errors of logits / R / t, ``rot_agree_5deg`` and ``t_agree_5mm`` (share of
-    crops whose final R, t are within 5 deg / 5 mm) and the argmax agreement."""
-    from mrcnet.runtime.backends import TensorRTBackend
-    from mrcnet.runtime.geometry import rotation_angle_deg
-
-    from .onnx_export import ort_session, rel_err, run_ort
-
-    ref = run_ort({g: ort_session(p) for g, p in onnx_paths.items()}, feeds)
+    ref = OnnxRuntimeBackend(onnx_paths["classifier"], onnx_paths["regressor"], providers=["CPUExecutionProvider"])
     be = TensorRTBackend(engine_paths["classifier"], engine_paths["regressor"])
     try:
-        c = be.run_classifier({k: feeds[k] for k in ("crops", "obj_index", "fov", "K_roi")})
-        r = be.run_regressor({"render": feeds["render"]})
+        return compare_backends(ref, be, feeds, keys=("pose_logits", "depth_logits", "trans_logits", "R", "t"))
     finally:
         be.close()
-    got = {**c, **r}
-    out = {k: rel_err(got[k], ref[k]) for k in ("pose_logits", "depth_logits", "trans_logits", "R", "t")}
-    out["max"] = max(out.values())
-    agree = np.ones(len(feeds["crops"]), bool)
-    for k in ("pose_logits", "depth_logits", "trans_logits"):
-        agree &= got[k].argmax(1) == ref[k].argmax(1)
-    out["argmax_agree"] = float(agree.mean())
-    deg, mm = rotation_angle_deg(got["R"], ref["R"]), np.linalg.norm(got["t"] - ref["t"], axis=-1)
-    out["rot_diff_deg_median"], out["t_diff_mm_median"] = float(np.median(deg)), float(np.median(mm))
-    out["rot_agree_5deg"] = float((deg < 5).mean())
-    out["t_agree_5mm"] = float((mm < 5).mean())
-    return out
+        ref.close()
 
 
 def precision_graphs(export_dir, raw: Mapping) -> dict[str, dict[str, Path]]:
