@@ -103,22 +103,43 @@ def check_image(image: np.ndarray, name: str = "image", size: tuple[int, int] | 
     return image.astype(np.float32, copy=False)
 
 
-def check_camera(K: np.ndarray, name: str = "camera K") -> np.ndarray:
-    """Validate a 3x3 pinhole camera matrix -> (3, 3) float64."""
+#: smallest focal length (px) and detection box side (px) accepted: below them the geometry is noise
+MIN_FOCAL_PX = 1.0
+MIN_BOX_PX = 2.0
+
+
+def check_camera(K: np.ndarray, name: str = "camera K", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate a 3x3 pinhole camera matrix -> (3, 3) float64.
+
+    Finite, last row (0, 0, 1), K[1, 0] = 0, fx and fy >= ``MIN_FOCAL_PX``; with ``size`` =
+    (width, height) of the image, the principal point within one image size of the image
+    (``-W <= cx <= 2 W``, same for cy). Anything else raises InputError naming ``name``."""
     K = np.asarray(K, np.float64)
-    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"{name}: expected a finite 3x3 camera matrix with fx, fy > 0, got {K.tolist()}")
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        raise InputError(f"{name}: expected a finite 3x3 camera matrix, got {K.tolist()}")
+    if not np.array_equal(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
+        raise InputError(f"{name}: not a pinhole camera matrix (last row must be 0 0 1, K[1][0] 0), got {K.tolist()}")
+    if K[0, 0] < MIN_FOCAL_PX or K[1, 1] < MIN_FOCAL_PX:
+        raise InputError(f"{name}: focal lengths fx {K[0, 0]:g}, fy {K[1, 1]:g} px must be >= {MIN_FOCAL_PX:g} px")
+    if size is not None:
+        w, h = size
+        if not (-w <= K[0, 2] <= 2 * w and -h <= K[1, 2] <= 2 * h):
+            raise InputError(f"{name}: principal point ({K[0, 2]:g}, {K[1, 2]:g}) px is far outside the "
+                             f"{w}x{h} image")
     return K
 
 
 def clip_box(box_xyxy: np.ndarray, width: int, height: int, name: str = "box") -> np.ndarray:
-    """Clamp a box (x1, y1, x2, y2) in pixels to the image; empty or outside -> InputError."""
+    """Clamp a box (x1, y1, x2, y2) in pixels to the image; empty, outside or smaller than
+    ``MIN_BOX_PX`` on a side -> InputError."""
     b = np.asarray(box_xyxy, np.float64).reshape(-1)
     if b.shape != (4,) or not np.all(np.isfinite(b)):
         raise InputError(f"{name}: expected 4 finite numbers (x1, y1, x2, y2), got {np.asarray(box_xyxy).tolist()}")
     c = np.array([np.clip(b[0], 0, width), np.clip(b[1], 0, height), np.clip(b[2], 0, width), np.clip(b[3], 0, height)])
     if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
         raise InputError(f"{name}: box {b.tolist()} is empty or outside the {width}x{height} image")
+    if c[2] - c[0] < MIN_BOX_PX or c[3] - c[1] < MIN_BOX_PX:
+        raise InputError(f"{name}: box {b.tolist()} is smaller than {MIN_BOX_PX:g} px inside the image")
     return c
 
 
