@@ -8,16 +8,16 @@ so a directory with a manifest is always complete.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
+
 from .manifest import (
     CLASSIFIER_ONNX,
+    ENGINES_DIR,
     MODELS_DIR,
     REGRESSOR_ONNX,
     build_manifest,
@@ -69,17 +69,20 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
     its BOP ids).
     """
-    from mrcnet.checkpoint import CheckpointError, load_checkpoint
+    from mrcnet.checkpoint import CheckpointError, CheckpointFileError, load_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
         raise ExportError(f"--checkpoint: file not found: {path}")
     try:
         return load_checkpoint(path, dataset=dataset)
+    except CheckpointFileError as e:
+        raise ExportError(f"--{e}") from None
     except CheckpointError as e:
         first_error = str(e)
-    except Exception as e:  # torch.load of a non-checkpoint file
-        raise ExportError(f"--checkpoint {path}: cannot load ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # anything else from a non-checkpoint file: one line, even for an empty message
+        text = str(e).strip()
+        raise ExportError(f"--checkpoint {path}: cannot load ({text.splitlines()[0][:200] if text else type(e).__name__})") from None
     if object_ids is None or dataset is None:
         hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
         raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
@@ -91,7 +94,11 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
 
 def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
     """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
-    ``models_dir`` into ``out_dir/models/`` (each file via a temporary name + os.replace)."""
+    ``models_dir`` into ``out_dir/models/`` (each file atomically, readable as a normal file).
+    Each mesh is loaded first (:func:`mrcnet.runtime.render.mesh.load_mesh`): one without faces,
+    with NaN vertices or bad face indices raises ExportError here, not later on the device."""
+    from mrcnet.runtime.render.mesh import MeshError, load_mesh
+
     src = Path(models_dir)
     if not src.is_dir():
         raise ExportError(f"--models: folder not found: {src}")
@@ -99,17 +106,41 @@ def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
     missing = [n for n in names if not (src / n).is_file()]
     if missing:
         raise ExportError(f"--models {src}: missing {', '.join(missing)}")
+    for n in names:
+        try:
+            load_mesh(src / n)
+        except MeshError as e:
+            raise ExportError(f"--models: {e}") from None
     if (src / "models_info.json").is_file():
         names.append("models_info.json")
     dst = Path(out_dir) / MODELS_DIR
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for n in names:
-        fd, tmp = tempfile.mkstemp(prefix=f".{n}.", suffix=".tmp", dir=dst)
-        os.close(fd)
-        shutil.copyfile(src / n, tmp)
-        os.replace(tmp, dst / n)
+        atomic_copy(src / n, dst / n)
         out.append(dst / n)
+    return out
+
+
+#: what an export directory may hold (anything else: --out is some other folder, e.g. a dataset)
+EXPORT_ENTRIES = ("manifest.json", MODELS_DIR, ENGINES_DIR)
+
+
+def check_export_dir(out_dir) -> Path:
+    """``out_dir`` may be written by the exporter: missing, empty, or an export directory (only
+    the export's files: ``*.onnx``, ``manifest.json``, ``models/``, ``engines/``, temporary
+    files). Anything else (a BOP dataset, a home folder) raises ExportError naming it: the
+    export would overwrite its ``models/``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a folder")
+    if not out.is_dir():
+        return out
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name in EXPORT_ENTRIES or p.suffix == ".onnx" or p.name.startswith(".")))
+    if foreign:
+        raise ExportError(f"--out {out}: not an export directory (holds {', '.join(foreign[:3])}"
+                          f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder")
     return out
 
 
@@ -142,6 +173,11 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
     if max_detections < 1:
         raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+    out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
+    try:
+        prepare_out_dir(out)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
     if backend == "tensorrt":  # fail fast, before the (slow) export
         from .tensorrt import TensorRTUnavailable, check_tensorrt
 
@@ -172,8 +208,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(4)
     optimize_for_export(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
         stale.unlink()

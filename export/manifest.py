@@ -25,13 +25,11 @@ writes it and owns the graph I/O names.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mrcnet.runtime.formats.files import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 
 from mrcnet.runtime.manifest import (  # the runtime's parser is the one place for the format
     CLASSIFIER_INPUTS,
@@ -70,30 +68,6 @@ METADATA_KEYS = ("format_version", "dataset", "preset", "obj_ids", "depth_range"
                  "n_rot", "crop_size", "bn_group", "project_version", "checkpoint_sha256")
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
                    fov_variant: str, crop_size: int, bn_group: int, project_version: str,
                    checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None) -> Manifest:
@@ -120,12 +94,40 @@ def metadata_props(manifest: Manifest, graph: str) -> dict[str, str]:
     return props
 
 
+def listed_files(d: Mapping) -> list[str]:
+    """Relative names of the files a manifest dict ``d`` points to: graphs (also ``onnx_fp32``),
+    engines and the object models."""
+    names = [d["classifier"]["onnx"], d["regressor"]["onnx"]]
+    names += [v for v in (d.get("onnx_fp32") or {}).values() if isinstance(v, str)]
+    for e in (d.get("engines") or {}).values():
+        names += [e[g] for g in ("classifier", "regressor") if isinstance(e.get(g), str)]
+    names += [f"{d.get('models_dir', MODELS_DIR)}/obj_{int(i):06d}.ply" for i in d["obj_ids"]]
+    return sorted(set(names))
+
+
+def file_records(out_dir, names: Iterable[str]) -> dict[str, dict]:
+    """``{name: {"bytes", "sha256"}}`` of the files of ``names`` that exist in ``out_dir``."""
+    out = Path(out_dir)
+    return {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)}
+            for n in names if (out / n).is_file()}
+
+
+def update_file_records(out_dir, d: dict) -> dict:
+    """Set ``d["files"]`` (sizes and SHA-256 of every listed file, :func:`listed_files`) in place."""
+    d["files"] = file_records(out_dir, listed_files(d))
+    return d
+
+
 def write_manifest(out_dir, manifest: Manifest, **extra: Any) -> Path:
     """Validate and write ``out_dir/manifest.json`` atomically; ``extra`` adds informative keys the
-    runtime ignores (``parity``, ``n_params``, ``sizes_bytes``...). Returns the path."""
+    runtime ignores (``parity``, ``n_params``, ``sizes_bytes``...). The ``files`` key records the
+    size and SHA-256 of every graph, engine and model file (the runtime refuses damaged ones).
+    Returns the path."""
     manifest.validate()
     d = manifest.to_dict()
     d.update({k: v for k, v in extra.items() if v is not None})
+    update_file_records(out_dir, d)
+    manifest.files = d["files"]
     path = Path(out_dir) / MANIFEST_NAME
     atomic_write_bytes(path, (json.dumps(d, indent=2) + "\n").encode())
     return path

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file
+from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
 
 GRAPHS = ("classifier", "regressor")
 WORKSPACE_BYTES = 8 << 30
@@ -307,5 +307,6 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     onnx_paths = {g: out / fp32[g] for g in GRAPHS}
     entry, _ = build_engines(onnx_paths, out, precision=precision, max_detections=max_detections, progress=progress)
     raw.setdefault("engines", {})[precision] = entry
+    update_file_records(out, raw)  # the new engines' sizes and hashes
     atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
     return entry

@@ -164,6 +164,28 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="pape
     return model.eval()
 
 
+class CheckpointFileError(CheckpointError):
+    """A checkpoint file that cannot be read at all (missing, empty, truncated, not PyTorch)."""
+
+
+def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing, empty, truncated, text or
+    unsafe (arbitrary pickle) file raises :class:`CheckpointError` with one line naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"{what} {path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f"{what} {path}: empty file (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
+        text = str(e).strip()
+        why = text.splitlines()[0][:200] if text else type(e).__name__
+        if "weights_only" in text or "Unsupported global" in text:
+            why = "holds Python objects other than tensors (refused: weights_only loading)"
+        raise CheckpointFileError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
+
+
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
                     bn_group: int = 4, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
@@ -179,7 +201,7 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     """
     from mrcnet.model import ModelConfig, get_config
 
-    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
     if "network" in ckpt:

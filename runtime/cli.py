@@ -5,12 +5,9 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from .formats.camera import Camera, CameraFileError, camera_matrix
 from .formats.files import OutputError, atomic_write_text, prepare_out_dir
 from .formats.poses_jsonl import PosesFormatError, PosesJsonlWriter, read_poses_jsonl
 from .preprocess import check_camera
+from .signals import Terminated, sigterm_as_interrupt
 from .tracking import Tracker
 from .video_io import BopCsvWriter, FrameSource, SourceError, VideoWriter
 
@@ -42,27 +40,6 @@ POSES_NAME, CSV_NAME, VIDEO_NAME, SUMMARY_NAME = "poses.jsonl", "results.csv", "
 class RunError(RuntimeError):
     """A run that cannot start or go on (earlier results in --out, repeated backend failures);
     one line naming the input or folder."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``docker stop``, systemd, ``timeout``), handled like Ctrl-C: stop after the frame."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While running, SIGTERM raises :class:`Terminated` in the main thread (like SIGINT)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @dataclass
@@ -213,7 +190,7 @@ def run(
     failures_in_row = 0
     t_start = time.perf_counter()
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             csv = BopCsvWriter(out / CSV_NAME, scene_id,
                                rows=_csv_rows_of([r for r in records if "objects" in r], scene_id)) if bop_csv else None
             video_name = VIDEO_NAME if not done else f"overlay.from-{max(done) + 1}.mp4"

@@ -13,7 +13,6 @@ place that parses and validates it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
 
+from .formats.files import atomic_write_text, sha256_file
 from .geometry import BinSpec
 from .preprocess import FOV_VARIANTS
 
@@ -52,11 +52,7 @@ def demo_export_problem(export_dir=None) -> str | None:
         have = str(json.loads(path.read_text()).get("checkpoint_sha256", ""))
     except (OSError, ValueError, AttributeError) as e:
         return f"{path}: unreadable ({type(e).__name__})"
-    h = hashlib.sha256()
-    with open(DEMO_CHECKPOINT, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if have != h.hexdigest():
+    if have != sha256_file(DEMO_CHECKPOINT):
         return f"{d} was exported from another checkpoint than the shipped {DEMO_CHECKPOINT.name}"
     return None
 
@@ -87,6 +83,8 @@ class Manifest:
     obj_ids: BOP object ids; the network's ``obj_index`` is the position in this list.
     depth_range: (near, far) in normalised depth units (t_z / fx_roi).
     engines: precision -> {"classifier": file, "regressor": file, "max_detections": int, ...}.
+    files: relative file name -> {"bytes": int, "sha256": hex} of the graphs, engines and models
+    written by the exporter; :func:`load_manifest` checks them (a damaged file is refused).
     root: the export directory (absolute), not stored in the JSON.
     """
 
@@ -106,6 +104,7 @@ class Manifest:
     project_version: str = ""
     checkpoint_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     root: Path = Path(".")
 
     # ---------------------------------------------------------------- paths
@@ -147,9 +146,7 @@ class Manifest:
     def save(self, directory) -> Path:
         """Write ``directory/manifest.json``; returns its path."""
         p = Path(directory) / MANIFEST_NAME
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, p)
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod
@@ -178,6 +175,7 @@ class Manifest:
                 project_version=str(d.get("project_version", "")),
                 checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
+                files={str(k): dict(v) for k, v in (d.get("files") or {}).items()},
                 root=Path(root).resolve(),
             )
         except ManifestError:
@@ -215,8 +213,26 @@ class Manifest:
                 raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
 
 
-def load_manifest(directory) -> Manifest:
-    """Read and validate ``directory/manifest.json``; ManifestError (one line) if unusable."""
+def verify_files(m: Manifest) -> None:
+    """Check every file listed in ``m.files`` that exists against its recorded size and SHA-256
+    (about 1 s per GB); ManifestError naming the damaged file. Missing files are left to the
+    callers that need them."""
+    for name, rec in sorted(m.files.items()):
+        p = m.path(name)
+        if not p.is_file():
+            continue
+        size = p.stat().st_size
+        if "bytes" in rec and int(rec["bytes"]) != size:
+            raise ManifestError(f"export {m.root}: {name} is damaged ({size} bytes, manifest.json says "
+                                f"{rec['bytes']}); export again")
+        if rec.get("sha256") and sha256_file(p) != rec["sha256"]:
+            raise ManifestError(f"export {m.root}: {name} is damaged (its SHA-256 differs from manifest.json); "
+                                "export again")
+
+
+def load_manifest(directory, verify: bool = True) -> Manifest:
+    """Read and validate ``directory/manifest.json``; ManifestError (one line) if unusable.
+    verify: check the files' sizes and hashes (:func:`verify_files`)."""
     root = Path(os.fspath(directory))
     if not root.is_dir():
         raise ManifestError(f"export directory not found: {root}")
@@ -233,4 +249,6 @@ def load_manifest(directory) -> Manifest:
     for g in (m.classifier, m.regressor):
         if not m.path(g.onnx).is_file() and not m.engines:
             raise ManifestError(f"export {root}: graph file {g.onnx} missing")
+    if verify:
+        verify_files(m)
     return m

@@ -156,7 +156,13 @@ class Pipeline:
         t5 = time.perf_counter()
         tm["postprocess"] = _ms(t4, t5)
         tm["total"] = _ms(t0, t5)
-        poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
+        poses = []
+        for i, d in enumerate(kept):  # a damaged graph or a degenerate input gives NaN / inf: never a result
+            if np.all(np.isfinite(R[i])) and np.all(np.isfinite(t[i])) and np.isfinite(score[i]):
+                poses.append(Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score))
+            else:
+                skipped.append((d, "non-finite pose from the network (NaN or inf): not a result"))
+                log.warning("skipped detection %s: non-finite pose", d.to_dict())
         return FrameResult(poses, skipped, tm)
 
     def close(self) -> None:

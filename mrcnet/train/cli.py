@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
-from .trainer import TrainConfig, train
+from mrcnet.runtime.formats.files import OutputError
+from .trainer import TrainConfig, TrainingInterrupted, train
 
 
 def _ids(ctx, param, value):
@@ -61,8 +63,11 @@ def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, 
                       amp=not no_amp, device=device, progress=not quiet)
     try:
         res = train(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, OutputError) as e:
         raise click.ClickException(str(e)) from None
+    except TrainingInterrupted as e:
+        click.echo(f"mrcnet-train: {e}", err=True)
+        sys.exit(143 if e.signal == "SIGTERM" else 130)
     click.echo(f"step {res['step']} ({res['steps_per_second']:.3g} steps/s); outputs in {res['out']}")
 
 

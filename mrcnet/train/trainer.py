@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mrcnet.data.samples import TrainingSamples, collate_samples
 from mrcnet.model import CondConv2d, build_model, get_config
+from mrcnet.runtime.formats.files import atomic_open, prepare_out_dir
 from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
 from .losses import LossWeights, mrcnet_losses
 
@@ -200,10 +202,17 @@ def lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> f
 # ------------------------------------------------------------------------------ checkpoints
 def atomic_torch_save(obj, path) -> None:
     """torch.save to a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after saving ``checkpoint`` (at ``step``)."""
+
+    def __init__(self, step: int, checkpoint, signal: str = "SIGINT"):
+        super().__init__(f"interrupted ({signal}) at step {step}; state saved in {checkpoint} "
+                         "(continue with --resume)")
+        self.step, self.checkpoint, self.signal = step, checkpoint, signal
 
 
 def _rng_state() -> dict:
@@ -376,7 +385,7 @@ def train(cfg: TrainConfig) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(cfg.out)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out_dir(out)
     preset = get_dataset(cfg.dataset)
     mcfg = get_config(cfg.preset)
     torch.manual_seed(cfg.seed)
@@ -416,7 +425,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        from mrcnet.checkpoint import read_checkpoint_file
+
+        ck = read_checkpoint_file(ckpt_path, "--resume")
         old = ck.get("train_config", {})
         diff = [k for k in RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
         if diff:
@@ -456,55 +467,65 @@ def train(cfg: TrainConfig) -> dict:
 
     bar = tqdm(total=stop, initial=step, desc="train", unit="step", disable=(rank != 0 or not cfg.progress))
     t0, n0 = time.time(), step
-    while step < stop:
-        epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        sampler.set_start(offset)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=collate_samples, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                outs = step_mod(batch["crops"], batch["obj_index"], batch["fov"], batch["K_roi"])
-            losses = mrcnet_losses(outs, batch, mcfg.bins, preset.depth_range, weights, mcfg.crop_size)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            step += 1
-            vals = {k: float(v.detach()) for k, v in losses.items()}
-            if distributed:  # log the mean over processes
-                t = torch.tensor(list(vals.values()), device=device)
-                dist.all_reduce(t)
-                vals = dict(zip(vals, (t / world).tolist()))
-            # wall_s: seconds since this process started its training loop (restarts at a resume)
-            history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
-            if rank == 0:
-                for k, v in vals.items():
-                    writer.add_scalar(f"loss/{k}", v, step)
-                writer.add_scalar("lr", lr, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{vals['total']:.3g}", epoch=epoch)
-            end_of_epoch = step % steps_per_epoch == 0
-            if rank == 0 and (step % cfg.ckpt_every == 0 or end_of_epoch or step == stop):
-                save(ckpt_path)
-            if end_of_epoch and val_ds is not None:
-                model.eval()
-                val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
-                model.train()
-                _atomic_json(val, out / f"val_epoch_{step // steps_per_epoch:03d}.json")
-                for name, v in val.items():
-                    for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
-                        if v.get(k) is not None:
-                            writer.add_scalar(f"val/{name}/{k}", v[k], step)
-                log.info("epoch %d validation: %s", step // steps_per_epoch, json.dumps(val["all"]))
-            if distributed and end_of_epoch:
-                dist.barrier()
-            if step >= stop:
-                break
+    saved_step = step
+    try:
+        with sigterm_as_interrupt():
+            while step < stop:
+                epoch, offset = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch)
+                sampler.set_start(offset)
+                loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                    collate_fn=collate_samples, pin_memory=device.type == "cuda", drop_last=True,
+                                    persistent_workers=False)
+                for batch in loader:
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                        outs = step_mod(batch["crops"], batch["obj_index"], batch["fov"], batch["K_roi"])
+                    losses = mrcnet_losses(outs, batch, mcfg.bins, preset.depth_range, weights, mcfg.crop_size)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(losses["total"]).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    lr = opt.param_groups[0]["lr"]
+                    sched.step()
+                    step += 1
+                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    if distributed:  # log the mean over processes
+                        t = torch.tensor(list(vals.values()), device=device)
+                        dist.all_reduce(t)
+                        vals = dict(zip(vals, (t / world).tolist()))
+                    # wall_s: seconds since this process started its training loop (restarts at a resume)
+                    history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
+                    if rank == 0:
+                        for k, v in vals.items():
+                            writer.add_scalar(f"loss/{k}", v, step)
+                        writer.add_scalar("lr", lr, step)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{vals['total']:.3g}", epoch=epoch)
+                    end_of_epoch = step % steps_per_epoch == 0
+                    if rank == 0 and (step % cfg.ckpt_every == 0 or end_of_epoch or step == stop):
+                        save(ckpt_path)
+                    saved_step = step
+                    if end_of_epoch and val_ds is not None:
+                        model.eval()
+                        val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
+                        model.train()
+                        _atomic_json(val, out / f"val_epoch_{step // steps_per_epoch:03d}.json")
+                        for name, v in val.items():
+                            for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
+                                if v.get(k) is not None:
+                                    writer.add_scalar(f"val/{name}/{k}", v[k], step)
+                        log.info("epoch %d validation: %s", step // steps_per_epoch, json.dumps(val["all"]))
+                    if distributed and end_of_epoch:
+                        dist.barrier()
+                    if step >= stop:
+                        break
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep the steps done since the last checkpoint
+        bar.close()
+        if rank == 0 and step > saved_step:
+            save(ckpt_path)
+            _atomic_json(history, out / "history.json")
+        raise TrainingInterrupted(step, ckpt_path, "SIGTERM" if isinstance(e, Terminated) else "SIGINT") from None
     bar.close()
     rate = (step - n0) / max(time.time() - t0, 1e-9)
     if rank == 0:
