@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from mrcnet.runtime.formats.files import atomic_copy
 
 from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
 
@@ -242,15 +243,13 @@ def build_engines(onnx_paths: Mapping[str, Path], out_dir, *, precision: str = "
             say(f"{name}: up to date")
         elif cached.is_file():
             say(f"{name}: from the engine cache ({cached.name})")
-            shutil.copyfile(cached, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            atomic_copy(cached, dst)
         else:
             say(f"building {name} ({precision}, up to {max_detections} detections) ...")
             build_engine(onnx_paths[graph], cached, precision=precision, max_detections=max_detections,
                          calib_batches=_calib_for(graph, calib), calib_cache=cdir / f"calib-{graph}-{h}.cache",
                          timing_cache=timing, progress=say)
-            shutil.copyfile(cached, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            atomic_copy(cached, dst)
         atomic_write_bytes(side, (json.dumps({"key": key, "hash": h}, indent=2) + "\n").encode())
         entry[graph] = f"{ENGINES_DIR}/{name}"
     parity = compare_with_ort(onnx_paths, {g: out_dir / entry[g] for g in GRAPHS}, check_feeds) if check_feeds else {}

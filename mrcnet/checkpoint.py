@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
 FORMAT = "mrcnet-edge"
@@ -274,14 +275,8 @@ def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save({"network": sd, "meta": meta, **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        torch.save({"network": sd, "meta": meta, **extra}, f)
     return meta
 
 

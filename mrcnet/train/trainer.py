@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mrcnet.data.samples import TrainingSamples, collate_samples
 from mrcnet.model import CondConv2d, build_model, get_config
-from mrcnet.runtime.formats.files import atomic_open, prepare_out_dir
+from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
 from mrcnet.runtime.presets import get_dataset
 from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
@@ -356,18 +356,13 @@ def plot_history(history: list[dict], path) -> None:
     ax.set_ylabel("loss (weighted)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _atomic_json(obj, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 # ------------------------------------------------------------------------------------- train
@@ -445,12 +440,10 @@ def train(cfg: TrainConfig) -> dict:
     def save(path):
         from mrcnet.checkpoint import save_checkpoint
 
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_checkpoint(tmp, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
+        save_checkpoint(path, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                         fov_variant="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                         scaler=scaler.state_dict(), step=step, last_epoch=step // steps_per_epoch,
                         rng=_rng_state(), history=history, train_config=asdict(cfg))
-        os.replace(tmp, path)
 
     writer = None
     if rank == 0:
@@ -536,10 +529,8 @@ def train(cfg: TrainConfig) -> dict:
         if step >= total:
             from mrcnet.checkpoint import save_checkpoint
 
-            tmp = out / f".model.pth.{os.getpid()}.tmp"
-            save_checkpoint(tmp, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
+            save_checkpoint(out / "model.pth", model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                             fov_variant="training")
-            os.replace(tmp, out / "model.pth")
     if distributed:
         dist.barrier()
     return {"step": step, "epoch": step / steps_per_epoch, "history": history, "val": val, "out": str(out),
