@@ -92,11 +92,10 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
         raise ExportError(f"--checkpoint {path}: {first_error}; {str(e).replace('obj_ids', '--object-ids')}") from None
 
 
-def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
-    """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
-    ``models_dir`` into ``out_dir/models/`` (each file atomically, readable as a normal file).
-    Each mesh is loaded first (:func:`mrcnet.runtime.render.mesh.load_mesh`): one without faces,
-    with NaN vertices or bad face indices raises ExportError here, not later on the device."""
+def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
+    """The models folder holds a valid ``obj_XXXXXX.ply`` for each of ``obj_ids``: each mesh is
+    loaded (:func:`mrcnet.runtime.render.mesh.load_mesh`), so one without faces, with NaN vertices
+    or with bad face indices raises ExportError here, not later on the device."""
     from mrcnet.runtime.render.mesh import MeshError, load_mesh
 
     src = Path(models_dir)
@@ -111,6 +110,15 @@ def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
             load_mesh(src / n)
         except MeshError as e:
             raise ExportError(f"--models: {e}") from None
+    return src
+
+
+def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
+    """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
+    ``models_dir`` into ``out_dir/models/`` (each file atomically, readable as a normal file),
+    after :func:`check_models`."""
+    src = check_models(models_dir, obj_ids)
+    names = [f"obj_{int(i):06d}.ply" for i in obj_ids]
     if (src / "models_info.json").is_file():
         names.append("models_info.json")
     dst = Path(out_dir) / MODELS_DIR
@@ -208,10 +216,10 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(4)
     optimize_for_export(model)
+    models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
         stale.unlink()
-    models_src = Path(models_dir) if models_dir is not None else default_models_dir()
     copied = copy_models(models_src, keep, out)
     say(f"copied {len(copied)} model file(s) from {models_src}")
 
