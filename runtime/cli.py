@@ -372,6 +372,17 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         prepare_out_dir(out_dir)
     except OutputError as e:
         raise click.UsageError(str(e))
+    earlier = Path(out_dir) / POSES_NAME
+    if earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
+        raise click.UsageError(f"--out {out_dir}: holds {POSES_NAME} of an earlier run; use --resume to continue "
+                               "it or --overwrite to replace it")
+    if cam.fixed is not None:  # one K for all frames: check it against the frames before loading anything
+        first = source.first_frame()
+        if first is not None:
+            try:
+                cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
+            except InputError as e:
+                raise click.UsageError(str(e))
     if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
         problem = M.demo_export_problem(model)
         if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():

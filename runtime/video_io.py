@@ -93,6 +93,18 @@ class FrameSource:
     def __len__(self) -> int:
         return self.count
 
+    def first_frame(self) -> Optional[Frame]:
+        """The first readable frame (None when there is none), read once without consuming the
+        source: what the caller checks the camera against before a run."""
+        frames = iter(self)
+        try:
+            for frame in frames:
+                if frame.image is not None:
+                    return frame
+            return None
+        finally:
+            frames.close()  # releases the video
+
     def __iter__(self) -> Iterator[Frame]:
         if not self.is_video:
             for i, p in zip(self.ids, self.files):
