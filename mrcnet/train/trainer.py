@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mrcnet.checkpoint import read_checkpoint_file
 from mrcnet.data.samples import TrainingSamples, collate_samples
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
@@ -381,6 +382,14 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     if rank == 0:
         prepare_out_dir(out)
+    ckpt_path = out / "last.pth"
+    resume_ck = None  # checkpoint files are read before the (slow) data set set-up: fail fast
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
+        resume_ck = read_checkpoint_file(ckpt_path, "--resume")
+    if cfg.init:
+        read_checkpoint_file(cfg.init, "--init")
     preset = get_dataset(cfg.dataset)
     mcfg = get_config(cfg.preset)
     torch.manual_seed(cfg.seed)
@@ -416,13 +425,8 @@ def train(cfg: TrainConfig) -> dict:
     weights = LossWeights()
 
     step, history = 0, []
-    ckpt_path = out / "last.pth"
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
-        from mrcnet.checkpoint import read_checkpoint_file
-
-        ck = read_checkpoint_file(ckpt_path, "--resume")
+        ck = resume_ck
         old = ck.get("train_config", {})
         diff = [k for k in RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
         if diff:

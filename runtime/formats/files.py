@@ -110,7 +110,7 @@ def check_out_file(path, option: str = "--out") -> Path:
     p = Path(os.fspath(path))
     if p.is_dir():
         raise OutputError(f"{option} {p}: is a folder, expected a file")
-    prepare_out_dir(p.parent, option=option)
+    prepare_out_dir(p.parent, option=f"{option} {p}: folder")
     if p.exists() and not os.access(p, os.W_OK):
         raise OutputError(f"{option} {p}: file is not writable")
     return p
