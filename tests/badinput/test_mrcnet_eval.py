@@ -2,7 +2,7 @@
 unwritable --out; the CSV under evaluation is never modified."""
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_one_line_error, invoke, tree_digest
 
 from mrcnet.eval.cli import main
 from mrcnet.runtime.formats.bop import RESULTS_HEADER, format_result_row

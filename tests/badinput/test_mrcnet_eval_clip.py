@@ -3,7 +3,7 @@ to write) or malformed records, a --json that cannot be written; the inputs are 
 import json
 
 import pytest
-from conftest import assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_one_line_error, invoke, tree_digest
 
 from mrcnet.eval.clip_eval import main
 

@@ -7,7 +7,7 @@ import stat
 
 import numpy as np
 import pytest
-from conftest import assert_ok, assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_ok, assert_one_line_error, invoke, tree_digest
 
 torch = pytest.importorskip("torch")
 

@@ -6,7 +6,7 @@ import os
 import pickle
 
 import pytest
-from conftest import assert_ok, assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_ok, assert_one_line_error, invoke, tree_digest
 
 from mrcnet.eval.infer_cli import main
 

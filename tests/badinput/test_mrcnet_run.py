@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_ok, assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_ok, assert_one_line_error, invoke, tree_digest
 
 from mrcnet.export.manifest import update_file_records
 from mrcnet.runtime import cli

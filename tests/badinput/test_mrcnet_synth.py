@@ -1,7 +1,7 @@
 """Bad inputs of ``mrcnet-synth`` (objects, scenes, video): image size 0, nonsense intrinsics, fps 0,
 an --out that is a file or cannot be created; nothing is written."""
 import pytest
-from conftest import assert_one_line_error, invoke, tree_digest
+from badinput_checks import assert_one_line_error, invoke, tree_digest
 
 from mrcnet.data.cli import main
 from mrcnet.testing import write_box_ply

@@ -5,7 +5,7 @@ import pickle
 import signal
 
 import pytest
-from conftest import assert_ok, assert_one_line_error, invoke
+from badinput_checks import assert_ok, assert_one_line_error, invoke
 
 torch = pytest.importorskip("torch")
 
