@@ -1,6 +1,7 @@
-"""Shared checks of the bad-input suite (imported by its test modules): one module per CLI feeds it bad inputs (issue classes 1-8)
-and asserts the exit status, a one-line message naming the input, no traceback, and that results
-finished before (an earlier run, an existing export, a dataset) survive."""
+"""Shared checks of the bad-input suite (imported by its test modules, one per CLI): each module
+feeds its CLI bad inputs (issue classes 1-8) and asserts the exit status, a one-line message naming
+the input, no traceback, and that results finished before (an earlier run, an export, a dataset)
+survive."""
 from __future__ import annotations
 
 import hashlib
