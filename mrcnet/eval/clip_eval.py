@@ -29,6 +29,8 @@ def load_poses_jsonl(path) -> dict[int, list[dict]]:
         records = read_poses_jsonl(path)
     except PosesFormatError as e:
         raise ValueError(str(e)) from None
+    if not records:
+        raise ValueError(f"{path}: no pose records")
     out: dict[int, list[dict]] = {}
     for n, rec in enumerate(records, 1):
         try:
@@ -37,7 +39,7 @@ def load_poses_jsonl(path) -> dict[int, list[dict]]:
                  "t": np.asarray(o["t"], float).reshape(3), "score": float(o.get("score", 0.0))}
                 for o in rec.get("objects", [])]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: record {n}: malformed pose record ({e})") from None
+            raise ValueError(f"{path}:{n}: malformed pose record ({e})") from None
     return out
 
 

@@ -88,9 +88,10 @@ class PosesJsonlWriter:
 
 
 def read_poses_jsonl(path, repair: bool = False) -> list[dict]:
-    """Every complete record of a ``poses.jsonl``. A torn last line (no newline, or not JSON) is
-    dropped (``repair``: and truncated away in the file); a bad line before the last raises
-    :class:`PosesFormatError` naming ``file:line``."""
+    """Every complete record of a ``poses.jsonl``. A torn last line (without its newline: the
+    writer writes a line and its newline at once) is dropped (``repair``: and truncated away in the
+    file); any other line that is not a strict-JSON object raises :class:`PosesFormatError`
+    naming ``file:line``."""
     path = Path(path)
     data = path.read_bytes()
     out, pos = [], 0
@@ -106,7 +107,7 @@ def read_poses_jsonl(path, repair: bool = False) -> list[dict]:
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError) as e:
-            if last or (i == len(lines) - 2 and not lines[-1]):
+            if last:  # no newline: a line cut short by a killed process
                 if repair:
                     with open(path, "r+b") as f:
                         f.truncate(pos)

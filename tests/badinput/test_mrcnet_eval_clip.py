@@ -13,8 +13,8 @@ CASES = {
     "bare NaN token": ('{"frame": 0, "objects": [{"obj_id": 1, "R": [[1,0,0],[0,1,0],[0,0,1]], "t": [NaN, 0, 500]}]}\n'
                        '{"frame": 1, "objects": []}\n', ["p.jsonl:1", "not a JSON record"]),
     "R of 8 numbers": (json.dumps({"frame": 0, "objects": [{**POSE, "R": [1, 0, 0, 0, 1, 0, 0, 0]}]}) + "\n",
-                       ["p.jsonl", "record 1", "malformed pose record"]),
-    "no frame key": (json.dumps({"objects": [POSE]}) + "\n", ["p.jsonl", "record 1"]),
+                       ["p.jsonl:1", "malformed pose record"]),
+    "no frame key": (json.dumps({"objects": [POSE]}) + "\n", ["p.jsonl:1", "malformed"]),
 }
 
 
