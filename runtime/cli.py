@@ -397,10 +397,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         be = create_backend(man, backend, threads=threads, precision=precision)
     except BackendError as e:
         raise click.ClickException(str(e))
-    if precision is not None and "tensorrt" not in str(getattr(be, "name", "")).lower() and precision != "fp32":
+    problem = M.precision_problem(getattr(be, "name", ""), precision)
+    if problem:
         be.close()
-        raise click.UsageError(f"--precision {precision}: selects TensorRT engines; backend {be.name} runs the "
-                               "fp32 ONNX graphs (use --backend tensorrt, or leave --precision out)")
+        raise click.UsageError(problem)
     try:
         renderer = make_renderer(render_device)
         pipe = Pipeline(be, man, renderer)

@@ -213,6 +213,16 @@ class Manifest:
                 raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
 
 
+def precision_problem(backend_name: str, precision) -> str | None:
+    """Why ``precision`` (an engine set of ``engines``) cannot apply to the backend named
+    ``backend_name``: ONNX Runtime runs the fp32 graphs, so any other precision there would be
+    silently ignored. None when it applies (TensorRT, or no / fp32 precision)."""
+    if precision is None or precision == "fp32" or "tensorrt" in str(backend_name).lower():
+        return None
+    return (f"--precision {precision}: selects TensorRT engines; backend {backend_name} runs the fp32 ONNX "
+            "graphs (use --backend tensorrt, or leave --precision out)")
+
+
 def verify_files(m: Manifest) -> None:
     """Check every file listed in ``m.files`` that exists against its recorded size and SHA-256
     (about 1 s per GB); ManifestError naming the damaged file. Missing files are left to the

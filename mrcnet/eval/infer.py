@@ -114,7 +114,7 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
     from mrcnet.runtime.backends import BackendError, create_backend
-    from mrcnet.runtime.manifest import ManifestError, load_manifest
+    from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
         raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
@@ -123,6 +123,10 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         be = create_backend(man, backend or "auto", threads=threads, precision=precision)
     except (ManifestError, BackendError) as e:
         raise InferError(str(e)) from None
+    problem = precision_problem(be.name, precision)
+    if problem:
+        be.close()
+        raise InferError(problem)
     return be, man
 
 

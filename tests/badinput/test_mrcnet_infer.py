@@ -63,3 +63,11 @@ def test_targets_naming_missing_images_are_reported(assets, tmp_path):
     assert_ok(r)
     assert "2 target image(s) are not in" in r.output and "scene 0 image 77" in r.output
     assert json.loads((tmp_path / "s.json").read_text())["unknown_targets"] == [[0, 77], [5, 0]]
+
+
+def test_precision_on_onnx_runtime_is_refused(assets, tmp_path):
+    """Class 6: --precision was silently ignored on ONNX Runtime."""
+    r = invoke(main, ["--data", assets.data, "--model", assets.export, "--backend", "onnxruntime",
+                      "--precision", "fp16", "--out", tmp_path / "r.csv", "--no-progress"])
+    assert_one_line_error(r, 1, "--precision fp16", "TensorRT")
+    assert not (tmp_path / "r.csv").exists()
