@@ -411,7 +411,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
                       track_patience=track_patience, bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video,
                       max_frames=max_frames, progress=not quiet, resume=resume, overwrite=overwrite)
-    except (RunError, OutputError) as e:
+    except (RunError, OutputError, SourceError) as e:  # SourceError: the overlay video cannot be written
         raise click.ClickException(str(e)) from None
     finally:
         pipe.close()
