@@ -29,7 +29,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mrcnet.runtime.formats.files import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+# re-exported: the exporter hashes checkpoints and graphs, and writes files, with them
+from mrcnet.runtime.formats.files import atomic_write_bytes, sha256_file  # noqa: F401
 
 from mrcnet.runtime.manifest import (  # the runtime's parser is the one place for the format
     CLASSIFIER_INPUTS,
