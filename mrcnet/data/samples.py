@@ -58,6 +58,7 @@ from torch.utils.data import Dataset
 
 from mrcnet.data import bop
 from mrcnet.data.backgrounds import FolderBackgrounds
+from mrcnet.data.scenes import _jitter_box  # the synthetic detections' jitter rule (mrcnet-synth --box-jitter)
 from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
                                       crop_fov, crop_transform, warp_crop)
@@ -126,6 +127,20 @@ def clean_mask(mask: np.ndarray, kernel: int = MASK_MORPH_KERNEL) -> np.ndarray:
     k = np.ones((kernel, kernel), np.uint8)
     m = cv2.morphologyEx((np.asarray(mask) > 0).astype(np.uint8), cv2.MORPH_CLOSE, k)
     return cv2.morphologyEx(m, cv2.MORPH_OPEN, k)
+
+
+def jittered_box(bbox_xywh, width: int, height: int, key: Sequence[int], box_jitter: float = 0.0,
+                 seed: int = 0) -> list[float]:
+    """The detection box (x1, y1, x2, y2) px that validation uses for an instance: its ``bbox_visib``
+    (x, y, w, h), or with ``box_jitter`` > 0 that box with each side moved by up to ``box_jitter``
+    of the box size and clipped to the ``width`` x ``height`` image (the rule of
+    ``mrcnet-synth --box-jitter``), seeded by (seed, *key) with key = (scene, image, instance): the
+    same boxes in every epoch and run."""
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    if box_jitter > 0:
+        rng = np.random.default_rng([int(seed), *(int(k) for k in key)])
+        x, y, w, h = _jitter_box(rng, [x, y, w, h], float(box_jitter), width, height)
+    return [x, y, x + w, y + h]
 
 
 # ------------------------------------------------------------------------------ augmentation

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mrcnet.data.samples import TrainingSamples, collate_samples
+from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.presets import get_dataset
 
@@ -225,27 +225,11 @@ def _set_rng_state(st: dict) -> None:
 
 # ------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def validation_box(bbox_xywh, width: int, height: int, key: Sequence[int], box_jitter: float = 0.0,
-                   seed: int = 0) -> list[float]:
-    """The detection box (x1, y1, x2, y2) px validation uses for an instance: its ``bbox_visib``
-    (x, y, w, h), or with ``box_jitter`` > 0 that box with each side moved by up to ``box_jitter``
-    of the box size and clipped to the ``width`` x ``height`` image (the rule of
-    ``mrcnet-synth --box-jitter``), seeded by (seed, *key) with key = (scene, image, instance): the
-    same boxes in every epoch and run."""
-    from mrcnet.data.scenes import _jitter_box  # the synthetic detections' jitter rule, one place
-
-    x, y, w, h = (float(v) for v in bbox_xywh)
-    if box_jitter > 0:
-        rng = np.random.default_rng([int(seed), *(int(k) for k in key)])
-        x, y, w, h = _jitter_box(rng, [x, y, w, h], float(box_jitter), width, height)
-    return [x, y, x + w, y + h]
-
-
 def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, batch_detections: int = 4,
              device="cpu", ar_dir=None, box_jitter: float = 0.0) -> dict:
     """Pose errors on a held-out split, the runtime's way (4 in-plane crops per detection with
     BatchNorm per group of 4, ``fov`` training variant, TTA selection), GT ``bbox_visib`` as the
-    detection, or with ``box_jitter`` > 0 that box jittered (:func:`validation_box`: what a real
+    detection, or with ``box_jitter`` > 0 that box jittered (:func:`mrcnet.data.samples.jittered_box`: what a real
     detector gives is never the exact box). Rotation error: degrees to the closest symmetric GT;
     translation error: mm.
     Returns ``{"all": {...}, "obj_<id>": {...}}`` with ``n``, ``rot_err_deg`` and ``trans_err_mm``
@@ -272,7 +256,7 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
             rec = ds.ds.image(scene_id, im_id)
             inst = rec.instances[gt_id]
             image = rec.load_image("bgr")
-            box = validation_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
+            box = jittered_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
                                  box_jitter)
             cb = prepare_detection(image, rec.K, box, 4, "training", model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
