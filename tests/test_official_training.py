@@ -236,3 +236,19 @@ def test_parity_jittered_detections(pairs, tmp_path):
         assert abs(bx + bw - x - w) <= 0.2 * w + 1e-6 and abs(by + bh - y - h) <= 0.2 * h + 1e-6
         moved.append(max(abs(bx - x), abs(by - y), abs(bw - w), abs(bh - h)))
     assert max(moved) > 0
+
+
+def test_trainer_validates_with_ground_truth_and_jittered_boxes(pairs, tmp_path):
+    from mrcnet.train.trainer import TrainConfig, train
+
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(pairs), out=str(out), preset="small", dataset="synth", objects=[1], epochs=1,
+                      batch_size=2, warmup=0, workers=0, val_data=str(pairs), val_max=2, val_box_jitter=0.2,
+                      progress=False, device="cpu")
+    train(cfg)
+    gt = json.loads((out / "val_epoch_001.json").read_text())
+    jit = json.loads((out / "val_epoch_001_jitter.json").read_text())
+    assert gt["all"]["n"] == jit["all"]["n"] >= 2
+    assert (gt["all"]["rot_err_deg"], gt["all"]["trans_err_mm"]) != (jit["all"]["rot_err_deg"], jit["all"]["trans_err_mm"])
+    assert (out / "val_bop_jitter" / "estimates.csv").is_file()
