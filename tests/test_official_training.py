@@ -238,6 +238,7 @@ def test_parity_jittered_detections(pairs, tmp_path):
     assert max(moved) > 0
 
 
+@pytest.mark.slow
 def test_trainer_validates_with_ground_truth_and_jittered_boxes(pairs, tmp_path):
     from mrcnet.train.trainer import TrainConfig, train
 
