@@ -155,14 +155,17 @@ def check_export_dir(out_dir) -> Path:
 def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object_ids: Sequence[int] | None = None,
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
-                      parity_detections: int = 2, progress: Callable[[str], None] | None = None) -> ExportResult:
+                      parity_detections: int = 2, progress: Callable[[str], None] | None = None,
+                      box_rule: str | None = None) -> ExportResult:
     """Export a checkpoint to ``out_dir`` (see the module docstring).
 
     dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
     to keep (None = all of the checkpoint's); models_dir: BOP models folder (default: the demo's);
     backend ``onnx`` | ``tensorrt``; precision ``fp32`` | ``fp16`` (TensorRT only) | ``int8``;
     max_detections: TensorRT profile maximum (N = 4 x detections); calib_data: BOP dataset root
-    (or split folder) for int8 calibration crops. Raises :class:`ExportError` (one line).
+    (or split folder) for int8 calibration crops; box_rule: how the runtime turns detection boxes
+    into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
+    checkpoints). Raises :class:`ExportError` (one line).
     """
     from mrcnet import __version__
     from mrcnet.checkpoint import normalise_fov_variant
@@ -179,6 +182,10 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
+    from mrcnet.runtime.preprocess import BOX_RULES
+
+    if box_rule is not None and box_rule not in BOX_RULES:
+        raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
         raise ExportError(f"--max-detections: {max_detections} must be >= 1")
     out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
@@ -228,7 +235,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
         crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
-        checkpoint_sha256=sha256_file(ckpt_path))
+        checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
     res.files.update(paths)

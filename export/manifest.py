@@ -71,17 +71,19 @@ METADATA_KEYS = ("format_version", "dataset", "preset", "obj_ids", "depth_range"
 
 def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
                    fov_variant: str, crop_size: int, bn_group: int, project_version: str,
-                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None) -> Manifest:
+                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None,
+                   box_rule: str = "clip") -> Manifest:
     """The runtime's :class:`Manifest` with the standard file names and this module's graph I/O names.
 
     ``bins``: :class:`BinSpec`; ``depth_range``: (near, far) normalised depth; ``fov_variant``:
-    ``"inference"`` (official) or ``"training"``."""
+    ``"inference"`` (official) or ``"training"``; ``box_rule``: ``"clip"`` or ``"official"``
+    (:func:`mrcnet.runtime.preprocess.detection_square`)."""
     return Manifest(
         dataset=str(dataset), preset=str(preset), obj_ids=[int(i) for i in obj_ids],
         depth_range=(float(depth_range[0]), float(depth_range[1])), bins=bins,
         classifier=GraphSpec(CLASSIFIER_ONNX, list(CLASSIFIER_INPUTS), list(CLASSIFIER_OUTPUTS)),
         regressor=GraphSpec(REGRESSOR_ONNX, list(REGRESSOR_INPUTS), list(REGRESSOR_OUTPUTS)),
-        fov_variant=str(fov_variant), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
+        fov_variant=str(fov_variant), box_rule=str(box_rule), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
         models_dir=MODELS_DIR, engines=dict(engines or {}), project_version=str(project_version),
         checkpoint_sha256=checkpoint_sha256 or "",
     )

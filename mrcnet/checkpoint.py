@@ -197,7 +197,8 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     of the checkpoint's per-object decoders, in order (one per object) - for a checkpoint holding
     fewer objects than its dataset preset (they must be objects of that preset).
     The model's ``meta`` attribute holds the resolved metadata (``dataset``, ``obj_ids``,
-    ``depth_range``, ``preset``, ``fov_variant``, ``source`` = ``'official'`` | ``'project'``).
+    ``depth_range``, ``preset``, ``fov_variant``, ``box_rule`` (:func:`checkpoint_box_rule`),
+    ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
     """
     from mrcnet.model import ModelConfig, get_config
@@ -236,9 +237,22 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         "obj_ids": list(obj_ids),
         "depth_range": list(depth_range),
         "fov_variant": normalise_fov_variant(meta.get("fov_variant", "inference")),
+        "box_rule": checkpoint_box_rule(meta, source),
         "n_obj": n_obj,
     }
     return model
+
+
+def checkpoint_box_rule(meta: Mapping, source: str) -> str:
+    """How detections become crop squares for a checkpoint (``mrcnet.runtime.preprocess.BOX_RULES``):
+    its metadata's ``box_rule`` if any, else ``'official'`` for an official checkpoint (bit-parity
+    with the official results needs the official truncation and caps) and ``'clip'`` otherwise."""
+    from mrcnet.runtime.preprocess import BOX_RULES
+
+    rule = str(meta.get("box_rule") or ("official" if source == "official" else "clip"))
+    if rule not in BOX_RULES:
+        raise CheckpointError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
+    return rule
 
 
 def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None, obj_ids=None,
@@ -269,6 +283,7 @@ def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None
         "depth_range": [float(x) for x in depth_range],
         "bins": cfg.to_dict()["bins"],
         "fov_variant": normalise_fov_variant(fov_variant or old.get("fov_variant", "inference")),
+        "box_rule": checkpoint_box_rule(old, "project"),
     }
     if len(meta["obj_ids"]) != model.n_obj:
         raise CheckpointError(f"{len(meta['obj_ids'])} object ids for a model with {model.n_obj} objects")

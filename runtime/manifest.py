@@ -23,7 +23,7 @@ import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipp
 
 from .formats.files import atomic_write_text, sha256_file
 from .geometry import BinSpec
-from .preprocess import FOV_VARIANTS
+from .preprocess import BOX_RULES, FOV_VARIANTS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -96,6 +96,7 @@ class Manifest:
     classifier: GraphSpec
     regressor: GraphSpec
     fov_variant: str = "inference"
+    box_rule: str = "clip"  # preprocess.BOX_RULES: how a detection box becomes the crop square
     n_rot: int = 4
     crop_size: int = 256
     bn_group: int = 4
@@ -167,6 +168,7 @@ class Manifest:
                 regressor=GraphSpec(str(d["regressor"]["onnx"]), list(d["regressor"]["inputs"]),
                                     list(d["regressor"]["outputs"])),
                 fov_variant=str(d.get("fov_variant", "inference")),
+                box_rule=str(d.get("box_rule", "clip")),
                 n_rot=int(d.get("n_rot", 4)),
                 crop_size=int(d.get("crop_size", 256)),
                 bn_group=int(d.get("bn_group", 4)),
@@ -194,6 +196,8 @@ class Manifest:
             raise ManifestError(f"{where}: manifest lists no objects")
         if self.fov_variant not in FOV_VARIANTS:
             raise ManifestError(f"{where}: fov_variant {self.fov_variant!r} not in {FOV_VARIANTS}")
+        if self.box_rule not in BOX_RULES:
+            raise ManifestError(f"{where}: box_rule {self.box_rule!r} not in {BOX_RULES}")
         if self.n_rot != self.bn_group:
             raise ManifestError(f"{where}: n_rot {self.n_rot} != bn_group {self.bn_group} (one BatchNorm "
                                 "group per detection)")

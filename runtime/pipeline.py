@@ -119,7 +119,8 @@ class Pipeline:
                 skipped.append((d, str(e.args[0])))
                 continue
             try:
-                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size))
+                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size,
+                                                     box_rule=m.box_rule))
             except P.InputError as e:
                 skipped.append((d, str(e)))
                 continue

@@ -75,7 +75,8 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
         dataset=meta.get("dataset") or "", preset=meta.get("preset", torch_model.cfg.name), obj_ids=obj_ids,
         depth_range=meta.get("depth_range") or list(torch_model.tables.depth_range), bins=torch_model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")), crop_size=torch_model.cfg.crop_size,
-        bn_group=group, n_rot=group, project_version="", checkpoint_sha256=None)
+        bn_group=group, n_rot=group, project_version="", checkpoint_sha256=None,
+        box_rule=meta.get("box_rule", "clip"))
     m.root = Path(root).resolve()
     m.models_dir = str(models_dir)
     return m

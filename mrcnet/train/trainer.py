@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mrcnet.checkpoint import read_checkpoint_file
-from mrcnet.data.samples import TrainingSamples, collate_samples
+from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
 from mrcnet.runtime.presets import get_dataset
@@ -78,7 +78,11 @@ class TrainConfig:
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
     label_cache_dir: str | None = None  # default <out>/label_cache
     color_prob: float = 0.8
-    bg_prob: float = 0.5
+    bg_prob: float = 0.8  # background replacement probability for the instances bg_rule selects
+    bg_rule: str = "official"  # mrcnet.data.samples.BG_RULES
+    backgrounds: str | None = None  # folder of background images (default: images of the split)
+    box_map_mode: str = "centred"  # mrcnet.data.samples.BOX_MAP_MODES
+    val_box_jitter: float = 0.0  # > 0: also validate with jittered boxes (a share of the box size)
     augment: bool = True  # zoom-in, in-plane rotation, colour and background (False: plain crops)
     progress: bool = True
 
@@ -232,10 +236,12 @@ def _set_rng_state(st: dict) -> None:
 # ------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, batch_detections: int = 4,
-             device="cpu", ar_dir=None) -> dict:
+             device="cpu", ar_dir=None, box_jitter: float = 0.0) -> dict:
     """Pose errors on a held-out split, the runtime's way (4 in-plane crops per detection with
     BatchNorm per group of 4, ``fov`` training variant, TTA selection), GT ``bbox_visib`` as the
-    detection. Rotation error: degrees to the closest symmetric GT; translation error: mm.
+    detection, or with ``box_jitter`` > 0 that box jittered (:func:`mrcnet.data.samples.jittered_box`: what a real
+    detector gives is never the exact box). Rotation error: degrees to the closest symmetric GT;
+    translation error: mm.
     Returns ``{"all": {...}, "obj_<id>": {...}}`` with ``n``, ``rot_err_deg`` and ``trans_err_mm``
     (medians), ``share_5deg_5cm``.
 
@@ -259,9 +265,10 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
         for (scene_id, im_id), gt_id in chunk:
             rec = ds.ds.image(scene_id, im_id)
             inst = rec.instances[gt_id]
-            x, y, w, h = inst.info["bbox_visib"]
-            cb = prepare_detection(rec.load_image("bgr"), rec.K, [x, y, x + w, y + h], 4, "training",
-                                   model.cfg.crop_size)
+            image = rec.load_image("bgr")
+            box = jittered_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
+                                 box_jitter)
+            cb = prepare_detection(image, rec.K, box, 4, "training", model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
             idx += [ds.cls[inst.obj_id]] * 4
             gts.append(inst)
@@ -397,7 +404,8 @@ def train(cfg: TrainConfig) -> dict:
     ds = TrainingSamples(cfg.data, mcfg.bins, preset.depth_range, split=cfg.split, obj_ids=cfg.objects,
                          augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
-                         color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size)
+                         color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
+                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
     obj_ids = ds.obj_ids
     sampler = BlockSampler(ds, cfg.batch_size, world, rank, cfg.seed)
     steps_per_epoch = sampler.steps
@@ -502,17 +510,24 @@ def train(cfg: TrainConfig) -> dict:
                     end_of_epoch = step % steps_per_epoch == 0
                     if rank == 0 and (step % cfg.ckpt_every == 0 or end_of_epoch or step == stop):
                         save(ckpt_path)
-                    saved_step = step
+                        saved_step = step
                     if end_of_epoch and val_ds is not None:
                         model.eval()
                         val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
+                        runs = [("val", "", val)]
+                        if cfg.val_box_jitter > 0:
+                            val_j = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop_jitter",
+                                             box_jitter=cfg.val_box_jitter)
+                            runs.append(("val_jitter", "_jitter", val_j))
                         model.train()
-                        _atomic_json(val, out / f"val_epoch_{step // steps_per_epoch:03d}.json")
-                        for name, v in val.items():
-                            for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
-                                if v.get(k) is not None:
-                                    writer.add_scalar(f"val/{name}/{k}", v[k], step)
-                        log.info("epoch %d validation: %s", step // steps_per_epoch, json.dumps(val["all"]))
+                        for tag, suffix, res in runs:
+                            _atomic_json(res, out / f"val_epoch_{step // steps_per_epoch:03d}{suffix}.json")
+                            for name, v in res.items():
+                                for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
+                                    if v.get(k) is not None:
+                                        writer.add_scalar(f"{tag}/{name}/{k}", v[k], step)
+                            log.info("epoch %d validation (%s boxes): %s", step // steps_per_epoch,
+                                     "jittered" if suffix else "ground-truth", json.dumps(res["all"]))
                     if distributed and end_of_epoch:
                         dist.barrier()
                     if step >= stop:
