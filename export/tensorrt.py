@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -46,8 +45,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mrcnet.runtime import trt_compat
+from mrcnet.runtime.formats.files import atomic_copy
 
-from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file
+from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
 
 GRAPHS = ("classifier", "regressor")
 WORKSPACE_BYTES = 8 << 30
@@ -403,8 +403,7 @@ def build_engines(graph_paths: Mapping, out_dir, *, precision: str = "fp16", max
                 keep = _keep_fp32(graph_paths["fp32"][graph]) if plan.pin_fp32 else None
                 build_engine(onnx_paths[graph], cached, precision=precision, plan=plan, keep_fp32=keep,
                              max_detections=max_detections, timing_cache=timing, progress=say)
-            shutil.copyfile(cached, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            atomic_copy(cached, dst)
         atomic_write_bytes(side, (json.dumps({"key": key, "hash": h}, indent=2) + "\n").encode())
         entry[graph] = f"{ENGINES_DIR}/{name}"
     parity = {}
@@ -461,5 +460,6 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     build_plan(f"{trt_compat.SUPPORTED_TRT_MAJORS[0]}.{trt_compat.MIN_TRT_10_MINOR}", precision, list(graphs))
     entry, _ = build_engines(graphs, out, precision=precision, max_detections=max_detections, progress=progress)
     raw.setdefault("engines", {})[precision] = entry
+    update_file_records(out, raw)  # the new engines' sizes and hashes
     atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
     return entry
