@@ -85,6 +85,8 @@ class Manifest:
     engines: precision -> {"classifier": file, "regressor": file, "max_detections": int, ...}.
     files: relative file name -> {"bytes": int, "sha256": hex} of the graphs, engines and models
     written by the exporter; :func:`load_manifest` checks them (a damaged file is refused).
+    precision_graphs: precision ("fp16" | "int8") -> {"classifier": file, "regressor": file}, the
+    TensorRT precision graphs engines are built from.
     root: the export directory (absolute), not stored in the JSON.
     """
 
@@ -106,6 +108,7 @@ class Manifest:
     checkpoint_sha256: str = ""
     format_version: int = FORMAT_VERSION
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    precision_graphs: dict[str, dict[str, str]] = field(default_factory=dict)
     root: Path = Path(".")
 
     # ---------------------------------------------------------------- paths
@@ -178,6 +181,7 @@ class Manifest:
                 checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
                 files={str(k): dict(v) for k, v in (d.get("files") or {}).items()},
+                precision_graphs={str(k): dict(v) for k, v in (d.get("precision_graphs") or {}).items()},
                 root=Path(root).resolve(),
             )
         except ManifestError:

@@ -11,17 +11,8 @@ import ctypes
 
 import numpy as np
 
+from ..trt_compat import TrtCompatError, cuda_runtime, import_cudart
 from .base import BackendError
-
-
-def import_cudart():
-    """cuda-python's CUDA runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` of older
-    releases); ImportError when cuda-python is not installed."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
 
 
 def _check(fn: str, res):
@@ -59,6 +50,14 @@ def device_properties(device: int = 0) -> dict:
     return {"name": d.name(), "compute_capability": f"{major}.{minor}", "device": device}
 
 
+def _pycuda_driver():
+    """pycuda's driver module, initialised (its own context is made per device by :class:`CudaApi`)."""
+    import pycuda.driver as drv  # optional alternative to cuda-python
+
+    drv.init()
+    return drv
+
+
 class CudaApi:
     """The few CUDA runtime calls the TensorRT backend (and the INT8 calibrator of
     ``mrcnet.export.tensorrt``) need, through cuda-python or pycuda: one stream on CUDA device
@@ -66,19 +65,15 @@ class CudaApi:
 
     def __init__(self, device: int = 0):
         self.device = int(device)
-        try:
-            self.cudart, self.pycuda = import_cudart(), None
-        except ImportError:
-            try:
-                import pycuda.driver as drv  # optional alternative to cuda-python
-            except ImportError:
-                raise BackendError("tensorrt backend needs cuda-python (pip install cuda-python) or pycuda") from None
-            self.cudart, self.pycuda = None, drv
+        try:  # cuda-python, or pycuda where cuda-python is missing or too new for the driver
+            rt = cuda_runtime(import_pycuda_fn=_pycuda_driver)
+        except TrtCompatError as e:
+            raise BackendError(str(e)) from None
+        self.cudart, self.pycuda = (rt.module, None) if rt.kind == "cuda-python" else (None, rt.module)
         if self.cudart:
             self._call("cudaSetDevice", self.device)
             self.stream = self._call("cudaStreamCreate")
         else:
-            self.pycuda.init()
             self._pycuda_ctx = self.pycuda.Device(self.device).make_context()
             self.stream = self.pycuda.Stream()
 

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, sha256_file
+from ..trt_compat import TrtCompatError, check_trt_version, deserialize_engine, io_names
 from .base import Backend, BackendError
 from .cuda import CudaApi, device_properties
 
@@ -36,6 +37,10 @@ def _import_trt():
     except ImportError:
         raise BackendError("tensorrt backend: the tensorrt Python package is not installed "
                            "(pip install 'mrcnet-edge[gpu]'; on Jetson use JetPack's)") from None
+    try:
+        check_trt_version(trt)
+    except TrtCompatError as e:
+        raise BackendError(str(e)) from None
     return trt
 
 
@@ -128,9 +133,11 @@ def ensure_engines(manifest: Manifest, precision: str, env: dict, builder: Optio
         return manifest
     cmd = engines_only_command(manifest, precision)
     build = default_engine_builder() if builder is None else builder
-    if not build or precision not in ("fp32", "fp16"):
+    # int8 engines are built from the export's calibrated int8 graph; without it they need a re-export
+    rebuildable = precision in ("fp32", "fp16") or precision in manifest.precision_graphs
+    if not build or not rebuildable:
         why = "" if build else " (the exporter's engine builder is not installed)"
-        if build and precision not in ("fp32", "fp16"):
+        if build and not rebuildable:
             why = f" ({precision} engines need calibration: re-export with mrcnet-export --precision {precision})"
         raise BackendError(f"tensorrt: the {precision} engines of {manifest.root} cannot run here: {problems[0]}"
                            f"{why}; rebuild them: {cmd}")
@@ -169,11 +176,10 @@ class TensorRTBackend(Backend):
             path = os.fspath(path)
             if not os.path.isfile(path):
                 raise BackendError(f"tensorrt: engine not found: {path}")
-            with open(path, "rb") as f:
-                engine = self.runtime.deserialize_cuda_engine(f.read())
-            if engine is None:
-                raise BackendError(f"tensorrt: cannot deserialise {path} (built for another TensorRT "
-                                   "version or GPU? re-run mrcnet-export --backend tensorrt)")
+            try:
+                engine = deserialize_engine(self.runtime, trt, path)
+            except TrtCompatError as e:
+                raise BackendError(str(e)) from None
             self.engines[key] = engine
             self.contexts[key] = engine.create_execution_context()
         io = {k: self._io_names(e) for k, e in self.engines.items()}
@@ -188,12 +194,7 @@ class TensorRTBackend(Backend):
         self.max_crops = int(min(self.buffers[n][3][0] for n in ("crops", "render") if n in self.buffers))
 
     def _io_names(self, engine):
-        trt = self.trt
-        ins, outs = [], []
-        for i in range(engine.num_io_tensors):
-            n = engine.get_tensor_name(i)
-            (ins if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT else outs).append(n)
-        return ins, outs
+        return io_names(engine, self.trt)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, precision: Optional[str] = None, device: int = 0,
