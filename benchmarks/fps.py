@@ -25,8 +25,11 @@ are usable. ``--tta 1`` runs one crop per detection (a BatchNorm group of 1: its
     .venv/bin/python benchmarks/fps.py --preset small --detections-per-frame 1,4 --out out/fps
     .venv/bin/python benchmarks/fps.py --preset paper --detections-per-frame 1 --frames 5 --out out/fps_paper
 
+When torch runs, every other backend is also compared with it on the same random crops (the
+runtime's comparator, ``compare_backends``): ``parity_vs_torch`` in the JSON, a list in the markdown.
+
 Writes ``OUT/fps.json`` (settings, hardware, library versions, figures), ``OUT/fps.md`` (tables) and
-``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D).
+``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D; skipped without matplotlib).
 """
 from __future__ import annotations
 
@@ -258,6 +261,21 @@ def measure(pipe, frames, K, dets, warmup: int) -> dict:
             "frames_per_s": len(per["total"]) / total_s if total_s > 0 else float("nan")}
 
 
+def parity_vs_torch(manifest, backends: dict, n_det: int = 2, seed: int = 0) -> dict:
+    """{backend: comparator report} of every open backend against torch on the same random crops
+    (``mrcnet.runtime.backends.compare_backends``: max rel. error per output, argmax agreement,
+    5 deg / 5 mm shares); {} when torch did not open."""
+    ref = backends.get("torch")
+    if ref is None or isinstance(ref, str) or len(backends) < 2:
+        return {}
+    from mrcnet.export.onnx_export import example_inputs
+    from mrcnet.runtime.backends import compare_backends
+
+    feeds = example_inputs(len(manifest.obj_ids), manifest.n_rot * n_det, seed=seed, crop_size=manifest.crop_size)
+    return {key: {k: round(v, 8) for k, v in compare_backends(ref, be, feeds).items()}
+            for key, be in backends.items() if key != "torch" and not isinstance(be, str)}
+
+
 def run_benchmark(manifest, backends: dict, dpf: Sequence[int], frames: int, warmup: int, renderer,
                   say: Callable[[str], None] = print) -> dict:
     """{backend: {D: measure()}} for the open backends, sharing one renderer; adds ``vs_torch`` (the
@@ -402,6 +420,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {row_label(key)} | {d} | " + " | ".join(cells) +
                          f" | {t['p50']:.1f} / {t['p90']:.1f} / {t['p99']:.1f} | {r['detections_per_s']:.2f} | {ratio} |")
     lines += compute_markdown(report)
+    if report.get("parity_vs_torch"):
+        lines += ["", "Parity with torch on the same random crops (max relative error of scale; share of crops "
+                      "within 5 deg / 5 mm):", ""]
+        lines += [f"- {k}: max {p['max']:.2e}, R {p.get('R', float('nan')):.2e}, t {p.get('t', float('nan')):.2e}, "
+                  f"within 5 deg {p.get('rot_agree_5deg', float('nan')):.2f}, within 5 mm {p.get('t_agree_5mm', float('nan')):.2f}"
+                  for k, p in report["parity_vs_torch"].items()]
     if report["skipped"]:
         lines += ["", "Not run: " + "; ".join(f"{k} ({why})" for k, why in report["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -459,7 +483,10 @@ def write_reports(report: dict, out_dir: Path, name: str = "fps") -> dict:
         f.write("\n")
     with atomic_open(paths["md"], "w", encoding="utf8") as f:
         f.write(markdown(report))
-    plot(report, paths["png"])
+    try:
+        plot(report, paths["png"])
+    except ImportError:  # matplotlib is optional (e.g. the offline GPU check): json + md only
+        paths.pop("png")
     return paths
 
 
@@ -496,9 +523,12 @@ def parse_ints(text: str, what: str) -> list[int]:
 @click.option("--matmul-size", default=2048, show_default=True, type=click.IntRange(min=0),
               help="Side of the FP32 matmul timed before and after the backends (the machine's rate; 0 = skip "
                    "the compute columns).")
+@click.option("--models", "models_src", default=None, type=click.Path(exists=True, file_okay=False),
+              help="BOP models folder with the obj_XXXXXX.ply of the model's objects [default: procedural "
+                   "objects, which need trimesh + manifold3d].")
 @click.option("--out", "out_dir", default="out/fps", show_default=True, type=click.Path(file_okay=False))
 def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, matmul_size,
-         out_dir):
+         models_src, out_dir):
     """Per-stage latency and detections/s of torch, ONNX Runtime and TensorRT side by side."""
     import sys
 
@@ -543,17 +573,27 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
             else:
                 torch_model = random_model(preset)
                 torch_model.set_bn_group(tta_n)
-            models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
-            want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
-            manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
-                                    int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
-                                    max_detections=max(dpf_list), say=say)
+            if models_src is not None:
+                models_dir = Path(models_src)
+            else:
+                models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
+            if keys == ["torch"]:  # nothing to export: the torch row alone needs no onnx
+                from mrcnet.eval.infer import checkpoint_manifest
+
+                torch_model.set_bn_group(tta_n)
+                manifest = checkpoint_manifest(torch_model, models_dir.parent, models_dir.name)
+            else:
+                want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
+                manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
+                                        int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
+                                        max_detections=max(dpf_list), say=say)
             if "torch" not in keys:
                 torch_model = None
         opened = open_backends(manifest, torch_model, keys, device, threads)
         skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
         for k, why in skipped.items():
             say(f"{k}: not run ({why})")
+        parity = parity_vs_torch(manifest, opened)
         roof = matmul_rate(matmul_size) if matmul_size else 0.0
         results = run_benchmark(manifest, opened, dpf_list, frames, warmup, Renderer(), say)
         compute = None
@@ -571,11 +611,12 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
                            "threads": threads, "frame_size": list(FRAME_SIZE)},
               "command": " ".join(["benchmarks/fps.py", *sys.argv[1:]]),
               "hardware": hardware_info(), "libraries": library_versions(), "results": results,
-              "compute": compute, "skipped": skipped, "seconds": time.perf_counter() - t_start,
+              "parity_vs_torch": parity, "compute": compute,
+              "skipped": skipped, "seconds": time.perf_counter() - t_start,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = write_reports(report, Path(out_dir))
     click.echo(markdown(report))
-    click.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _load_torch(path, tta_n: int):

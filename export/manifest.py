@@ -25,7 +25,6 @@ writes it and owns the graph I/O names.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +40,7 @@ from mrcnet.runtime.manifest import (  # the runtime's parser is the one place f
     Manifest,
     ManifestError,
     load_manifest,
+    sha256_file,  # noqa: F401  (re-exported: the exporter hashes checkpoints and graphs with it)
 )
 from mrcnet.runtime.geometry import BinSpec
 
@@ -68,15 +68,6 @@ REGRESSOR_OUTPUTS = ("R", "t", "persp")
 #: manifest keys copied into each ONNX graph's metadata_props (values JSON-encoded strings)
 METADATA_KEYS = ("format_version", "dataset", "preset", "obj_ids", "depth_range", "bins", "fov_variant",
                  "n_rot", "crop_size", "bn_group", "project_version", "checkpoint_sha256")
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mrcnet.runtime.backends import OnnxRuntimeBackend, compare_backends, rel_err, run_backend  # noqa: F401  (rel_err: re-exported)
+
 from .manifest import (
     CLASSIFIER_INPUTS,
     CLASSIFIER_ONNX,
@@ -251,24 +253,12 @@ def ort_session(path, threads: int | None = None, providers: Sequence[str] = ("C
 
 
 def run_ort(sessions: Mapping, feeds: Mapping[str, np.ndarray], chain: bool = True) -> dict[str, np.ndarray]:
-    """Run the classifier then the regressor session. ``chain=True`` feeds the regressor the ORT
-    classifier outputs (what the runtime does); otherwise ``feeds`` must hold the stage-1 tensors
-    (e.g. PyTorch's) and the regressor sees those. Inputs a session does not declare are dropped."""
-    def run(sess, f):
-        names = [i.name for i in sess.get_inputs()]
-        res = sess.run(None, {k: np.ascontiguousarray(f[k]) for k in names})
-        return {o.name: r for o, r in zip(sess.get_outputs(), res)}
-
-    out = run(sessions["classifier"], feeds)
-    out.update(run(sessions["regressor"], {**feeds, **out} if chain else {**out, **feeds}))
-    return out
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b| (the project's 'of scale' tolerance metric)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    """Run the classifier then the regressor session (``mrcnet.runtime.backends.run_backend``).
+    ``chain=True`` feeds the regressor the ORT classifier outputs (what the runtime does); otherwise
+    ``feeds`` must hold the stage-1 tensors (e.g. PyTorch's) and the regressor sees those. Inputs a
+    session does not declare are dropped."""
+    be = OnnxRuntimeBackend.from_sessions(sessions["classifier"], sessions["regressor"])
+    return run_backend(be, feeds, stage1=None if chain else feeds)
 
 
 PARITY_KEYS = ("pose_logits", "depth_logits", "trans_logits", "R_init", "t_init", "feat_x4", "feat_x16", "R", "t")
@@ -276,22 +266,17 @@ PARITY_KEYS = ("pose_logits", "depth_logits", "trans_logits", "R_init", "t_init"
 
 def onnx_parity(model: nn.Module, paths: Mapping[str, Path], feeds: Mapping[str, np.ndarray] | None = None,
                 n: int = 8, seed: int = 1, threads: int | None = None) -> dict[str, float]:
-    """ORT (CPU) against PyTorch on the same inputs.
+    """ORT (CPU) against PyTorch on the same inputs (``mrcnet.runtime.backends.compare_backends``).
 
     The classifier graph gets ``feeds``; the regressor graph gets PyTorch's stage-1 tensors (so a
     near-tie argmax cannot hide or fake a stage-2 error). Returns {output: max rel. error} for
-    ``PARITY_KEYS`` plus ``argmax_agree`` (fraction of crops whose three argmax bins agree) and
-    ``max`` (the largest float error).
+    ``PARITY_KEYS`` plus ``argmax_agree`` (fraction of crops whose three argmax bins agree),
+    ``max`` (the largest float error) and ``rot_agree_5deg`` / ``t_agree_5mm``.
     """
+    from mrcnet.inference import TorchBackend
+
     if feeds is None:
         feeds = example_inputs(model.n_obj, n, seed=seed, crop_size=model.cfg.crop_size)
-    ref = run_torch(model, feeds)
-    sessions = {g: ort_session(p, threads) for g, p in paths.items() if g in ("classifier", "regressor")}
-    got = run_ort(sessions, {**feeds, **{k: ref[k] for k in CLASSIFIER_OUTPUTS}}, chain=False)
-    errs = {k: rel_err(got[k], ref[k]) for k in PARITY_KEYS}
-    agree = np.ones(len(feeds["crops"]), bool)
-    for k in ("pose_logits", "depth_logits", "trans_logits"):
-        agree &= got[k].argmax(1) == ref[k].argmax(1)
-    errs["max"] = max(errs.values())
-    errs["argmax_agree"] = float(agree.mean())
-    return errs
+    sessions = {g: ort_session(paths[g], threads) for g in ("classifier", "regressor")}
+    ort_be = OnnxRuntimeBackend.from_sessions(sessions["classifier"], sessions["regressor"])
+    return compare_backends(TorchBackend(model), ort_be, feeds, keys=PARITY_KEYS, shared_stage1=True)

@@ -39,6 +39,7 @@ class RunSummary:
     wall_s: float = 0.0
     stage_ms: dict = field(default_factory=lambda: {s: [] for s in (*STAGES, "total")})
     backend: str = ""
+    renderer: str = ""
 
     @property
     def fps(self) -> float:
@@ -54,12 +55,12 @@ class RunSummary:
         return {"frames": self.frames, "frames_failed": self.frames_failed, "poses": self.poses,
                 "skipped_detections": self.skipped_detections, "redetections": self.redetections,
                 "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2),
-                "backend": self.backend,
+                "backend": self.backend, "renderer": self.renderer,
                 "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
 
     def format(self) -> str:
         lines = [f"{self.frames} frames ({self.frames_failed} unreadable), {self.poses} poses, "
-                 f"{self.skipped_detections} skipped detections, backend {self.backend}"
+                 f"{self.skipped_detections} skipped detections, backend {self.backend}, renderer {self.renderer}"
                  + (" - INTERRUPTED" if self.interrupted else ""),
                  f"end-to-end {self.fps:.2f} FPS ({self.wall_s:.1f} s)",
                  f"{'stage':<12} {'p50 ms':>9} {'p90 ms':>9}"]
@@ -67,16 +68,25 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def make_renderer(device: Optional[int] = None):
-    """The EGL renderer (``runtime.render.Renderer``); RuntimeError with one line if unavailable."""
+def make_renderer(device=None):
+    """The EGL renderer (``runtime.render.Renderer``) on ``device`` (None: the EGL device of CUDA
+    device 0, the backends' GPU, else EGL device 0; an EGL index; "cuda:K"; "cpu"), its context
+    created now; warns once (stderr) when it renders on the CPU of a GPU machine. RuntimeError
+    with one line if unavailable."""
     try:
         from .render import Renderer
+        from .render.context import software_fallback_warning
     except ImportError as e:
         raise RuntimeError(f"renderer unavailable ({e})") from None
     try:
-        return Renderer(device=device)
+        device = int(device) if isinstance(device, str) and device.strip().isdigit() else device
+        r = Renderer(device=device)
+        warning = software_fallback_warning(r.description)  # creates the context: errors surface here
     except Exception as e:
         raise RuntimeError(f"cannot create the EGL renderer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if warning:
+        click.echo(warning, err=True)
+    return r
 
 
 def run(
@@ -109,7 +119,8 @@ def run(
     meshes = pipeline.meshes
     tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
                       rel_drop=track_rel_drop, patience=track_patience) if track else None
-    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"))
+    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"),
+                         renderer=getattr(pipeline.renderer, "description", "?"))
     jsonl = JsonlWriter(out / "poses.jsonl")
     csv = BopCsvWriter(out / "results.csv", scene_id) if bop_csv else None
     vw = VideoWriter(out / "overlay.mp4", source.fps) if video else None
@@ -213,11 +224,17 @@ def run(
 @click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
 @click.option("--no-video", is_flag=True, help="Do not write overlay.mp4.")
 @click.option("--max-frames", type=int, default=None)
-@click.option("--render-device", type=int, default=None, help="EGL device index for the renderer.")
+@click.option("--render-device", default=None,
+              help="Renderer device: cuda:K (the EGL device of CUDA device K), an EGL device index, or cpu. "
+                   "Default: the backend's GPU, else EGL device 0.")
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help="Most detections per network call (default: the backend's capacity: the TensorRT "
+                   "profile's maximum, 8 for ONNX Runtime); a frame with more runs in chunks.")
 @click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
-         track_min_score, track_patience, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, demo, quiet):
+         track_min_score, track_patience, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, chunk_size,
+         demo, quiet):
     """Estimate object poses in INPUT (a video file or a folder of images) and write
     OUT/poses.jsonl, OUT/overlay.mp4 and (--bop-csv) OUT/results.csv."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
@@ -270,12 +287,12 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                 if Path(model) == M.DEMO_EXPORT_DIR else "")
         raise click.UsageError(str(e) + hint)
     try:
-        be = create_backend(man, backend, threads=threads, precision=precision)
+        be = create_backend(man, backend, threads=threads, precision=precision, max_detections=chunk_size)
     except BackendError as e:
         raise click.ClickException(str(e))
     try:
         renderer = make_renderer(render_device)
-        pipe = Pipeline(be, man, renderer)
+        pipe = Pipeline(be, man, renderer, max_detections=chunk_size)
     except (RuntimeError, ValueError) as e:
         be.close()
         raise click.ClickException(str(e).splitlines()[0])

@@ -40,6 +40,15 @@ DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
 DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
 
 
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes (checkpoint and ONNX hashes of the manifest and engine records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def demo_export_problem(export_dir=None) -> str | None:
     """Why the demo export (default :data:`DEMO_EXPORT_DIR`) cannot serve the shipped demo model:
     ``None`` when it is an export of the shipped checkpoint (same sha256), else a short reason
@@ -52,11 +61,7 @@ def demo_export_problem(export_dir=None) -> str | None:
         have = str(json.loads(path.read_text()).get("checkpoint_sha256", ""))
     except (OSError, ValueError, AttributeError) as e:
         return f"{path}: unreadable ({type(e).__name__})"
-    h = hashlib.sha256()
-    with open(DEMO_CHECKPOINT, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if have != h.hexdigest():
+    if have != sha256_file(DEMO_CHECKPOINT):
         return f"{d} was exported from another checkpoint than the shipped {DEMO_CHECKPOINT.name}"
     return None
 

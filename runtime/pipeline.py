@@ -1,9 +1,12 @@
 """The torch-free pose pipeline: frame + camera + detections -> object poses (SPEC 1-4).
 
-One frame: every valid detection becomes a TTA group of ``n_rot`` crops (``preprocess``); all of
-them go through one classifier call, the renderer draws each crop's object at its stage-1 pose
-(R_init, t_init) with the crop camera K_roi, one regressor call refines, and the TTA selection
-picks and un-rotates the rotation and translation of each detection (``geometry.tta_select``).
+One frame: every valid detection becomes a TTA group of ``n_rot`` crops (``preprocess``); the
+detections go through the classifier in chunks of at most the backend's capacity (``max_crops``:
+the TensorRT profile's maximum, a memory bound for ONNX Runtime) and ``max_detections``; per chunk
+the renderer draws each crop's object at its stage-1 pose (R_init, t_init) with the crop camera
+K_roi and the regressor refines. The BatchNorm statistics are per detection (``bn_group`` =
+``n_rot``), so chunks give the same poses as one batch. The TTA selection picks and un-rotates the
+rotation and translation of each detection (``geometry.tta_select``).
 """
 from __future__ import annotations
 
@@ -67,10 +70,13 @@ class Pipeline:
       ``render(obj_ids, R, t, K, width, height) -> .rgb (N,H,W,3) [0,1], .mask (N,H,W)``
       (``runtime.render.Renderer``). meshes: {obj_id: Mesh} to upload; None loads every object's
       model from the export directory; pass {} when the renderer already holds them.
+    max_detections: most detections per backend call (default: the backend's capacity; never more).
     """
 
-    def __init__(self, backend, manifest: Manifest, renderer, meshes: Optional[dict] = None):
+    def __init__(self, backend, manifest: Manifest, renderer, meshes: Optional[dict] = None,
+                 max_detections: Optional[int] = None):
         self.backend = backend
+        self.chunk = chunk_size(backend, manifest.n_rot, max_detections)
         self.manifest = manifest
         self.renderer = renderer
         self.meshes = manifest.load_meshes() if meshes is None else meshes
@@ -96,10 +102,11 @@ class Pipeline:
         frame or camera raises ``preprocess.InputError``."""
         m = self.manifest
         tm = {s: 0.0 for s in STAGES}
-        t0 = time.perf_counter()
+        t0 = t_pre = time.perf_counter()
         img = P.check_image(frame_bgr, "frame")
         K = P.check_camera(K)
-        kept, batches, index, skipped = [], [], [], []
+        kept, skipped, chunks = [], [], []
+        batches, index = [], []  # the chunk being prepared: crops of at most self.chunk detections
         for raw in detections:
             try:
                 d = as_detection(raw)
@@ -118,49 +125,75 @@ class Pipeline:
                 continue
             kept.append(d)
             index.append(oi)
+            if len(batches) == self.chunk:  # run it: the crops of a crowded frame never pile up
+                tm["preprocess"] += _ms(t_pre)
+                chunks.append(self._run_chunk(batches, index, tm))
+                batches, index, t_pre = [], [], time.perf_counter()
+        tm["preprocess"] += _ms(t_pre)
+        if batches:
+            chunks.append(self._run_chunk(batches, index, tm))
         for d, why in skipped:
             log.warning("skipped detection %s: %s", d.to_dict() if isinstance(d, Detection) else d, why)
+        tm["total"] = _ms(t0)
         if not kept:
-            tm["preprocess"] = _ms(t0)
-            tm["total"] = tm["preprocess"]
             return FrameResult([], skipped, tm)
+        R, t, score = (np.concatenate(parts) for parts in zip(*chunks))
+        poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
+        return FrameResult(poses, skipped, tm)
+
+    def _run_chunk(self, batches: list, index: list, tm: dict):
+        """Classifier, render, regressor and TTA selection of one chunk of detections; adds the
+        stage times (ms) to ``tm``. -> R (D,3,3), t (D,3) mm, score (D,)."""
+        m = self.manifest
+        t0 = time.perf_counter()
         cb = P.CropBatch.concat(batches)
         obj_index = np.repeat(np.asarray(index, np.int64), m.n_rot)
         feeds = {"crops": cb.crops, "obj_index": obj_index, "fov": cb.fov.astype(np.float32),
                  "K_roi": cb.K_roi.astype(np.float32)}
         t1 = time.perf_counter()
-        tm["preprocess"] = _ms(t0, t1)
+        tm["preprocess"] += _ms(t0, t1)
 
         out1 = self.backend.run_classifier(feeds, fetch=self._cls_fetch)
         t2 = time.perf_counter()
-        tm["classifier"] = _ms(t1, t2)
+        tm["classifier"] += _ms(t1, t2)
 
         render = render_inputs(self.renderer, m.obj_ids, obj_index, out1["R_init"], out1["t_init"], cb.K_roi,
                                m.crop_size)
         t3 = time.perf_counter()
-        tm["render"] = _ms(t2, t3)
+        tm["render"] += _ms(t2, t3)
 
         out2 = self.backend.run_regressor({"render": render}, fetch=self._reg_fetch)
         t4 = time.perf_counter()
-        tm["regressor"] = _ms(t3, t4)
+        tm["regressor"] += _ms(t3, t4)
 
-        D, T = len(kept), m.n_rot
+        D, T = len(batches), m.n_rot
         scores = {**out1, **out2}
-        R, t, score = tta_select(
+        res = tta_select(
             np.asarray(out2["R"], np.float64).reshape(D, T, 3, 3),
             np.asarray(out2["t"], np.float64).reshape(D, T, 3),
             np.asarray(scores["rot_score"], np.float64).reshape(D, T),
             np.asarray(scores["depth_score"], np.float64).reshape(D, T),
             cb.Rz.reshape(D, T, 3, 3),
         )
-        t5 = time.perf_counter()
-        tm["postprocess"] = _ms(t4, t5)
-        tm["total"] = _ms(t0, t5)
-        poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
-        return FrameResult(poses, skipped, tm)
+        tm["postprocess"] += _ms(t4)
+        return res
 
     def close(self) -> None:
         self.backend.close()
+
+
+def chunk_size(backend, n_rot: int, max_detections: Optional[int] = None) -> int:
+    """Detections per backend call: ``max_detections`` (None: no own limit) capped by the backend's
+    capacity ``max_crops // n_rot`` (None: unbounded); at least 1. ValueError when the backend
+    cannot take even one detection or ``max_detections`` < 1."""
+    if max_detections is not None and int(max_detections) < 1:
+        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+    cap = getattr(backend, "max_crops", None)
+    if cap is not None and int(cap) < n_rot:
+        raise ValueError(f"backend {getattr(backend, 'name', backend)} takes at most {cap} crops per call, "
+                         f"less than one detection ({n_rot} crops)")
+    limits = [int(v) for v in (max_detections, None if cap is None else int(cap) // n_rot) if v is not None]
+    return min(limits) if limits else 1 << 30
 
 
 def render_inputs(renderer, obj_ids, obj_index: np.ndarray, R_init: np.ndarray, t_init: np.ndarray,
@@ -168,12 +201,13 @@ def render_inputs(renderer, obj_ids, obj_index: np.ndarray, R_init: np.ndarray, 
     """Stage-2 input (SPEC 4): each crop's object ``obj_ids[obj_index]`` rendered at (R_init (N,3,3),
     t_init (N,3) mm) with its crop camera K_roi (N,3,3), ``size`` x ``size`` -> (N, 4, S, S) float32:
     the render's colour (grey: BGR == RGB) in [0, 1] and the box map of its mask
-    (``RenderResult.network_input``). renderer: ``render(obj_ids, R, t, K, width, height)``
-    holding the objects (``runtime.render.Renderer``)."""
+    (``RenderResult.network_input``). renderer: ``render_network_input(obj_ids, R, t, K, size)``
+    or ``render(obj_ids, R, t, K, width, height)``, holding the objects (``runtime.render.Renderer``)."""
     ids = np.asarray(obj_ids, np.int64)[np.asarray(obj_index, np.int64)]
-    res = renderer.render(ids, np.asarray(R_init, np.float64), np.asarray(t_init, np.float64),
-                          np.asarray(K_roi, np.float64), width=size, height=size)
-    return res.network_input()
+    args = (ids, np.asarray(R_init, np.float64), np.asarray(t_init, np.float64), np.asarray(K_roi, np.float64))
+    if hasattr(renderer, "render_network_input"):  # the tensor without the full RenderResult
+        return renderer.render_network_input(*args, size=size)
+    return renderer.render(*args, width=size, height=size).network_input()
 
 
 def _ms(a: float, b: Optional[float] = None) -> float:

@@ -53,11 +53,12 @@ class CropBatch:
                          n_rot=batches[0].n_rot)
 
 
-def box_map(box_loc: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+def box_map(box_loc: np.ndarray, size: int = CROP_SIZE, out: np.ndarray | None = None) -> np.ndarray:
     """Box maps: (N, 4) boxes (x1, y1, x2, y2) in [0, 1] crop units -> (N, size, size) float32.
 
     1 inside the box grown on each side by ``BOX_MAP_GROW`` of its width / height, the bounds
     rounded to pixels (``[round(x1 * size), round(x2 * size))``) and clipped; 0 elsewhere.
+    out: an (N, size, size) float32 array (or view) to write into instead of a new one.
     """
     box_loc = np.asarray(box_loc, np.float64).reshape(-1, 4)
     w = box_loc[:, 2] - box_loc[:, 0]
@@ -65,7 +66,10 @@ def box_map(box_loc: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     grown = np.stack([box_loc[:, 0] - BOX_MAP_GROW * w, box_loc[:, 1] - BOX_MAP_GROW * h,
                       box_loc[:, 2] + BOX_MAP_GROW * w, box_loc[:, 3] + BOX_MAP_GROW * h], 1)
     px = np.clip(np.round(grown * size), 0, size).astype(np.int64)
-    out = np.zeros((len(box_loc), size, size), np.float32)
+    if out is None:
+        out = np.zeros((len(box_loc), size, size), np.float32)
+    else:
+        out[...] = 0.0
     for i, (x1, y1, x2, y2) in enumerate(px):
         out[i, y1:y2, x1:x2] = 1.0
     return out

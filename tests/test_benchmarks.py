@@ -42,10 +42,12 @@ def test_fps_default_random_model(tmp_path):
             assert np.isclose(r["detections_per_s"], int(d) / (r["total_ms"]["mean"] / 1000), rtol=1e-6)
             assert np.isclose(r["vs_torch"], r["detections_per_s"] / rep["results"]["torch"][d]["detections_per_s"])
     assert rep["results"]["torch"]["1"]["vs_torch"] == 1.0
+    par = rep["parity_vs_torch"]["ort-fp32"]  # the comparator: ORT against torch on the same crops
+    assert par["max"] < 1e-3 and par["argmax_agree"] == 1.0 and par["rot_agree_5deg"] == 1.0
     assert rep["hardware"]["cpu"] and rep["hardware"]["cores"] >= 1
     assert "onnxruntime" in rep["libraries"] and "numpy" in rep["libraries"]
     md = (out / "fps.md").read_text()
-    assert f"| {fps.TORCH_LABEL} | 1 |" in md and "| ort-fp32 | 2 |" in md and "Not run:" in md
+    assert f"| {fps.TORCH_LABEL} | 1 |" in md and "| ort-fp32 | 2 |" in md and "Not run:" in md and "- ort-fp32: max" in md
     c = rep["compute"]
     assert c["matmul_gflops"] > 0 and c["gflop_per_crop"]["regressor"] > c["gflop_per_crop"]["classifier"] > 0
     for per_d in rep["results"].values():

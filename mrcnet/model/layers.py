@@ -34,7 +34,11 @@ class GroupBatchNorm2d(nn.Module):
     ``0`` = the whole batch (training, as the official trainer). The batch must be a multiple of
     ``group_size``. Statistics: mean and biased variance over (group, H, W) per channel.
     Parameters ``weight``, ``bias`` (C,) as ``nn.BatchNorm2d``; no running statistics.
-    x: (N, C, H, W) -> (N, C, H, W).
+    x: (N, C, H, W) -> (N, C, H, W), the dtype of x.
+
+    AMP: a float16 / bfloat16 input (autocast) is normalised in float32 (squares of |x - mean| >
+    255 overflow float16) and the result cast back; float32 inputs (export, fp32 training) are
+    computed as they are, with no cast in the traced graph.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, group_size: int = 4):
@@ -48,16 +52,19 @@ class GroupBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         g = self.group_size
+        low = x.dtype in (torch.float16, torch.bfloat16)
+        xf = x.float() if low else x  # statistics in float32 under autocast
         if g > 0:
-            xg = x.reshape(-1, g, c, h, w)
+            xg = xf.reshape(-1, g, c, h, w)
         else:
-            xg = x.unsqueeze(0)
+            xg = xf.unsqueeze(0)
         mean = xg.mean(dim=(1, 3, 4), keepdim=True)
         xc = xg - mean
         var = (xc * xc).mean(dim=(1, 3, 4), keepdim=True)
         y = xc * torch.rsqrt(var + self.eps)
         y = y.reshape(x.shape)
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype) if low else y
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, group_size={self.group_size}"

@@ -2,12 +2,16 @@
 
 Device selection (``device`` argument of :func:`get_context` and ``Renderer``):
 
-- ``None``: EGL device 0. With the NVIDIA driver installed its GPUs come first; on a machine
-  without a GPU this is Mesa's software rasteriser (llvmpipe).
-- ``int``: that EGL device index (see :func:`list_devices`), e.g. one GPU of several.
-- ``"cuda:K"``: the EGL device of CUDA device K (NVIDIA ``EGL_NV_device_cuda``), so that the
-  renderer and a CUDA/TensorRT engine share one GPU.
+- ``None``: the EGL device of CUDA device ``cuda_device`` (default 0: the backend's GPU; NVIDIA
+  ``EGL_NV_device_cuda``) when the EGL device list has NVIDIA devices; else EGL device 0 (on a
+  machine without NVIDIA's EGL files, Mesa's software rasteriser, llvmpipe). EGL ignores
+  ``CUDA_VISIBLE_DEVICES``: matching by CUDA ordinal is what puts the renderer on the backend's GPU.
+- ``int`` or a digit string: that EGL device index (see :func:`list_devices`).
+- ``"cuda:K"``: the EGL device of CUDA device K (error when there is none).
 - ``"cpu"``: Mesa's software device (llvmpipe), even where GPUs exist.
+
+:func:`is_software` tells a software renderer from its name; :func:`software_fallback_warning`
+is the one warning a run on a GPU machine gives when it renders on the CPU.
 """
 from __future__ import annotations
 
@@ -103,14 +107,24 @@ def list_devices() -> list[EGLDevice]:
     return out
 
 
-def resolve_device(device: Device) -> int:
-    """EGL device index for a ``device`` argument (module docstring); None -> 0, EGL's default.
+def resolve_device(device: Device, cuda_device: Optional[int] = None) -> int:
+    """EGL device index for a ``device`` argument (module docstring); ``cuda_device``: the CUDA
+    device ``None`` prefers (default 0).
 
     Raises:
         RenderContextError: unknown device string or no such device.
     """
     if device is None:
-        return 0
+        try:
+            devices = list_devices()
+        except RenderContextError:
+            return 0  # no enumeration: EGL's default device
+        nvidia = [d for d in devices if d.cuda is not None]
+        want = 0 if cuda_device is None else int(cuda_device)
+        for d in nvidia:
+            if d.cuda == want:
+                return d.index
+        return nvidia[0].index if nvidia else 0
     if isinstance(device, bool) or not isinstance(device, (int, str)):
         raise RenderContextError(f"device must be None, an EGL device index, 'cuda:K' or 'cpu', got {device!r}")
     if isinstance(device, int):
@@ -135,8 +149,9 @@ def resolve_device(device: Device) -> int:
     raise RenderContextError(f"unknown device {device!r}: use None, an EGL device index, 'cuda:K' or 'cpu'")
 
 
-def get_context(device: Device = None):
-    """The process's moderngl context on ``device`` (created on first use, then reused).
+def get_context(device: Device = None, cuda_device: Optional[int] = None):
+    """The process's moderngl context on ``device`` (``cuda_device``: see :func:`resolve_device`),
+    created on first use, then reused.
 
     A process forked after its parent created a context gets a RenderContextError (see
     :func:`check_not_forked`), not a hang.
@@ -146,7 +161,7 @@ def get_context(device: Device = None):
     Raises:
         RenderContextError: one line naming the missing library or the failing device.
     """
-    index = resolve_device(device)
+    index = resolve_device(device, cuda_device)
     key = (os.getpid(), index)
     with _lock:
         ctx = _contexts.get(key)
@@ -184,6 +199,27 @@ def _create(index: int):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RenderContextError(f"cannot create a headless OpenGL {GL_REQUIRE // 100}.{GL_REQUIRE % 100 // 10} "
                                  f"context on the {where}: {msg}") from e
+
+
+def is_software(renderer_name: str) -> bool:
+    """True for Mesa's CPU rasterisers (llvmpipe, softpipe, swrast) by their GL_RENDERER name."""
+    name = renderer_name.lower()
+    return any(k in name for k in ("llvmpipe", "softpipe", "swrast", "software"))
+
+
+def gpu_machine() -> bool:
+    """True when an NVIDIA GPU is visible to this machine (its driver's device nodes exist)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def software_fallback_warning(renderer_name: str, gpu: Optional[bool] = None) -> Optional[str]:
+    """The warning for rendering on the CPU on a GPU machine (``gpu``: default :func:`gpu_machine`),
+    or None. One line, naming the fix."""
+    if not is_software(renderer_name) or not (gpu_machine() if gpu is None else gpu):
+        return None
+    return (f"warning: rendering on the CPU ({renderer_name}) although this machine has an NVIDIA GPU: "
+            "NVIDIA's EGL library is not visible (in a container: NVIDIA_DRIVER_CAPABILITIES must include "
+            "graphics); stage 2 will be slow")
 
 
 def describe(ctx) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from ..preprocess import box_loc_from_masks, box_map
 from . import camera as cam
 from . import shaders
-from .context import Device, check_not_forked, get_context
+from .context import Device, check_not_forked, describe, get_context
 from .mesh import Mesh, load_mesh
 
 #: most views drawn into one framebuffer (more are rendered in several passes)
@@ -94,9 +94,10 @@ class Renderer:
     """Headless OpenGL renderer of CAD models (OpenCV cameras, mm).
 
     Args:
-        device: EGL device: None (device 0: first GPU, else Mesa llvmpipe), an EGL device index,
-            ``"cuda:K"`` or ``"cpu"`` (see ``render.context``). The OpenGL context is created on
-            first use and shared by every Renderer of the process on that device.
+        device: EGL device: None (the NVIDIA device of CUDA device ``cuda_device``, default 0;
+            else EGL device 0, Mesa llvmpipe on a machine without NVIDIA EGL), an EGL device
+            index, ``"cuda:K"`` or ``"cpu"`` (see ``render.context``). The OpenGL context is
+            created on first use and shared by every Renderer of the process on that device.
         cull_backfaces: skip triangles facing away from the camera in :meth:`render` (about 2x
             faster on llvmpipe). Identical images only for closed, consistently outward-wound
             meshes seen from outside; off by default, like the official renderer.
@@ -106,8 +107,9 @@ class Renderer:
     ``RenderContextError``; use 'spawn' workers that create their own Renderer.
     """
 
-    def __init__(self, device: Device = None, cull_backfaces: bool = False):
+    def __init__(self, device: Device = None, cull_backfaces: bool = False, cuda_device: Optional[int] = None):
         self.device = device
+        self.cuda_device = cuda_device
         self.cull_backfaces = bool(cull_backfaces)
         self._ctx = None
         self._pid = None
@@ -120,11 +122,16 @@ class Renderer:
     def ctx(self):
         """The moderngl context (created lazily)."""
         if self._ctx is None:
-            self._ctx = get_context(self.device)
+            self._ctx = get_context(self.device, self.cuda_device)
             self._pid = os.getpid()
         elif self._pid != os.getpid():
             check_not_forked()
         return self._ctx
+
+    @property
+    def description(self) -> str:
+        """The renderer in use, one line: GL renderer and version (creates the context)."""
+        return describe(self.ctx)
 
     def _program(self, name: str):
         prog = self._programs.get(name)
@@ -216,13 +223,19 @@ class Renderer:
         Raises:
             ValueError: NaN/inf or non-orthonormal R, bad t/K/size, unknown obj_id (naming the view).
         """
-        raw = self._render_headlight(obj_ids, R, t, K, width, height)
-        depth = np.ascontiguousarray(raw[..., 1])
-        mask = depth > 0
-        rgb = np.repeat(raw[..., :1], 3, axis=-1)
-        loc = box_loc_from_masks(mask)
-        bmap = box_map(loc, size=width) if width == height else None
-        return RenderResult(rgb=rgb, mask=mask, depth=depth, box_map=bmap, box_loc=loc)
+        return _render_result(self._render_headlight(obj_ids, R, t, K, width, height))
+
+    def render_network_input(self, obj_ids, R, t, K, size: int = 256) -> np.ndarray:
+        """The stage-2 input of N views, straight from the framebuffer read: (N, 4, S, S) float32,
+        channels 0-2 the grey level (BGR), channel 3 the box map of the mask; equal to
+        ``render(...).network_input()`` without the (N, S, S, 3) colour, depth and map copies
+        (arguments as :meth:`render`, square ``size`` x ``size`` views).
+
+        CUDA-GL interop would go here: with the renderer and the backend on one GPU, the
+        framebuffer could be registered with CUDA (``cudaGraphicsGLRegisterImage``) and this
+        tensor built on the device for the regressor, skipping the read back to the host.
+        """
+        return _network_input(self._render_headlight(obj_ids, R, t, K, size, size))
 
     def render_scene(self, objects, K, width: int, height: int, lights=None, background=None,
                      ambient=None):
@@ -303,6 +316,29 @@ class Renderer:
         for prog in self._programs.values():
             prog.release()
         self._programs.clear()
+
+
+def _render_result(raw: np.ndarray) -> RenderResult:
+    """RenderResult of a framebuffer read ``raw`` (N, H, W, 2): grey level, camera z (mm)."""
+    width, height = raw.shape[2], raw.shape[1]
+    depth = np.ascontiguousarray(raw[..., 1])
+    mask = depth > 0
+    rgb = np.repeat(raw[..., :1], 3, axis=-1)
+    loc = box_loc_from_masks(mask)
+    bmap = box_map(loc, size=width) if width == height else None
+    return RenderResult(rgb=rgb, mask=mask, depth=depth, box_map=bmap, box_loc=loc)
+
+
+def _network_input(raw: np.ndarray) -> np.ndarray:
+    """The stage-2 input of a framebuffer read ``raw`` (N, S, S, 2) -> (N, 4, S, S) float32: the grey
+    level in channels 0-2, the box map of the mask (z > 0) in channel 3."""
+    n, size = raw.shape[0], raw.shape[1]
+    out = np.empty((n, 4, size, size), np.float32)
+    out[:, 0] = raw[..., 0]
+    out[:, 1] = out[:, 0]
+    out[:, 2] = out[:, 0]
+    box_map(box_loc_from_masks(raw[..., 1] > 0), size=size, out=out[:, 3])
+    return out
 
 
 def _obj_key(obj_id) -> int:
