@@ -186,7 +186,8 @@ def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opse
     ``out_dir/classifier.onnx`` and ``out_dir/regressor.onnx``.
 
     Each file is traced with ``example_n`` crops, written to a temporary name, slimmed
-    (:func:`slim_graph`), annotated (:func:`finalize_graph`) and moved into place, so a failed export never leaves a partial graph.
+    (:func:`slim_graph`), annotated (:func:`finalize_graph`) and moved into place, so a failed
+    export never leaves a partial graph.
     Returns {"classifier": path, "regressor": path}.
     """
     out_dir = Path(out_dir)
