@@ -461,15 +461,13 @@ def plot(report: dict, path: Path) -> None:
     s = report["settings"]
     fig.suptitle(f"MRC-Net {s['preset']} TTA {s['tta']} on {report['hardware']['cpu']}", fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".fps.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from mrcnet.runtime.formats.files import atomic_open
+
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_reports(report: dict, out_dir: Path, name: str = "fps") -> dict:

@@ -46,6 +46,28 @@ def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
     return root
 
 
+def jittered_detections(data_dir, split: str, box_jitter: float, path, seed: int = 0) -> Path:
+    """BOP'22 detections (score 1) of every usable instance of the split (``bbox_visib`` with w, h > 0)
+    with each box side moved by up to ``box_jitter`` of the box size
+    (:func:`mrcnet.data.samples.jittered_box`, the trainer's jittered validation boxes): a stand-in
+    for a real detector's boxes, which are never the exact ones. Written to ``path``."""
+    from mrcnet.data.bop import BopDataset, save_detections
+    from mrcnet.data.samples import jittered_box
+
+    dets = []
+    for rec in BopDataset(data_dir, split):
+        H, W = rec.load_image("bgr").shape[:2]
+        for inst in rec.instances:
+            box = (inst.info or {}).get("bbox_visib")
+            if box is None or box[2] <= 0 or box[3] <= 0:
+                continue
+            x1, y1, x2, y2 = jittered_box(box, W, H, (rec.scene_id, rec.im_id, inst.gt_id), box_jitter, seed)
+            dets.append({"scene_id": rec.scene_id, "image_id": rec.im_id, "category_id": inst.obj_id, "score": 1.0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    save_detections(path, dets)
+    return Path(path)
+
+
 def ar_fields(report: dict) -> dict:
     return {k: report.get(k) for k in ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD")}
 
@@ -92,6 +114,9 @@ def markdown(report: dict) -> str:
 @click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True)
 @click.option("--detections", default=None, type=click.Path(exists=True, dir_okay=False),
               help="BOP'22 detections [default: ground-truth boxes].")
+@click.option("--box-jitter", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Without --detections: ground-truth boxes with each side moved by up to this share of the "
+                   "box size (what a detector gives) instead of the exact boxes.")
 @click.option("--backends", default=",".join(PARITY_KEYS), show_default=True, help="Subset to compare.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Quantise the temporary export.")
 @click.option("--metrics", default="vsd,mssd,mspd", show_default=True,
@@ -100,8 +125,8 @@ def markdown(report: dict) -> str:
 @click.option("--max-mm", default=1.0, show_default=True, help="Translation tolerance for 'within', mm.")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the reference.")
 @click.option("--out", "out_dir", default="out/parity", show_default=True, type=click.Path(file_okay=False))
-def main(data, split, images, checkpoint, export_dir, preset, detections, backends, int8, metrics, max_deg,
-         max_mm, device, out_dir):
+def main(data, split, images, checkpoint, export_dir, preset, detections, box_jitter, backends, int8, metrics,
+         max_deg, max_mm, device, out_dir):
     """AR of each backend on a BOP split against the PyTorch reference."""
     from mrcnet.checkpoint import save_checkpoint
     from mrcnet.data.bop import BopFormatError, atomic_open
@@ -123,6 +148,11 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, backen
     with tempfile.TemporaryDirectory(prefix="mrcnet_parity_") as tmp:
         tmp = Path(tmp)
         data_dir = Path(data) if data else make_split(tmp / "data", images)
+        if box_jitter > 0 and detections is None:
+            detections = jittered_detections(data_dir, split, box_jitter, tmp / "detections_jittered.json")
+            detections_desc = f"ground-truth boxes jittered by up to {box_jitter:g} of their size"
+        else:
+            detections_desc = detections
         if checkpoint is None:
             model = fps.random_model(preset)
             checkpoint = tmp / f"random_{preset}.pth"
@@ -180,7 +210,7 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, backen
                          "seconds_per_image": s.stage_ms.get("total", 0.0) / 1000.0}
         n_images = s_ref.images
     report = {"settings": {"data": str(data) if data else f"synthetic ({images} images)", "split": split,
-                           "model": model_desc, "detections": detections, "metrics": metric_list,
+                           "model": model_desc, "detections": detections_desc, "metrics": metric_list,
                            "delta_metric": main_metric, "max_deg": max_deg, "max_mm": max_mm, "device": device},
               "command": " ".join(["benchmarks/parity.py", *sys.argv[1:]]),
               "hardware": fps.hardware_info(), "libraries": fps.library_versions(),

@@ -53,9 +53,13 @@ def summary_lines(res: ExportResult) -> list[str]:
 @click.option("--calib-count", type=int, default=32, show_default=True, help="Calibration detections.")
 @click.option("--engines-only", is_flag=True,
               help="Only build TensorRT engines (fp32/fp16) for the ONNX export already in --out; no torch needed.")
+@click.option("--box-rule", type=click.Choice(["clip", "official"]), default=None,
+              help="How detection boxes become crop squares: official (integer truncation and centre/size "
+                   "caps, as the official inference) or clip. Default: the checkpoint's (official for "
+                   "official checkpoints).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precision, max_detections, calib_data,
-         calib_split, calib_count, engines_only, quiet):
+         calib_split, calib_count, engines_only, box_rule, quiet):
     """Export an MRC-Net checkpoint to ONNX (and TensorRT) for the torch-free runtime."""
     from .exporter import export_checkpoint
     from .subset import SubsetError, parse_object_ids
@@ -90,7 +94,7 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
                                 models_dir=models_dir if models_dir is not None else default_models_dir(),
                                 backend=backend, precision=precision, max_detections=max_detections,
                                 calib_data=calib_data, calib_split=calib_split, calib_count=calib_count,
-                                progress=progress)
+                                progress=progress, box_rule=box_rule)
     except (ExportError, SubsetError) as e:
         click.echo(f"mrcnet-export: error: {e}", err=True)
         sys.exit(2)

@@ -8,16 +8,16 @@ so a directory with a manifest is always complete.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
+
 from .manifest import (
     CLASSIFIER_ONNX,
+    ENGINES_DIR,
     MODELS_DIR,
     REGRESSOR_ONNX,
     build_manifest,
@@ -69,17 +69,20 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
     its BOP ids).
     """
-    from mrcnet.checkpoint import CheckpointError, load_checkpoint
+    from mrcnet.checkpoint import CheckpointError, CheckpointFileError, load_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
         raise ExportError(f"--checkpoint: file not found: {path}")
     try:
         return load_checkpoint(path, dataset=dataset)
+    except CheckpointFileError as e:
+        raise ExportError(f"--{e}") from None
     except CheckpointError as e:
         first_error = str(e)
-    except Exception as e:  # torch.load of a non-checkpoint file
-        raise ExportError(f"--checkpoint {path}: cannot load ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # anything else from a non-checkpoint file: one line, even for an empty message
+        text = str(e).strip()
+        raise ExportError(f"--checkpoint {path}: cannot load ({text.splitlines()[0][:200] if text else type(e).__name__})") from None
     if object_ids is None or dataset is None:
         hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
         raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
@@ -89,9 +92,12 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
         raise ExportError(f"--checkpoint {path}: {first_error}; {str(e).replace('obj_ids', '--object-ids')}") from None
 
 
-def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
-    """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
-    ``models_dir`` into ``out_dir/models/`` (each file via a temporary name + os.replace)."""
+def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
+    """The models folder holds a valid ``obj_XXXXXX.ply`` for each of ``obj_ids``: each mesh is
+    loaded (:func:`mrcnet.runtime.render.mesh.load_mesh`), so one without faces, with NaN vertices
+    or with bad face indices raises ExportError here, not later on the device."""
+    from mrcnet.runtime.render.mesh import MeshError, load_mesh
+
     src = Path(models_dir)
     if not src.is_dir():
         raise ExportError(f"--models: folder not found: {src}")
@@ -99,31 +105,67 @@ def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
     missing = [n for n in names if not (src / n).is_file()]
     if missing:
         raise ExportError(f"--models {src}: missing {', '.join(missing)}")
+    for n in names:
+        try:
+            load_mesh(src / n)
+        except MeshError as e:
+            raise ExportError(f"--models: {e}") from None
+    return src
+
+
+def copy_models(models_dir, obj_ids: Sequence[int], out_dir) -> list[Path]:
+    """Copy ``obj_XXXXXX.ply`` of ``obj_ids`` (and ``models_info.json`` when present) from
+    ``models_dir`` into ``out_dir/models/`` (each file atomically, readable as a normal file),
+    after :func:`check_models`."""
+    src = check_models(models_dir, obj_ids)
+    names = [f"obj_{int(i):06d}.ply" for i in obj_ids]
     if (src / "models_info.json").is_file():
         names.append("models_info.json")
     dst = Path(out_dir) / MODELS_DIR
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for n in names:
-        fd, tmp = tempfile.mkstemp(prefix=f".{n}.", suffix=".tmp", dir=dst)
-        os.close(fd)
-        shutil.copyfile(src / n, tmp)
-        os.replace(tmp, dst / n)
+        atomic_copy(src / n, dst / n)
         out.append(dst / n)
+    return out
+
+
+#: what an export directory may hold (anything else: --out is some other folder, e.g. a dataset)
+EXPORT_ENTRIES = ("manifest.json", MODELS_DIR, ENGINES_DIR)
+
+
+def check_export_dir(out_dir) -> Path:
+    """``out_dir`` may be written by the exporter: missing, empty, or an export directory (only
+    the export's files: ``*.onnx``, ``manifest.json``, ``models/``, ``engines/``, temporary
+    files). Anything else (a BOP dataset, a home folder) raises ExportError naming it: the
+    export would overwrite its ``models/``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a folder")
+    if not out.is_dir():
+        return out
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name in EXPORT_ENTRIES or p.suffix == ".onnx" or p.name.startswith(".")))
+    if foreign:
+        raise ExportError(f"--out {out}: not an export directory (holds {', '.join(foreign[:3])}"
+                          f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder")
     return out
 
 
 def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object_ids: Sequence[int] | None = None,
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
-                      parity_detections: int = 2, progress: Callable[[str], None] | None = None) -> ExportResult:
+                      parity_detections: int = 2, progress: Callable[[str], None] | None = None,
+                      box_rule: str | None = None) -> ExportResult:
     """Export a checkpoint to ``out_dir`` (see the module docstring).
 
     dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
     to keep (None = all of the checkpoint's); models_dir: BOP models folder (default: the demo's);
     backend ``onnx`` | ``tensorrt``; precision ``fp32`` | ``fp16`` (TensorRT only) | ``int8``;
     max_detections: TensorRT profile maximum (N = 4 x detections); calib_data: BOP dataset root
-    (or split folder) for int8 calibration crops. Raises :class:`ExportError` (one line).
+    (or split folder) for int8 calibration crops; box_rule: how the runtime turns detection boxes
+    into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
+    checkpoints). Raises :class:`ExportError` (one line).
     """
     from mrcnet import __version__
     from mrcnet.checkpoint import normalise_fov_variant
@@ -140,8 +182,17 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
+    from mrcnet.runtime.preprocess import BOX_RULES
+
+    if box_rule is not None and box_rule not in BOX_RULES:
+        raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
         raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+    out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
+    try:
+        prepare_out_dir(out)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
     if backend == "tensorrt":  # fail fast, before the (slow) export
         from .tensorrt import TensorRTUnavailable, check_tensorrt
 
@@ -172,12 +223,10 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(4)
     optimize_for_export(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
         stale.unlink()
-    models_src = Path(models_dir) if models_dir is not None else default_models_dir()
     copied = copy_models(models_src, keep, out)
     say(f"copied {len(copied)} model file(s) from {models_src}")
 
@@ -186,7 +235,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
         crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
-        checkpoint_sha256=sha256_file(ckpt_path))
+        checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
     res.files.update(paths)

@@ -26,11 +26,11 @@ writes it and owns the graph I/O names.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+# re-exported: the exporter hashes checkpoints and graphs, and writes files, with them
+from mrcnet.runtime.formats.files import atomic_write_bytes, sha256_file  # noqa: F401
 
 from mrcnet.runtime.manifest import (  # the runtime's parser is the one place for the format
     CLASSIFIER_INPUTS,
@@ -40,7 +40,6 @@ from mrcnet.runtime.manifest import (  # the runtime's parser is the one place f
     Manifest,
     ManifestError,
     load_manifest,
-    sha256_file,  # noqa: F401  (re-exported: the exporter hashes checkpoints and graphs with it)
 )
 from mrcnet.runtime.geometry import BinSpec
 
@@ -70,34 +69,21 @@ METADATA_KEYS = ("format_version", "dataset", "preset", "obj_ids", "depth_range"
                  "n_rot", "crop_size", "bn_group", "project_version", "checkpoint_sha256")
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
                    fov_variant: str, crop_size: int, bn_group: int, project_version: str,
-                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None) -> Manifest:
+                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None,
+                   box_rule: str = "clip") -> Manifest:
     """The runtime's :class:`Manifest` with the standard file names and this module's graph I/O names.
 
     ``bins``: :class:`BinSpec`; ``depth_range``: (near, far) normalised depth; ``fov_variant``:
-    ``"inference"`` (official) or ``"training"``."""
+    ``"inference"`` (official) or ``"training"``; ``box_rule``: ``"clip"`` or ``"official"``
+    (:func:`mrcnet.runtime.preprocess.detection_square`)."""
     return Manifest(
         dataset=str(dataset), preset=str(preset), obj_ids=[int(i) for i in obj_ids],
         depth_range=(float(depth_range[0]), float(depth_range[1])), bins=bins,
         classifier=GraphSpec(CLASSIFIER_ONNX, list(CLASSIFIER_INPUTS), list(CLASSIFIER_OUTPUTS)),
         regressor=GraphSpec(REGRESSOR_ONNX, list(REGRESSOR_INPUTS), list(REGRESSOR_OUTPUTS)),
-        fov_variant=str(fov_variant), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
+        fov_variant=str(fov_variant), box_rule=str(box_rule), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
         models_dir=MODELS_DIR, engines=dict(engines or {}), project_version=str(project_version),
         checkpoint_sha256=checkpoint_sha256 or "",
     )
@@ -111,12 +97,40 @@ def metadata_props(manifest: Manifest, graph: str) -> dict[str, str]:
     return props
 
 
+def listed_files(d: Mapping) -> list[str]:
+    """Relative names of the files a manifest dict ``d`` points to: graphs (also ``onnx_fp32``),
+    engines and the object models."""
+    names = [d["classifier"]["onnx"], d["regressor"]["onnx"]]
+    names += [v for v in (d.get("onnx_fp32") or {}).values() if isinstance(v, str)]
+    for e in (d.get("engines") or {}).values():
+        names += [e[g] for g in ("classifier", "regressor") if isinstance(e.get(g), str)]
+    names += [f"{d.get('models_dir', MODELS_DIR)}/obj_{int(i):06d}.ply" for i in d["obj_ids"]]
+    return sorted(set(names))
+
+
+def file_records(out_dir, names: Iterable[str]) -> dict[str, dict]:
+    """``{name: {"bytes", "sha256"}}`` of the files of ``names`` that exist in ``out_dir``."""
+    out = Path(out_dir)
+    return {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)}
+            for n in names if (out / n).is_file()}
+
+
+def update_file_records(out_dir, d: dict) -> dict:
+    """Set ``d["files"]`` (sizes and SHA-256 of every listed file, :func:`listed_files`) in place."""
+    d["files"] = file_records(out_dir, listed_files(d))
+    return d
+
+
 def write_manifest(out_dir, manifest: Manifest, **extra: Any) -> Path:
     """Validate and write ``out_dir/manifest.json`` atomically; ``extra`` adds informative keys the
-    runtime ignores (``parity``, ``n_params``, ``sizes_bytes``...). Returns the path."""
+    runtime ignores (``parity``, ``n_params``, ``sizes_bytes``...). The ``files`` key records the
+    size and SHA-256 of every graph, engine and model file (the runtime refuses damaged ones).
+    Returns the path."""
     manifest.validate()
     d = manifest.to_dict()
     d.update({k: v for k, v in extra.items() if v is not None})
+    update_file_records(out_dir, d)
+    manifest.files = d["files"]
     path = Path(out_dir) / MANIFEST_NAME
     atomic_write_bytes(path, (json.dumps(d, indent=2) + "\n").encode())
     return path

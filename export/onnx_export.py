@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from mrcnet.runtime.backends import OnnxRuntimeBackend, compare_backends, rel_err, run_backend  # noqa: F401  (rel_err: re-exported)
+from mrcnet.runtime.formats.files import atomic_open
 
 from .manifest import (
     CLASSIFIER_INPUTS,
@@ -175,9 +176,8 @@ def finalize_graph(path: Path, manifest, graph: str, input_names: Sequence[str],
     m.doc_string = f"MRC-Net {graph} ({manifest.dataset}, objects {manifest.obj_ids})"
     m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
     onnx.checker.check_model(m, full_check=True)
-    tmp = path.with_name(f".{path.name}.final.tmp")
-    onnx.save(m, str(tmp))
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        f.write(m.SerializeToString())
 
 
 def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opset: int = OPSET,

@@ -179,7 +179,8 @@ def calibration_feeds(model, manifest, calib_data=None, *, split: str | None = N
     feeds, counts = [], {}
     h = hashlib.sha256()
     for img, K, box, oid in dets:
-        b = prepare_detection(img, K, box, GROUP, manifest.fov_variant, manifest.crop_size)
+        b = prepare_detection(img, K, box, GROUP, manifest.fov_variant, manifest.crop_size,
+                              box_rule=manifest.box_rule)
         f = {"crops": b.crops.astype(np.float32), "obj_index": np.full(GROUP, obj_ids.index(oid), np.int64),
              "fov": b.fov.astype(np.float32), "K_roi": b.K_roi.astype(np.float32)}
         with torch.no_grad():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file
+from mrcnet.runtime.formats.files import atomic_copy
+
+from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
 
 GRAPHS = ("classifier", "regressor")
 WORKSPACE_BYTES = 8 << 30
@@ -242,15 +243,13 @@ def build_engines(onnx_paths: Mapping[str, Path], out_dir, *, precision: str = "
             say(f"{name}: up to date")
         elif cached.is_file():
             say(f"{name}: from the engine cache ({cached.name})")
-            shutil.copyfile(cached, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            atomic_copy(cached, dst)
         else:
             say(f"building {name} ({precision}, up to {max_detections} detections) ...")
             build_engine(onnx_paths[graph], cached, precision=precision, max_detections=max_detections,
                          calib_batches=_calib_for(graph, calib), calib_cache=cdir / f"calib-{graph}-{h}.cache",
                          timing_cache=timing, progress=say)
-            shutil.copyfile(cached, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            atomic_copy(cached, dst)
         atomic_write_bytes(side, (json.dumps({"key": key, "hash": h}, indent=2) + "\n").encode())
         entry[graph] = f"{ENGINES_DIR}/{name}"
     parity = compare_with_ort(onnx_paths, {g: out_dir / entry[g] for g in GRAPHS}, check_feeds) if check_feeds else {}
@@ -307,5 +306,6 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     onnx_paths = {g: out / fp32[g] for g in GRAPHS}
     entry, _ = build_engines(onnx_paths, out, precision=precision, max_detections=max_detections, progress=progress)
     raw.setdefault("engines", {})[precision] = entry
+    update_file_records(out, raw)  # the new engines' sizes and hashes
     atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
     return entry

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
 FORMAT = "mrcnet-edge"
@@ -164,6 +165,28 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="pape
     return model.eval()
 
 
+class CheckpointFileError(CheckpointError):
+    """A checkpoint file that cannot be read at all (missing, empty, truncated, not PyTorch)."""
+
+
+def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing, empty, truncated, text or
+    unsafe (arbitrary pickle) file raises :class:`CheckpointError` with one line naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"{what} {path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f"{what} {path}: empty file (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
+        text = str(e).strip()
+        why = text.splitlines()[0][:200] if text else type(e).__name__
+        if "weights_only" in text or "Unsupported global" in text:
+            why = "holds Python objects other than tensors (refused: weights_only loading)"
+        raise CheckpointFileError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
+
+
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
                     bn_group: int = 4, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
@@ -174,12 +197,13 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     of the checkpoint's per-object decoders, in order (one per object) - for a checkpoint holding
     fewer objects than its dataset preset (they must be objects of that preset).
     The model's ``meta`` attribute holds the resolved metadata (``dataset``, ``obj_ids``,
-    ``depth_range``, ``preset``, ``fov_variant``, ``source`` = ``'official'`` | ``'project'``).
+    ``depth_range``, ``preset``, ``fov_variant``, ``box_rule`` (:func:`checkpoint_box_rule`),
+    ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
     """
     from mrcnet.model import ModelConfig, get_config
 
-    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
     if "network" in ckpt:
@@ -213,9 +237,22 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         "obj_ids": list(obj_ids),
         "depth_range": list(depth_range),
         "fov_variant": normalise_fov_variant(meta.get("fov_variant", "inference")),
+        "box_rule": checkpoint_box_rule(meta, source),
         "n_obj": n_obj,
     }
     return model
+
+
+def checkpoint_box_rule(meta: Mapping, source: str) -> str:
+    """How detections become crop squares for a checkpoint (``mrcnet.runtime.preprocess.BOX_RULES``):
+    its metadata's ``box_rule`` if any, else ``'official'`` for an official checkpoint (bit-parity
+    with the official results needs the official truncation and caps) and ``'clip'`` otherwise."""
+    from mrcnet.runtime.preprocess import BOX_RULES
+
+    rule = str(meta.get("box_rule") or ("official" if source == "official" else "clip"))
+    if rule not in BOX_RULES:
+        raise CheckpointError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
+    return rule
 
 
 def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None, obj_ids=None,
@@ -246,20 +283,15 @@ def save_checkpoint(path: "str | os.PathLike", model, dataset: str | None = None
         "depth_range": [float(x) for x in depth_range],
         "bins": cfg.to_dict()["bins"],
         "fov_variant": normalise_fov_variant(fov_variant or old.get("fov_variant", "inference")),
+        "box_rule": checkpoint_box_rule(old, "project"),
     }
     if len(meta["obj_ids"]) != model.n_obj:
         raise CheckpointError(f"{len(meta['obj_ids'])} object ids for a model with {model.n_obj} objects")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save({"network": sd, "meta": meta, **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        torch.save({"network": sd, "meta": meta, **extra}, f)
     return meta
 
 

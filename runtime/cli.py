@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -20,15 +21,36 @@ from .backends import BACKEND_CHOICES, BackendError, create_backend
 from .detections import DetectionError, JsonDetections, OnnxDetector, parse_class_map
 from .pipeline import STAGES, Pipeline
 from .preprocess import InputError
+from .formats.camera import Camera, CameraFileError, camera_matrix
+from .formats.files import OutputError, atomic_write_text, prepare_out_dir
+from .formats.poses_jsonl import PosesFormatError, PosesJsonlWriter, read_poses_jsonl
+from .preprocess import check_camera
+from .signals import Terminated, sigterm_as_interrupt
 from .tracking import Tracker
-from .video_io import BopCsvWriter, Camera, FrameSource, JsonlWriter, SourceError, VideoWriter, camera_matrix
+from .video_io import BopCsvWriter, FrameSource, SourceError, VideoWriter
 
 log = logging.getLogger("mrcnet.runtime")
 
 
+#: frames in a row that fail with an unexpected error (not a bad input) before the run stops
+MAX_CONSECUTIVE_ERRORS = 5
+POSES_NAME, CSV_NAME, VIDEO_NAME, SUMMARY_NAME = "poses.jsonl", "results.csv", "overlay.mp4", "summary.json"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on (earlier results in --out, repeated backend failures);
+    one line naming the input or folder."""
+
+
 @dataclass
 class RunSummary:
-    """What a run did: frame counts, per-stage latencies (ms lists), wall time (s)."""
+    """What a run did: frame counts, per-stage latencies (ms lists), wall time (s).
+
+    frames: frames read in this run; frames_failed: of them, unreadable or failed (reason in
+    poses.jsonl); resumed_frames: frames of an earlier run kept (``resume``); interrupted: stopped
+    by SIGINT / SIGTERM (``signal`` names it); aborted: why the run stopped early (repeated
+    failures), "" otherwise; input_stopped: why the input ended before its announced length.
+    """
 
     frames: int = 0
     frames_failed: int = 0
@@ -39,6 +61,10 @@ class RunSummary:
     wall_s: float = 0.0
     stage_ms: dict = field(default_factory=lambda: {s: [] for s in (*STAGES, "total")})
     backend: str = ""
+    resumed_frames: int = 0
+    signal: str = ""
+    aborted: str = ""
+    input_stopped: str = ""
     renderer: str = ""
 
     @property
@@ -54,18 +80,41 @@ class RunSummary:
     def to_dict(self) -> dict:
         return {"frames": self.frames, "frames_failed": self.frames_failed, "poses": self.poses,
                 "skipped_detections": self.skipped_detections, "redetections": self.redetections,
-                "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2),
-                "backend": self.backend, "renderer": self.renderer,
+                "resumed_frames": self.resumed_frames, "interrupted": self.interrupted, "signal": self.signal,
+                "aborted": self.aborted, "input_stopped": self.input_stopped,
+                "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2), "backend": self.backend,
+                "renderer": self.renderer,
                 "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
 
     def format(self) -> str:
-        lines = [f"{self.frames} frames ({self.frames_failed} unreadable), {self.poses} poses, "
+        lines = [f"{self.frames} frames ({self.frames_failed} unreadable or failed), {self.poses} poses, "
                  f"{self.skipped_detections} skipped detections, backend {self.backend}, renderer {self.renderer}"
-                 + (" - INTERRUPTED" if self.interrupted else ""),
+                 + (f", {self.resumed_frames} frames resumed" if self.resumed_frames else "")
+                 + (f" - INTERRUPTED ({self.signal})" if self.interrupted else ""),
                  f"end-to-end {self.fps:.2f} FPS ({self.wall_s:.1f} s)",
                  f"{'stage':<12} {'p50 ms':>9} {'p90 ms':>9}"]
         lines += [f"{s:<12} {a:9.2f} {b:9.2f}" for s, (a, b) in self.percentiles().items()]
+        if self.input_stopped:
+            lines.append(f"warning: {self.input_stopped}")
+        if self.aborted:
+            lines.append(f"STOPPED: {self.aborted}")
         return "\n".join(lines)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _csv_rows_of(records: list, scene_id: int) -> list:
+    """BOP CSV rows of the poses of earlier ``poses.jsonl`` records (for a resumed CSV)."""
+    rows = []
+    for rec in records:
+        t = rec.get("timings_ms", {}).get("total", -1000.0) / 1000.0
+        for o in rec.get("objects", []):
+            rows.append({"scene_id": scene_id, "im_id": rec["frame"], "obj_id": o["obj_id"],
+                         "score": o.get("det_score", o["score"]), "R": o["R"], "t": o["t"], "time": t})
+    return rows
 
 
 def make_renderer(device=None):
@@ -104,97 +153,147 @@ def run(
     video: bool = True,
     max_frames: Optional[int] = None,
     progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
 ) -> RunSummary:
     """Estimate poses frame by frame and write ``out_dir/poses.jsonl`` (+ ``results.csv`` BOP
-    CSV, + ``overlay.mp4``). detect: ``(frame_index, frame_bgr) -> list[Detection]``; with
-    ``track`` it is only called for the first frame and to re-detect lost objects.
-    Every output is flushed per frame; Ctrl-C stops after the current frame and keeps the rest.
+    CSV, + ``overlay.mp4``, + ``summary.json``). detect: ``(frame_index, frame_bgr) ->
+    list[Detection]``; with ``track`` it is only called for the first frame and to re-detect.
+
+    Every output is flushed per frame; Ctrl-C or SIGTERM stops after the current frame and keeps
+    the rest (videos finalised, ``summary.json`` written). An ``out_dir`` that already holds a
+    ``poses.jsonl`` raises :class:`RunError` unless ``resume`` (continue it: frames already in it
+    are skipped, a torn last line is dropped; the overlay of the new frames goes to
+    ``overlay.from-<frame>.mp4``) or ``overwrite``. A frame whose input is bad (camera, image) or
+    whose processing fails is recorded with its reason and the run goes on; after
+    ``max_consecutive_errors`` failures in a row that are not bad inputs (e.g. a backend that
+    fails every call) the run stops with ``summary.aborted`` set.
+    Raises :class:`~mrcnet.runtime.formats.files.OutputError` when an output cannot be written.
     """
     from tqdm import tqdm
 
     from .overlay import draw_frame, render_masks
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
+    poses_path = out / POSES_NAME
+    done: set = set()
+    records: list = []
+    if poses_path.is_file() and poses_path.stat().st_size > 0 and not overwrite:
+        if not resume:
+            raise RunError(f"--out {out}: holds {POSES_NAME} of an earlier run; use --resume to continue it "
+                           "or --overwrite to replace it")
+        try:
+            records = read_poses_jsonl(poses_path, repair=True)
+        except PosesFormatError as e:
+            raise RunError(f"--resume: {e}; use --overwrite to start afresh") from None
+        done = {int(r["frame"]) for r in records if "frame" in r}
     meshes = pipeline.meshes
     tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
                       rel_drop=track_rel_drop, patience=track_patience) if track else None
-    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"),
+    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"), resumed_frames=len(done),
                          renderer=getattr(pipeline.renderer, "description", "?"))
-    jsonl = JsonlWriter(out / "poses.jsonl")
-    csv = BopCsvWriter(out / "results.csv", scene_id) if bop_csv else None
-    vw = VideoWriter(out / "overlay.mp4", source.fps) if video else None
-    total = len(source) if max_frames is None else min(len(source) or max_frames, max_frames)
+    jsonl = PosesJsonlWriter(poses_path, append=bool(done))
+    csv = vw = None
+    total = len(source) - len(done) if max_frames is None else min(max(len(source) - len(done), 0) or max_frames,
+                                                                    max_frames)
     bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True)
     fps_ema = None
+    failures_in_row = 0
     t_start = time.perf_counter()
     try:
-        for frame in source:
-            if max_frames is not None and summary.frames >= max_frames:
-                break
-            summary.frames += 1
-            bar.update(1)
-            rec = {"frame": frame.index, "name": frame.name}
-            if frame.image is None:
-                summary.frames_failed += 1
-                rec["error"] = frame.error
+        with sigterm_as_interrupt():
+            csv = BopCsvWriter(out / CSV_NAME, scene_id,
+                               rows=_csv_rows_of([r for r in records if "objects" in r], scene_id)) if bop_csv else None
+            video_name = VIDEO_NAME if not done else f"overlay.from-{max(done) + 1}.mp4"
+            vw = VideoWriter(out / video_name, source.fps) if video else None
+            for frame in source:
+                if frame.index in done:
+                    continue
+                if max_frames is not None and summary.frames >= max_frames:
+                    break
+                summary.frames += 1
+                bar.update(1)
+                rec = {"frame": frame.index, "name": frame.name}
+                if frame.image is None:
+                    summary.frames_failed += 1
+                    rec["error"] = frame.error
+                    jsonl.write(rec)
+                    bar.write(f"frame {frame.index}: skipped ({frame.error})")
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    H, W = frame.image.shape[:2]
+                    K = camera.check_frame(frame.index, W, H)
+                    dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
+                    res = pipeline.estimate_frame(frame.image, K, dets)
+                    failures_in_row = 0
+                except InputError as e:
+                    summary.frames_failed += 1
+                    rec["error"] = str(e)
+                    jsonl.write(rec)
+                    bar.write(f"frame {frame.index}: skipped ({e})")
+                    continue
+                except Exception as e:  # one failing frame (backend, renderer, detector) must not end the run
+                    summary.frames_failed += 1
+                    failures_in_row += 1
+                    rec["error"] = _first_line(e)
+                    jsonl.write(rec)
+                    bar.write(f"frame {frame.index}: failed ({rec['error']})")
+                    if failures_in_row >= max_consecutive_errors:
+                        summary.aborted = (f"{failures_in_row} frames in a row failed (last: frame {frame.index}: "
+                                           f"{rec['error']})")
+                        break
+                    continue
+                frame_ms = (time.perf_counter() - t0) * 1000.0
+                if tracker:
+                    redetected = bool(getattr(tracker, "_detected", None))
+                    summary.redetections += int(redetected and frame.index > 0)
+                    tracker.update(res.poses, K, (W, H))
+                    rec["tracking"] = {"detected": redetected, "lost": [{"obj_id": o, "why": w} for o, w in tracker.lost]}
+                summary.poses += len(res.poses)
+                summary.skipped_detections += len(res.skipped)
+                for d, why in res.skipped:
+                    bar.write(f"frame {frame.index}: skipped detection "
+                              f"{d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
+                if res.poses:
+                    for s in summary.stage_ms:
+                        summary.stage_ms[s].append(res.timings.get(s, 0.0))
+                rec["objects"] = [p.to_dict() for p in res.poses]
+                rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
+                                  for d, why in res.skipped]
+                rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
                 jsonl.write(rec)
-                bar.write(f"frame {frame.index}: skipped ({frame.error})")
-                continue
-            K = camera.K(frame.index)
-            t0 = time.perf_counter()
-            try:
-                dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
-                res = pipeline.estimate_frame(frame.image, K, dets)
-            except InputError as e:
-                summary.frames_failed += 1
-                rec["error"] = str(e)
-                jsonl.write(rec)
-                bar.write(f"frame {frame.index}: skipped ({e})")
-                continue
-            frame_ms = (time.perf_counter() - t0) * 1000.0
-            if tracker:
-                redetected = bool(getattr(tracker, "_detected", None))
-                summary.redetections += int(redetected and frame.index > 0)
-                tracker.update(res.poses, K, (frame.image.shape[1], frame.image.shape[0]))
-                rec["tracking"] = {"detected": redetected, "lost": [{"obj_id": o, "why": w} for o, w in tracker.lost]}
-            summary.poses += len(res.poses)
-            summary.skipped_detections += len(res.skipped)
-            for d, why in res.skipped:
-                bar.write(f"frame {frame.index}: skipped detection "
-                          f"{d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
-            if res.poses:
-                for s in summary.stage_ms:
-                    summary.stage_ms[s].append(res.timings.get(s, 0.0))
-            rec["objects"] = [p.to_dict() for p in res.poses]
-            rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
-                              for d, why in res.skipped]
-            rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
-            jsonl.write(rec)
-            if csv:
-                csv.write(frame.index, res.poses, frame_ms / 1000.0)
-            fps_now = 1000.0 / frame_ms if frame_ms > 0 else 0.0
-            fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
-            if vw:
-                H, W = frame.image.shape[:2]
-                try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
-                    masks = render_masks(pipeline.renderer, res.poses, K, W, H)
-                except Exception:
-                    masks = None
-                vw.write(draw_frame(frame.image, res.poses, K, meshes, fps=fps_ema, masks=masks,
-                                    text=f"frame {frame.index}  {summary.backend}"))
-            bar.set_postfix(fps=f"{fps_ema:.1f}", poses=len(res.poses))
-    except KeyboardInterrupt:
+                if csv:
+                    csv.write(frame.index, res.poses, frame_ms / 1000.0)
+                fps_now = 1000.0 / frame_ms if frame_ms > 0 else 0.0
+                fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
+                if vw:
+                    try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
+                        masks = render_masks(pipeline.renderer, res.poses, K, W, H)
+                    except Exception:
+                        masks = None
+                    vw.write(draw_frame(frame.image, res.poses, K, meshes, fps=fps_ema, masks=masks,
+                                        text=f"frame {frame.index}  {summary.backend}"))
+                bar.set_postfix(fps=f"{fps_ema:.1f}", poses=len(res.poses))
+            summary.input_stopped = getattr(source, "stopped_early", None) or ""
+    except KeyboardInterrupt as e:
         summary.interrupted = True
+        summary.signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     finally:
         summary.wall_s = time.perf_counter() - t_start
         bar.close()
         jsonl.close()
-        if csv:
-            csv.close()
-        if vw:
-            vw.close()
-    (out / "summary.json").write_text(__import__("json").dumps(summary.to_dict(), indent=2) + "\n")
+        for w in (csv, vw):
+            if w is not None:
+                w.close()
+        try:
+            atomic_write_text(out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
+            summary_error = None
+        except OSError as e:
+            summary_error = OutputError(f"{out / SUMMARY_NAME}: cannot write ({e.strerror or e})")
+    if summary_error is not None:
+        raise summary_error
     return summary
 
 
@@ -203,12 +302,12 @@ def run(
 @click.argument("input", required=False, type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
-@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON: cam_K / K / fx,fy,cx,cy, or BOP scene_camera.json.")
+@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON: cam_K / K / fx,fy,cx,cy (+ width, height), or BOP scene_camera.json.")
 @click.option("--fx", type=float)
 @click.option("--fy", type=float)
 @click.option("--cx", type=float)
 @click.option("--cy", type=float)
-@click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame index).")
+@click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame id).")
 @click.option("--detector", type=click.Path(path_type=Path), help="ONNX detector with YOLO-style outputs (boxes xyxy, scores, classes).")
 @click.option("--class-map", help="Detector class -> object id, e.g. 0:1,1:5 (default: class = object id).")
 @click.option("--det-min-score", type=float, default=None, help="Drop weaker detections (JSON: 0, detector: 0.25).")
@@ -219,11 +318,13 @@ def run(
               help="Frames in a row a pose score may stay low (below --track-min-score, or half its score at detection) before re-detecting.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
-@click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default).")
+@click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: default).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out: frames already in its poses.jsonl are skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 @click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
 @click.option("--no-video", is_flag=True, help="Do not write overlay.mp4.")
-@click.option("--max-frames", type=int, default=None)
+@click.option("--max-frames", type=click.IntRange(1), default=None)
 @click.option("--render-device", default=None,
               help="Renderer device: cuda:K (the EGL device of CUDA device K), an EGL device index, or cpu. "
                    "Default: the backend's GPU, else EGL device 0.")
@@ -233,10 +334,13 @@ def run(
 @click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
-         track_min_score, track_patience, backend, precision, threads, out_dir, bop_csv, no_video, max_frames, render_device, chunk_size,
-         demo, quiet):
+         track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
+         max_frames, render_device, chunk_size, demo, quiet):
     """Estimate object poses in INPUT (a video file or a folder of images) and write
-    OUT/poses.jsonl, OUT/overlay.mp4 and (--bop-csv) OUT/results.csv."""
+    OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv.
+
+    Exit status: 0 done, 1 stopped by repeated failures or an unwritable output, 2 bad input,
+    130 / 143 interrupted by SIGINT / SIGTERM (finished frames are kept; --resume continues)."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
     if demo:
         input = input or M.DEMO_DIR / M.DEMO_CLIP
@@ -246,6 +350,8 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
             detections = M.DEMO_DIR / M.DEMO_DETECTIONS
     if input is None:
         raise click.UsageError("missing INPUT (a video file or a folder of images), or use --demo")
+    if resume and overwrite:
+        raise click.UsageError("give either --resume or --overwrite, not both")
     model = model or M.DEMO_EXPORT_DIR
     try:
         source = FrameSource(input)
@@ -257,10 +363,13 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
     if camera is not None:
         try:
             cam = Camera.load(camera)
-        except SourceError as e:
+        except CameraFileError as e:
             raise click.UsageError(str(e))
     elif all(v is not None for v in intrinsics):
-        cam = Camera(camera_matrix(fx, fy, cx, cy))
+        try:
+            cam = Camera(check_camera(camera_matrix(fx, fy, cx, cy), "--fx/--fy/--cx/--cy"), source="--fx/--fy/--cx/--cy")
+        except InputError as e:
+            raise click.UsageError(str(e))
     else:
         raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
     if detections is not None and detector is not None:
@@ -276,6 +385,21 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                                   score_threshold=0.25 if det_min_score is None else det_min_score)
     except DetectionError as e:
         raise click.UsageError(str(e))
+    try:
+        prepare_out_dir(out_dir)
+    except OutputError as e:
+        raise click.UsageError(str(e))
+    earlier = Path(out_dir) / POSES_NAME
+    if earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
+        raise click.UsageError(f"--out {out_dir}: holds {POSES_NAME} of an earlier run; use --resume to continue "
+                               "it or --overwrite to replace it")
+    if cam.fixed is not None:  # one K for all frames: check it against the frames before loading anything
+        first = source.first_frame()
+        if first is not None:
+            try:
+                cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
+            except InputError as e:
+                raise click.UsageError(str(e))
     if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
         problem = M.demo_export_problem(model)
         if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():
@@ -290,6 +414,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         be = create_backend(man, backend, threads=threads, precision=precision, max_detections=chunk_size)
     except BackendError as e:
         raise click.ClickException(str(e))
+    problem = M.precision_problem(getattr(be, "name", ""), precision)
+    if problem:
+        be.close()
+        raise click.UsageError(problem)
     try:
         renderer = make_renderer(render_device)
         pipe = Pipeline(be, man, renderer, max_detections=chunk_size)
@@ -298,18 +426,23 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.ClickException(str(e).splitlines()[0])
     try:
         summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
-                      track_patience=track_patience, bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
-                      progress=not quiet)
+                      track_patience=track_patience, bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video,
+                      max_frames=max_frames, progress=not quiet, resume=resume, overwrite=overwrite)
+    except (RunError, OutputError, SourceError) as e:  # SourceError: the overlay video cannot be written
+        raise click.ClickException(str(e)) from None
     finally:
         pipe.close()
         release = getattr(renderer, "release", None)
         if release:
             release()
     click.echo(summary.format())
-    click.echo(f"wrote {out_dir}/poses.jsonl" + ("" if no_video else f", {out_dir}/overlay.mp4")
-               + (f", {out_dir}/results.csv" if bop_csv else ""))
+    click.echo(f"wrote {out_dir}/{POSES_NAME}" + ("" if no_video else f", {out_dir}/overlay*.mp4")
+               + (f", {out_dir}/{CSV_NAME}" if bop_csv else "") + f", {out_dir}/{SUMMARY_NAME}")
     if summary.interrupted:
-        sys.exit(130)
+        sys.exit(143 if summary.signal == "SIGTERM" else 130)
+    if summary.aborted:
+        click.echo(f"mrcnet-run: error: {summary.aborted}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,6 @@ implement ``__call__(frame_index, frame_bgr) -> list[Detection]``.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from typing import Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
+
+from .formats.bop import BopFormatError, load_detections
 
 
 class DetectionError(ValueError):
@@ -75,29 +76,19 @@ class JsonDetections:
         if not os.path.isfile(self.path):
             raise DetectionError(f"detections file not found: {self.path}")
         try:
-            with open(self.path) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DetectionError(f"detections file {self.path}: not valid JSON ({e})") from None
+            records = load_detections(self.path, strict=False)
+        except BopFormatError as e:
+            raise DetectionError(f"detections file {e}") from None
         self.by_frame: dict[int, list[Detection]] = defaultdict(list)
-        try:
-            if isinstance(data, dict) and "annotations" in data:
-                data = data["annotations"]
-            if isinstance(data, dict):
-                for key, recs in data.items():
-                    for r in recs:
-                        self._add(int(key), r, scene_id)
-            elif isinstance(data, list):
-                for r in data:
-                    frame = r.get("image_id", r.get("im_id", r.get("frame")))
-                    if frame is None:
-                        raise KeyError("image_id")
-                    self._add(int(frame), r, scene_id)
-            else:
-                raise TypeError(f"top level is a {type(data).__name__}")
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DetectionError(f"detections file {self.path}: unexpected layout ({type(e).__name__}: {e}); "
-                                 "expected BOP/COCO records with image_id, category_id, bbox [x,y,w,h]") from None
+        scenes = sorted({r["scene_id"] for r in records if r["scene_id"] is not None})
+        if scene_id is not None and scenes and int(scene_id) not in scenes:
+            raise DetectionError(f"detections file {self.path}: no detections of --scene-id {scene_id} "
+                                 f"(scenes in the file: {', '.join(map(str, scenes[:10]))})")
+        for r in records:
+            if scene_id is not None and r["scene_id"] is not None and r["scene_id"] != int(scene_id):
+                continue
+            x, y, w, h = r["bbox"]
+            self.by_frame[r["image_id"]].append(Detection(r["category_id"], (x, y, x + w, y + h), r["score"], "json"))
         for frame, dets in self.by_frame.items():
             dets = [d for d in dets if d.score >= min_score]
             dets.sort(key=lambda d: -d.score)
@@ -110,13 +101,6 @@ class JsonDetections:
                         count[d.obj_id] += 1
                 dets = kept
             self.by_frame[frame] = dets
-
-    def _add(self, frame: int, r: Mapping, scene_id: Optional[int]) -> None:
-        if scene_id is not None and "scene_id" in r and int(r["scene_id"]) != int(scene_id):
-            return
-        d = as_detection(r)
-        d.source = "json"
-        self.by_frame[frame].append(d)
 
     @property
     def frames(self) -> list[int]:

@@ -13,7 +13,6 @@ place that parses and validates it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,8 +21,9 @@ from typing import Any
 
 import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
 
+from .formats.files import atomic_write_text, sha256_file
 from .geometry import BinSpec
-from .preprocess import FOV_VARIANTS
+from .preprocess import BOX_RULES, FOV_VARIANTS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -38,15 +38,6 @@ DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
 DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
 DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
 DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes (checkpoint and ONNX hashes of the manifest and engine records)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def demo_export_problem(export_dir=None) -> str | None:
@@ -92,6 +83,8 @@ class Manifest:
     obj_ids: BOP object ids; the network's ``obj_index`` is the position in this list.
     depth_range: (near, far) in normalised depth units (t_z / fx_roi).
     engines: precision -> {"classifier": file, "regressor": file, "max_detections": int, ...}.
+    files: relative file name -> {"bytes": int, "sha256": hex} of the graphs, engines and models
+    written by the exporter; :func:`load_manifest` checks them (a damaged file is refused).
     root: the export directory (absolute), not stored in the JSON.
     """
 
@@ -103,6 +96,7 @@ class Manifest:
     classifier: GraphSpec
     regressor: GraphSpec
     fov_variant: str = "inference"
+    box_rule: str = "clip"  # preprocess.BOX_RULES: how a detection box becomes the crop square
     n_rot: int = 4
     crop_size: int = 256
     bn_group: int = 4
@@ -111,6 +105,7 @@ class Manifest:
     project_version: str = ""
     checkpoint_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     root: Path = Path(".")
 
     # ---------------------------------------------------------------- paths
@@ -152,9 +147,7 @@ class Manifest:
     def save(self, directory) -> Path:
         """Write ``directory/manifest.json``; returns its path."""
         p = Path(directory) / MANIFEST_NAME
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, p)
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod
@@ -175,6 +168,7 @@ class Manifest:
                 regressor=GraphSpec(str(d["regressor"]["onnx"]), list(d["regressor"]["inputs"]),
                                     list(d["regressor"]["outputs"])),
                 fov_variant=str(d.get("fov_variant", "inference")),
+                box_rule=str(d.get("box_rule", "clip")),
                 n_rot=int(d.get("n_rot", 4)),
                 crop_size=int(d.get("crop_size", 256)),
                 bn_group=int(d.get("bn_group", 4)),
@@ -183,6 +177,7 @@ class Manifest:
                 project_version=str(d.get("project_version", "")),
                 checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
+                files={str(k): dict(v) for k, v in (d.get("files") or {}).items()},
                 root=Path(root).resolve(),
             )
         except ManifestError:
@@ -201,6 +196,8 @@ class Manifest:
             raise ManifestError(f"{where}: manifest lists no objects")
         if self.fov_variant not in FOV_VARIANTS:
             raise ManifestError(f"{where}: fov_variant {self.fov_variant!r} not in {FOV_VARIANTS}")
+        if self.box_rule not in BOX_RULES:
+            raise ManifestError(f"{where}: box_rule {self.box_rule!r} not in {BOX_RULES}")
         if self.n_rot != self.bn_group:
             raise ManifestError(f"{where}: n_rot {self.n_rot} != bn_group {self.bn_group} (one BatchNorm "
                                 "group per detection)")
@@ -220,8 +217,36 @@ class Manifest:
                 raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
 
 
-def load_manifest(directory) -> Manifest:
-    """Read and validate ``directory/manifest.json``; ManifestError (one line) if unusable."""
+def precision_problem(backend_name: str, precision) -> str | None:
+    """Why ``precision`` (an engine set of ``engines``) cannot apply to the backend named
+    ``backend_name``: ONNX Runtime runs the fp32 graphs, so any other precision there would be
+    silently ignored. None when it applies (TensorRT, or no / fp32 precision)."""
+    if precision is None or precision == "fp32" or "tensorrt" in str(backend_name).lower():
+        return None
+    return (f"--precision {precision}: selects TensorRT engines; backend {backend_name} runs the fp32 ONNX "
+            "graphs (use --backend tensorrt, or leave --precision out)")
+
+
+def verify_files(m: Manifest) -> None:
+    """Check every file listed in ``m.files`` that exists against its recorded size and SHA-256
+    (about 1 s per GB); ManifestError naming the damaged file. Missing files are left to the
+    callers that need them."""
+    for name, rec in sorted(m.files.items()):
+        p = m.path(name)
+        if not p.is_file():
+            continue
+        size = p.stat().st_size
+        if "bytes" in rec and int(rec["bytes"]) != size:
+            raise ManifestError(f"export {m.root}: {name} is damaged ({size} bytes, manifest.json says "
+                                f"{rec['bytes']}); export again")
+        if rec.get("sha256") and sha256_file(p) != rec["sha256"]:
+            raise ManifestError(f"export {m.root}: {name} is damaged (its SHA-256 differs from manifest.json); "
+                                "export again")
+
+
+def load_manifest(directory, verify: bool = True) -> Manifest:
+    """Read and validate ``directory/manifest.json``; ManifestError (one line) if unusable.
+    verify: check the files' sizes and hashes (:func:`verify_files`)."""
     root = Path(os.fspath(directory))
     if not root.is_dir():
         raise ManifestError(f"export directory not found: {root}")
@@ -238,4 +263,6 @@ def load_manifest(directory) -> Manifest:
     for g in (m.classifier, m.regressor):
         if not m.path(g.onnx).is_file() and not m.engines:
             raise ManifestError(f"export {root}: graph file {g.onnx} missing")
+    if verify:
+        verify_files(m)
     return m

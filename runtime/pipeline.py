@@ -119,7 +119,8 @@ class Pipeline:
                 skipped.append((d, str(e.args[0])))
                 continue
             try:
-                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size))
+                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size,
+                                                     box_rule=m.box_rule))
             except P.InputError as e:
                 skipped.append((d, str(e)))
                 continue
@@ -138,7 +139,13 @@ class Pipeline:
         if not kept:
             return FrameResult([], skipped, tm)
         R, t, score = (np.concatenate(parts) for parts in zip(*chunks))
-        poses = [Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score) for i, d in enumerate(kept)]
+        poses = []
+        for i, d in enumerate(kept):  # a damaged graph or a degenerate input gives NaN / inf: never a result
+            if np.all(np.isfinite(R[i])) and np.all(np.isfinite(t[i])) and np.isfinite(score[i]):
+                poses.append(Pose(d.obj_id, R[i], t[i], float(score[i]), d.box.copy(), tm, d.score))
+            else:
+                skipped.append((d, "non-finite pose from the network (NaN or inf): not a result"))
+                log.warning("skipped detection %s: non-finite pose", d.to_dict())
         return FrameResult(poses, skipped, tm)
 
     def _run_chunk(self, batches: list, index: list, tm: dict):

@@ -16,6 +16,9 @@ CROP_SIZE = 256  # pixels, the network's input size
 PAD_SCALE = 1.5  # square crop side = PAD_SCALE * max(box w, box h)
 BOX_MAP_GROW = (0.25 + 0.25) * 0.25  # each side of the box map grows by this share of w / h
 FOV_VARIANTS = ("inference", "training")
+# How a detection box becomes the crop square (see detection_square):
+# "clip" (this project's): float box clipped to the image; "official" (the official inference).
+BOX_RULES = ("clip", "official")
 
 
 class InputError(ValueError):
@@ -107,23 +110,79 @@ def check_image(image: np.ndarray, name: str = "image", size: tuple[int, int] | 
     return image.astype(np.float32, copy=False)
 
 
-def check_camera(K: np.ndarray, name: str = "camera K") -> np.ndarray:
-    """Validate a 3x3 pinhole camera matrix -> (3, 3) float64."""
+#: smallest focal length (px) and detection box side (px) accepted: below them the geometry is noise
+MIN_FOCAL_PX = 1.0
+MIN_BOX_PX = 2.0
+
+
+def check_camera(K: np.ndarray, name: str = "camera K", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate a 3x3 pinhole camera matrix -> (3, 3) float64.
+
+    Finite, last row (0, 0, 1), K[1, 0] = 0, fx and fy >= ``MIN_FOCAL_PX``; with ``size`` =
+    (width, height) of the image, the principal point within one image size of the image
+    (``-W <= cx <= 2 W``, same for cy). Anything else raises InputError naming ``name``."""
     K = np.asarray(K, np.float64)
-    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"{name}: expected a finite 3x3 camera matrix with fx, fy > 0, got {K.tolist()}")
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        raise InputError(f"{name}: expected a finite 3x3 camera matrix, got {K.tolist()}")
+    if not np.array_equal(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
+        raise InputError(f"{name}: not a pinhole camera matrix (last row must be 0 0 1, K[1][0] 0), got {K.tolist()}")
+    if K[0, 0] < MIN_FOCAL_PX or K[1, 1] < MIN_FOCAL_PX:
+        raise InputError(f"{name}: focal lengths fx {K[0, 0]:g}, fy {K[1, 1]:g} px must be >= {MIN_FOCAL_PX:g} px")
+    if size is not None:
+        w, h = size
+        if not (-w <= K[0, 2] <= 2 * w and -h <= K[1, 2] <= 2 * h):
+            raise InputError(f"{name}: principal point ({K[0, 2]:g}, {K[1, 2]:g}) px is far outside the "
+                             f"{w}x{h} image")
     return K
 
 
 def clip_box(box_xyxy: np.ndarray, width: int, height: int, name: str = "box") -> np.ndarray:
-    """Clamp a box (x1, y1, x2, y2) in pixels to the image; empty or outside -> InputError."""
+    """Clamp a box (x1, y1, x2, y2) in pixels to the image; empty, outside or smaller than
+    ``MIN_BOX_PX`` on a side -> InputError."""
     b = np.asarray(box_xyxy, np.float64).reshape(-1)
     if b.shape != (4,) or not np.all(np.isfinite(b)):
         raise InputError(f"{name}: expected 4 finite numbers (x1, y1, x2, y2), got {np.asarray(box_xyxy).tolist()}")
     c = np.array([np.clip(b[0], 0, width), np.clip(b[1], 0, height), np.clip(b[2], 0, width), np.clip(b[3], 0, height)])
     if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
         raise InputError(f"{name}: box {b.tolist()} is empty or outside the {width}x{height} image")
+    if c[2] - c[0] < MIN_BOX_PX or c[3] - c[1] < MIN_BOX_PX:
+        raise InputError(f"{name}: box {b.tolist()} is smaller than {MIN_BOX_PX:g} px inside the image")
     return c
+
+
+def detection_square(box_xyxy, width: int, height: int, rule: str = "clip", name: str = "box"
+                     ) -> tuple[np.ndarray, tuple[float, float], float]:
+    """The crop square of a detection box (x1, y1, x2, y2) px in a ``width`` x ``height`` image.
+
+    ``rule``:
+
+    - ``"clip"``: the box clipped to the image (:func:`clip_box`), centre = its centre, side =
+      ``PAD_SCALE`` x its longer side; the box location is that box.
+    - ``"official"`` (the official inference, needed for bit-parity with official results): the
+      corners are first *truncated* to integers (``int(x1), int(y1), int(x2), int(y2)``; toward
+      zero, as Python's ``int``); centre ``(min((x1 + x2) / 2, W), min((y1 + y2) / 2, H))`` (capped
+      from above only); ``w = int(max(0, min(x2 - x1, W)))``, ``h`` likewise - the box is *not*
+      clipped first, so a box crossing the border keeps its full size up to W / H; side =
+      ``PAD_SCALE * max(w, h)``; the box location is the (w, h) box centred on that centre.
+
+    Returns (box (4,) float64 px: the box whose location the box map shows, centre (cx, cy) px,
+    side px). An empty box (or, for "clip", one outside the image) is an :class:`InputError`.
+    """
+    if rule not in BOX_RULES:
+        raise InputError(f"box rule: {rule!r} is not one of {BOX_RULES}")
+    if rule == "clip":
+        box = clip_box(box_xyxy, width, height, name)
+        x1, y1, x2, y2 = box
+        return box, ((x1 + x2) / 2.0, (y1 + y2) / 2.0), PAD_SCALE * max(x2 - x1, y2 - y1)
+    b = np.asarray(box_xyxy, np.float64).reshape(-1)
+    if b.shape != (4,) or not np.all(np.isfinite(b)):
+        raise InputError(f"{name}: expected 4 finite numbers (x1, y1, x2, y2), got {np.asarray(box_xyxy).tolist()}")
+    x1, y1, x2, y2 = (float(v) for v in np.trunc(b))
+    cx, cy = min((x1 + x2) / 2.0, float(width)), min((y1 + y2) / 2.0, float(height))
+    w, h = float(int(max(0.0, min(x2 - x1, width)))), float(int(max(0.0, min(y2 - y1, height))))
+    if w <= 0 or h <= 0:
+        raise InputError(f"{name}: box {b.tolist()} is empty after truncation to integers")
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), (cx, cy), PAD_SCALE * max(w, h)
 
 
 def crop_transform(K: np.ndarray, centre, side: float, Rz: np.ndarray, size: int = CROP_SIZE
@@ -182,13 +241,15 @@ def prepare_detection(
     fov_variant: str = "inference",
     size: int = CROP_SIZE,
     scale: float = 1.0 / 255.0,
+    box_rule: str = "clip",
 ) -> CropBatch:
     """The TTA group of one detection (SPEC section 1).
 
     image (H, W, 3) BGR, values 0..255 (uint8 or float); K (3, 3); box_xyxy (4,) pixels.
     fov_variant: "inference" (the official inference: offsets from the box centre) or "training"
-    (offsets from the principal point). Crop centre = the box centre, side = ``PAD_SCALE`` x the
-    longer box side; the k-th crop is :func:`crop_transform` with Rz(k * 360/n_rot deg).
+    (offsets from the principal point). box_rule (:data:`BOX_RULES`): how the box becomes the crop
+    square (:func:`detection_square`; "official" for official checkpoints). The k-th crop is
+    :func:`crop_transform` with Rz(k * 360/n_rot deg).
     Returns a CropBatch of n_rot rows.
     """
     if fov_variant not in FOV_VARIANTS:
@@ -196,10 +257,7 @@ def prepare_detection(
     img = check_image(image)
     K = check_camera(K)
     H, W = img.shape[:2]
-    box = clip_box(box_xyxy, W, H)
-    x1, y1, x2, y2 = box
-    centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
-    side = PAD_SCALE * max(x2 - x1, y2 - y1)
+    box, centre, side = detection_square(box_xyxy, W, H, box_rule)
     Rz = tta_rotations(n_rot)
 
     crops = np.empty((n_rot, 4, size, size), np.float32)
@@ -217,7 +275,8 @@ def prepare_detection(
 
 
 def prepare_detections(image, K, boxes_xyxy, n_rot: int = 4, fov_variant: str = "inference",
-                       size: int = CROP_SIZE) -> CropBatch:
+                       size: int = CROP_SIZE, box_rule: str = "clip") -> CropBatch:
     """All detections of one image, detection-major: (D, 4) boxes -> CropBatch of D * n_rot rows."""
     img = check_image(image)
-    return CropBatch.concat([prepare_detection(img, K, b, n_rot, fov_variant, size) for b in boxes_xyxy])
+    return CropBatch.concat([prepare_detection(img, K, b, n_rot, fov_variant, size, box_rule=box_rule)
+                             for b in boxes_xyxy])

@@ -1,10 +1,11 @@
 """Frames in, results out (no torch): video files or image folders; poses.jsonl, BOP CSV, video.
 
-Every writer flushes per frame, so an interrupted run keeps every finished frame.
+Every writer flushes per frame, so an interrupted run keeps every finished frame. The file
+formats have one owner each in :mod:`mrcnet.runtime.formats` (``poses.jsonl``, the BOP CSV,
+camera files); their names are re-exported here.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,11 @@ from typing import Iterator, Optional
 
 import cv2
 import numpy as np
+
+from .formats.bop import BopResultsWriter
+from .formats.camera import Camera, CameraFileError, camera_matrix  # noqa: F401  (re-exported)
+from .formats.poses_jsonl import PosesJsonlWriter as JsonlWriter  # noqa: F401  (re-exported)
+from .formats.poses_jsonl import read_poses_jsonl as read_jsonl  # noqa: F401  (re-exported)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -22,8 +28,9 @@ class SourceError(ValueError):
 
 @dataclass
 class Frame:
-    """One input frame: index (0-based, = BOP im_id / detections image_id), name (file or
-    "frame N"), image (H, W, 3) uint8 BGR or None when unreadable, error (why it is None)."""
+    """One input frame: index (the frame id: BOP im_id / detections image_id / camera key; for an
+    image folder the number in a numeric file name such as ``000042.png``, else the position),
+    name (file or "frame N"), image (H, W, 3) uint8 BGR or None when unreadable, error (why)."""
 
     index: int
     name: str
@@ -31,12 +38,22 @@ class Frame:
     error: str = ""
 
 
-class FrameSource:
-    """Frames of a video file or of a folder of images (sorted by file name).
+#: consecutive unreadable video frames after which reading skips ahead (seek), and gives up
+VIDEO_SEEK_AFTER = 3
+VIDEO_GIVE_UP_AFTER = 50
 
+
+class FrameSource:
+    """Frames of a video file or of a folder of images.
+
+    Folders: when every image file name is a number (BOP ``000001.png``...), frames are sorted by
+    it and that number is the frame id (1-based or sparse names keep their ids); otherwise frames
+    are sorted by name and numbered by position. Two files with the same number raise SourceError.
     fps: the video's frame rate (folders: ``fps`` argument, default 30). ``len()`` is the frame
     count (a video's may be an estimate). Iterating yields :class:`Frame`; an unreadable image or a
-    corrupt video frame yields ``image=None`` with ``error`` set, and reading goes on.
+    corrupt video frame yields ``image=None`` with ``error`` set, and reading goes on (a video is
+    read up to its announced frame count, seeking past damage); ``stopped_early`` then says why
+    reading ended before the announced count (None otherwise).
     """
 
     def __init__(self, path, fps: float = 30.0):
@@ -44,10 +61,22 @@ class FrameSource:
         if not self.path.exists():
             raise SourceError(f"input not found: {self.path}")
         self.fps = float(fps)
+        self.stopped_early: Optional[str] = None
         if self.path.is_dir():
-            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-            if not self.files:
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            if not files:
                 raise SourceError(f"input {self.path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+            if all(p.stem.isdigit() for p in files):
+                ids = [int(p.stem) for p in files]
+                dup = sorted({i for i in ids if ids.count(i) > 1})
+                if dup:
+                    raise SourceError(f"input {self.path}: several images with frame number {dup[0]}")
+                order = sorted(range(len(files)), key=lambda k: ids[k])
+                self.files = [files[k] for k in order]
+                self.ids = [ids[k] for k in order]
+            else:
+                self.files = files
+                self.ids = list(range(len(files)))
             self.count = len(self.files)
             self.is_video = False
         else:
@@ -58,14 +87,27 @@ class FrameSource:
             self.fps = float(cap.get(cv2.CAP_PROP_FPS)) or self.fps
             cap.release()
             self.files = []
+            self.ids = []
             self.is_video = True
 
     def __len__(self) -> int:
         return self.count
 
+    def first_frame(self) -> Optional[Frame]:
+        """The first readable frame (None when there is none), read once without consuming the
+        source: what the caller checks the camera against before a run."""
+        frames = iter(self)
+        try:
+            for frame in frames:
+                if frame.image is not None:
+                    return frame
+            return None
+        finally:
+            frames.close()  # releases the video
+
     def __iter__(self) -> Iterator[Frame]:
         if not self.is_video:
-            for i, p in enumerate(self.files):
+            for i, p in zip(self.ids, self.files):
                 img = cv2.imread(str(p), cv2.IMREAD_COLOR)
                 yield Frame(i, p.name, img, "" if img is not None else f"cannot decode image {p}")
             return
@@ -78,74 +120,38 @@ class FrameSource:
                     misses = 0
                     yield Frame(i, f"frame {i}", img)
                 else:
-                    # A failed read before the announced end is a corrupt frame: report, go on.
-                    if i >= self.count or misses >= 3:
+                    if i >= self.count:  # the end (the count may be an estimate)
                         return
                     misses += 1
+                    if misses >= VIDEO_GIVE_UP_AFTER:
+                        self.stopped_early = (f"{self.path}: cannot decode frames {i - misses + 1}..{i}; stopped "
+                                              f"reading at frame {i} of {self.count} announced")
+                        return
                     yield Frame(i, f"frame {i}", None, f"{self.path}: cannot decode frame {i}")
+                    if misses >= VIDEO_SEEK_AFTER:  # a damaged stretch: skip ahead to the next frame
+                        cap.set(cv2.CAP_PROP_POS_FRAMES, i + 1)
                 i += 1
         finally:
             cap.release()
 
 
-class JsonlWriter:
-    """``poses.jsonl``: one JSON object per line and frame, flushed (and fsynced) per frame."""
-
-    def __init__(self, path, fsync: bool = False):
-        self.path = Path(path)
-        self.f = open(self.path, "w")
-        self.fsync = fsync
-
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.f.flush()
-        if self.fsync:
-            os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def read_jsonl(path) -> list[dict]:
-    """All complete lines of a ``poses.jsonl`` (a truncated last line is ignored)."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return out
-
-
 class BopCsvWriter:
-    """BOP'19+ results CSV: ``scene_id,im_id,obj_id,score,R,t,time`` (R row-major 9 numbers, t mm,
-    time = seconds for the whole image, the same for every object of it; -1 if unknown)."""
+    """The BOP'19 results CSV of a run (:class:`~mrcnet.runtime.formats.bop.BopResultsWriter`):
+    one flushed write per frame; ``score`` is the detection score (the BOP meaning, see
+    :mod:`mrcnet.runtime.formats.bop`), time the seconds for the whole frame (-1 if unknown).
+    rows: rows of an interrupted run being resumed, written first."""
 
-    HEADER = "scene_id,im_id,obj_id,score,R,t,time\n"
-
-    def __init__(self, path, scene_id: int = 0):
-        self.f = open(path, "w")
-        self.f.write(self.HEADER)
+    def __init__(self, path, scene_id: int = 0, rows=()):
         self.scene_id = int(scene_id)
+        self._w = BopResultsWriter(path, rows)
 
     def write(self, im_id: int, poses, time_s: float = -1.0) -> None:
-        for p in poses:
-            R = " ".join(f"{v:.8f}" for v in np.asarray(p.R).reshape(-1))
-            t = " ".join(f"{v:.6f}" for v in np.asarray(p.t).reshape(-1))
-            self.f.write(f"{self.scene_id},{int(im_id)},{int(p.obj_id)},{float(p.score):.6f},{R},{t},{time_s:.6f}\n")
-        self.f.flush()
+        self._w.write_rows([{"scene_id": self.scene_id, "im_id": int(im_id), "obj_id": int(p.obj_id),
+                             "score": float(getattr(p, "det_score", p.score)), "R": p.R, "t": p.t,
+                             "time": time_s} for p in poses])
 
     def close(self) -> None:
-        if not self.f.closed:
-            self.f.close()
+        self._w.close()
 
 
 class VideoWriter:
@@ -175,58 +181,3 @@ class VideoWriter:
         if self.writer is not None:
             self.writer.release()
             self.writer = None
-
-
-# ------------------------------------------------------------------------------------ cameras
-def _K_from_record(r, where: str) -> np.ndarray:
-    if isinstance(r, dict):
-        if "cam_K" in r:
-            K = np.asarray(r["cam_K"], np.float64).reshape(3, 3)
-        elif "K" in r:
-            K = np.asarray(r["K"], np.float64).reshape(3, 3)
-        elif all(k in r for k in ("fx", "fy", "cx", "cy")):
-            K = camera_matrix(r["fx"], r["fy"], r["cx"], r["cy"])
-        else:
-            raise ValueError("expected cam_K, K or fx/fy/cx/cy")
-    else:
-        K = np.asarray(r, np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"not a camera matrix: {K.tolist()}")
-    return K
-
-
-def camera_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
-    """(3, 3) pinhole matrix from intrinsics in pixels."""
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float64)
-
-
-class Camera:
-    """Camera intrinsics for a sequence: one K for all frames, or one per frame (BOP
-    ``scene_camera.json``, keyed by frame index; a frame without its own K uses the nearest
-    earlier one). ``K(frame_index) -> (3, 3) float64``."""
-
-    def __init__(self, K=None, per_frame: Optional[dict] = None):
-        self.fixed = None if K is None else np.asarray(K, np.float64)
-        self.per_frame = dict(sorted((per_frame or {}).items()))
-
-    def K(self, frame_index: int) -> np.ndarray:
-        if self.fixed is not None:
-            return self.fixed
-        keys = [k for k in self.per_frame if k <= frame_index]
-        return self.per_frame[keys[-1] if keys else next(iter(self.per_frame))]
-
-    @classmethod
-    def load(cls, path) -> "Camera":
-        """From JSON: ``{"cam_K": [9 numbers]}`` (BOP camera), ``{"K": [[3x3]]}``,
-        ``{"fx", "fy", "cx", "cy"}``, or a BOP ``scene_camera.json`` ``{"0": {"cam_K": ...}, ...}``."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise SourceError(f"camera file not found: {path}")
-        try:
-            with open(path) as f:
-                d = json.load(f)
-            if isinstance(d, dict) and d and all(str(k).isdigit() for k in d):
-                return cls(per_frame={int(k): _K_from_record(v, path) for k, v in d.items()})
-            return cls(_K_from_record(d, path))
-        except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
-            raise SourceError(f"camera file {path}: {e}") from None

@@ -10,4 +10,4 @@ bash scripts/setup.sh
 if ! .venv/bin/python -c 'import sys; from mrcnet.runtime.manifest import demo_export_problem; sys.exit(demo_export_problem() is not None)'; then
   .venv/bin/mrcnet-export
 fi
-exec .venv/bin/mrcnet-run --demo --out out/demo "$@"
+exec .venv/bin/mrcnet-run --demo --out out/demo --overwrite "$@"

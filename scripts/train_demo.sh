@@ -36,7 +36,7 @@ $BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split test --im
 # 3. training
 ARGS=(--data "$DATA" --split train_pbr --preset small --dataset synth --objects 1,2,3
       --epochs "$EPOCHS" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --warmup "$WARMUP"
-      --val-data "$DATA" --val-split test --val-max 100 --ckpt-every 200 --out "$OUT/train")
+      --val-data "$DATA" --val-split test --val-max 100 --val-box-jitter 0.1 --ckpt-every 200 --out "$OUT/train")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")
 if [ -f "$OUT/train/last.pth" ]; then ARGS+=(--resume); elif [ -n "$INIT" ]; then ARGS+=(--init "$INIT"); fi
 if [ "$NPROC" -gt 1 ]; then

@@ -110,6 +110,7 @@ def test_official_full_size_round_trip(tmp_path):
         load_checkpoint(path, dataset="lmo")
     model = mrcnet.load_checkpoint(path)  # 30 objects -> T-LESS
     assert model.n_obj == 30 and model.meta["dataset"] == "tless" and model.meta["source"] == "official"
+    assert model.meta["box_rule"] == "official"  # the official inference's box truncation and caps
     assert model.meta["obj_ids"] == list(range(1, 31))
     assert model.tables.depth_range == (0.05, 1.7)
     assert model.backbone.decoder.conv_last.bias[29, 3, 0, 0].item() == 7.0
@@ -127,6 +128,7 @@ def test_project_format_round_trip(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.cfg == model.cfg and loaded.meta["source"] == "project"
     assert loaded.meta["dataset"] == "synth" and loaded.meta["fov_variant"] == "training"
+    assert loaded.meta["box_rule"] == "clip"
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     g = torch.Generator().manual_seed(1)

@@ -337,9 +337,17 @@ def test_bad_csv_row_names_file_and_line(dataset, tmp_path, renderer):
     with pytest.raises(be.EvalError, match=r"bad\.csv:3"):
         be.evaluate_bop19(dataset, path, renderer=renderer)
     rows = gt_rows()
-    rows[1]["t"] = np.array([np.nan, 0.0, 400.0])
+    with pytest.raises(ValueError, match="non-finite"):  # the writer never writes a NaN pose
+        bop.format_result_row({**rows[1], "t": np.array([np.nan, 0.0, 400.0])})
+    path = tmp_path / "nan.csv"  # another tool's file with one
+    bop.save_bop_results(path, rows)
+    lines = path.read_text().splitlines()
+    f = lines[2].split(",")
+    f[5] = "nan 0.0 400.0"
+    lines[2] = ",".join(f)
+    path.write_text("\n".join(lines) + "\n")
     with pytest.raises(be.EvalError, match=r"nan\.csv: result row 2 \(scene 1, image 0, object 2\): t"):
-        run_eval(dataset, tmp_path, rows, renderer, name="nan.csv")
+        be.evaluate_bop19(dataset, path, renderer=renderer)
 
 
 def test_report_files_and_cli(dataset, tmp_path, renderer):

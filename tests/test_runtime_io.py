@@ -17,7 +17,7 @@ from mrcnet.runtime.overlay import colour, draw_frame, silhouette
 from mrcnet.runtime.pipeline import Pipeline, Pose
 from mrcnet.runtime.render.mesh import Mesh
 from mrcnet.runtime.tracking import Tracker, projected_box, visible_fraction
-from mrcnet.runtime.video_io import Camera, FrameSource, JsonlWriter, SourceError, read_jsonl
+from mrcnet.runtime.video_io import Camera, CameraFileError, FrameSource, JsonlWriter, SourceError, read_jsonl
 
 import runtime_fakes as F
 
@@ -82,9 +82,9 @@ def test_json_detections_errors(tmp_path):
     with pytest.raises(DetectionError, match="not found"):
         JsonDetections(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{ nope")
-    with pytest.raises(DetectionError, match="bad.json: not valid JSON"):
+    with pytest.raises(DetectionError, match="bad.json: malformed JSON"):
         JsonDetections(tmp_path / "bad.json")
-    with pytest.raises(DetectionError, match="unexpected layout"):
+    with pytest.raises(DetectionError, match="x.json: missing key 'image_id' in detection 0"):
         JsonDetections(write_json(tmp_path / "x.json", [{"category_id": 1, "bbox": [0, 0, 1, 1]}]))
 
 
@@ -254,9 +254,9 @@ def test_camera_formats(tmp_path):
         np.testing.assert_allclose(Camera.load(write_json(tmp_path / "k.json", obj)).K(7), K)
     per = Camera.load(write_json(tmp_path / "s.json", {"0": {"cam_K": Kf}, "5": {"cam_K": [2 * v for v in Kf[:8]] + [1]}}))
     assert per.K(3)[0, 0] == 600 and per.K(6)[0, 0] == 1200
-    with pytest.raises(SourceError, match="k.json"):
+    with pytest.raises(CameraFileError, match="k.json"):
         Camera.load(write_json(tmp_path / "k.json", {"fx": 1}))
-    with pytest.raises(SourceError, match="camera file not found"):
+    with pytest.raises(CameraFileError, match="none.json: file not found"):
         Camera.load(tmp_path / "none.json")
 
 
@@ -339,7 +339,7 @@ def test_cli_end_to_end(export_dir, frames_dir, tmp_path, fake_renderer):
     (["{frames}", "--model", "{model}", "--fx", "600", "--fy", "600", "--cx", "1", "--cy", "1"], "no detections"),
     (["{tmp}/nope", "--model", "{model}", "--camera", "{cam}", "--detections", "{dets}"], "input not found"),
     (["{frames}", "--model", "{tmp}/nomodel", "--camera", "{cam}", "--detections", "{dets}"], "export directory not found"),
-    (["{frames}", "--model", "{model}", "--camera", "{tmp}/k.json", "--detections", "{dets}"], "camera file not found"),
+    (["{frames}", "--model", "{model}", "--camera", "{tmp}/k.json", "--detections", "{dets}"], "k.json: file not found"),
     (["{frames}", "--model", "{model}", "--camera", "{cam}", "--detections", "{tmp}/none.json"], "detections file not found"),
     (["{frames}", "--model", "{model}", "--camera", "{cam}", "--detector", "{dets}", "--detections", "{dets}"], "not both"),
     (["--model", "{model}"], "missing INPUT"),

@@ -100,19 +100,26 @@ def procedural_background(rng, width: int, height: int) -> np.ndarray:
 
 
 class FolderBackgrounds:
-    """Random crops of the images of a folder (png/jpg/tif, searched recursively, sorted).
+    """Random crops of the images of a folder (png/jpg/tif, searched recursively, sorted; any image
+    folder, e.g. VOC2012 ``JPEGImages``), or of an explicit list of image files (``files``).
 
     Each call picks an image, a random crop with the target aspect ratio (at least half the
     shorter side) and a random horizontal flip, resized to (W, H).
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, files=None):
         self.folder = Path(folder)
+        if files is not None:  # an explicit image list (e.g. other images of a split); folder names it
+            self.files = sorted(Path(f) for f in files)
+            if not self.files:
+                raise BopFormatError(f"{self.folder}: no background images")
+            return
         if not self.folder.is_dir():
             raise BopFormatError(f"{self.folder}: backgrounds folder not found")
         self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not self.files:
-            raise BopFormatError(f"{self.folder}: no png/jpg/tif images in the backgrounds folder")
+            raise BopFormatError(f"{self.folder}: no png/jpg/jpeg/tif images in the backgrounds folder "
+                                 "(any image folder works, e.g. VOC2012 JPEGImages)")
 
     def __call__(self, rng, width: int, height: int) -> np.ndarray:
         cv2 = _cv2()

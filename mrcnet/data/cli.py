@@ -6,6 +6,9 @@ import time
 
 import click
 
+from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
+from mrcnet.runtime.preprocess import InputError, check_camera
+
 
 def _device(value):
     """``--device``: None, an EGL index (digits), ``cpu`` or ``cuda:K``."""
@@ -28,13 +31,25 @@ def _camera(width, height, fx, fy, cx, cy):
             K[r, c] = v
     if fy is None and fx is not None:
         K[1, 1] = fx
+    try:
+        check_camera(K, "--fx/--fy/--cx/--cy", (width, height))
+    except InputError as e:
+        raise click.UsageError(str(e)) from None
     return width, height, K
+
+
+def _out_dir(out) -> None:
+    """Create --out or fail with one line (a file, read-only, not creatable)."""
+    try:
+        prepare_out_dir(out)
+    except OutputError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _camera_options(f):
     for opt in reversed([
-        click.option("--width", type=int, default=None, help="Image width (default: synth preset)."),
-        click.option("--height", type=int, default=None, help="Image height (default: synth preset)."),
+        click.option("--width", type=click.IntRange(min=16), default=None, help="Image width (default: synth preset)."),
+        click.option("--height", type=click.IntRange(min=16), default=None, help="Image height (default: synth preset)."),
         click.option("--fx", type=float, default=None, help="Focal length x, px (default 0.9 * width)."),
         click.option("--fy", type=float, default=None, help="Focal length y, px (default: fx)."),
         click.option("--cx", type=float, default=None, help="Principal point x, px (default width/2)."),
@@ -60,6 +75,7 @@ def main():
 def objects(count, out, seed, families, check, device):
     from . import objects as objs
 
+    _out_dir(out)
     t0 = time.perf_counter()
     fams = [f.strip() for f in families.split(",")] if families else None
     try:
@@ -122,6 +138,7 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     from .scenes import SceneConfig, generate_scenes
 
     width, height, K = _camera(width, height, fx, fy, cx, cy)
+    _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
                       objects_per_image=objects_per_image, distractors_per_image=distractors,
                       images_per_scene=images_per_scene, split=split, depth_scale=depth_scale,
@@ -129,7 +146,7 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     try:
         s = generate_scenes(models, out, images, cfg, seed=seed, renderer=Renderer(_device(device)),
                             overwrite=overwrite)
-    except (ValueError, bop.BopFormatError) as e:
+    except (ValueError, bop.BopFormatError, OutputError) as e:
         raise click.ClickException(str(e))
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished images and their JSONs are kept in {out}; run the same "
@@ -146,7 +163,7 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
               help="Models folder (or a dataset folder with models/).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--frames", "-n", type=click.IntRange(min=1), default=90, show_default=True)
-@click.option("--fps", type=float, default=30.0, show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @_camera_options
 @click.option("--objects", "n_objects", type=click.IntRange(min=1), default=None,
               help="Instances on the table (default: one of each object).")
@@ -162,11 +179,12 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
     from .video import generate_video
 
     width, height, K = _camera(width, height, fx, fy, cx, cy)
+    _out_dir(out)
     try:
         s = generate_video(models, out, n_frames=frames, fps=fps, width=width, height=height, K=K,
                            n_objects=n_objects, seed=seed, box_jitter=box_jitter,
                            backgrounds=backgrounds, renderer=Renderer(_device(device)))
-    except (ValueError, bop.BopFormatError) as e:
+    except (ValueError, bop.BopFormatError, OutputError) as e:
         raise click.ClickException(str(e))
     click.echo(f"{s['video']}: {s['frames']} frames {width}x{height}, {s['instances']} objects, "
                f"{s['detections']} detections, {s['seconds']:.1f} s = {s['frames_per_s']:.2f} frames/s")

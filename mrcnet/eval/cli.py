@@ -36,7 +36,8 @@ def split_options(f):
 def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""
-    from mrcnet.data.bop import BopFormatError
+    from mrcnet.runtime.formats.bop import BopFormatError
+    from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
     from mrcnet.runtime.render import MeshError, RenderContextError
 
     from .bop_eval import (Bop19Params, EvalError, default_vsd_delta, evaluate_bop19,
@@ -45,6 +46,13 @@ def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_
     if vsd_delta is None:
         vsd_delta = default_vsd_delta(data_dir)
     params = Bop19Params(visib_gt_min=visib_gt_min, vsd_delta=vsd_delta)
+    if out_dir is None:
+        res = Path(results)
+        out_dir = res.parent / f"{res.stem}_eval"
+    try:
+        prepare_out_dir(out_dir)
+    except OutputError as e:
+        raise click.ClickException(str(e)) from None
     try:
         report = evaluate_bop19(data_dir, results, split=split, split_type=split_type,
                                 targets=targets, params=params,
@@ -52,10 +60,10 @@ def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_
                                 progress=not no_progress)
     except (EvalError, BopFormatError, MeshError, RenderContextError) as e:
         raise click.ClickException(str(e)) from None
-    if out_dir is None:
-        res = Path(results)
-        out_dir = res.parent / f"{res.stem}_eval"
-    js, md = write_report(report, out_dir)
+    try:
+        js, md = write_report(report, out_dir)
+    except OSError as e:
+        raise click.ClickException(f"--out {out_dir}: cannot write the report ({e.strerror or e})") from None
     click.echo(format_markdown(report))
     click.echo(f"wrote {js} and {md}")
 

@@ -8,7 +8,6 @@ missing estimate is a miss.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -17,25 +16,30 @@ import numpy as np
 from mrcnet.data import bop
 from mrcnet.eval import pose_errors as pe
 from mrcnet.eval.bop_eval import MSPD_REF_WIDTH, Bop19Params
+from mrcnet.runtime.formats.files import OutputError, check_out_file
+from mrcnet.runtime.formats.poses_jsonl import PosesFormatError, read_poses_jsonl
 from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
 from mrcnet.runtime.render import load_mesh
 
 
 def load_poses_jsonl(path) -> dict[int, list[dict]]:
-    """``poses.jsonl`` -> {frame index: [{obj_id, R (3,3), t (3,) mm, score}]}."""
+    """``poses.jsonl`` (strict JSON, :mod:`mrcnet.runtime.formats.poses_jsonl`) -> {frame id:
+    [{obj_id, R (3,3), t (3,) mm, score}]}; ValueError naming the file and record if malformed."""
+    try:
+        records = read_poses_jsonl(path)
+    except PosesFormatError as e:
+        raise ValueError(str(e)) from None
+    if not records:
+        raise ValueError(f"{path}: no pose records")
     out: dict[int, list[dict]] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[int(rec["frame"])] = [
-                    {"obj_id": int(o["obj_id"]), "R": np.asarray(o["R"], float).reshape(3, 3),
-                     "t": np.asarray(o["t"], float).reshape(3), "score": float(o.get("score", 0.0))}
-                    for o in rec.get("objects", [])]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: malformed pose record ({e})") from None
+    for n, rec in enumerate(records, 1):
+        try:
+            out[int(rec["frame"])] = [
+                {"obj_id": int(o["obj_id"]), "R": np.asarray(o["R"], float).reshape(3, 3),
+                 "t": np.asarray(o["t"], float).reshape(3), "score": float(o.get("score", 0.0))}
+                for o in rec.get("objects", [])]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: malformed pose record ({e})") from None
     return out
 
 
@@ -122,6 +126,11 @@ def main(poses, scene_gt, models, camera, json_out):
     for what, p in (("poses", poses), ("scene_gt", scene_gt), ("camera", camera)):
         if not Path(p).is_file():
             raise click.ClickException(f"{what} file not found: {p}")
+    try:
+        if json_out:
+            check_out_file(json_out, "--json")
+    except OutputError as e:
+        raise click.ClickException(str(e)) from None
     try:
         cam = bop.load_camera(camera)
         rep = evaluate_clip(poses, scene_gt, models, cam["K"], cam["width"])

@@ -75,7 +75,8 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
         dataset=meta.get("dataset") or "", preset=meta.get("preset", torch_model.cfg.name), obj_ids=obj_ids,
         depth_range=meta.get("depth_range") or list(torch_model.tables.depth_range), bins=torch_model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")), crop_size=torch_model.cfg.crop_size,
-        bn_group=group, n_rot=group, project_version="", checkpoint_sha256=None)
+        bn_group=group, n_rot=group, project_version="", checkpoint_sha256=None,
+        box_rule=meta.get("box_rule", "clip"))
     m.root = Path(root).resolve()
     m.models_dir = str(models_dir)
     return m
@@ -114,7 +115,7 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
     from mrcnet.runtime.backends import BackendError, create_backend
-    from mrcnet.runtime.manifest import ManifestError, load_manifest
+    from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
         raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
@@ -123,6 +124,10 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         be = create_backend(man, backend or "auto", threads=threads, precision=precision)
     except (ManifestError, BackendError) as e:
         raise InferError(str(e)) from None
+    problem = precision_problem(be.name, precision)
+    if problem:
+        be.close()
+        raise InferError(problem)
     return be, man
 
 
@@ -180,6 +185,7 @@ class InferSummary:
     bad_images: list = field(default_factory=list)           # [(scene_id, im_id, reason)]
     skipped_detections: list = field(default_factory=list)   # [(scene_id, im_id, obj_id, reason)]
     missing_detections: int = 0  # target instances without a detection
+    unknown_targets: list = field(default_factory=list)  # [(scene_id, im_id)] targets naming no indexed image
     seconds: float = 0.0        # wall time of this call
     stage_ms: dict = field(default_factory=dict)
     complete: bool = False
@@ -195,6 +201,10 @@ class InferSummary:
             s.append("mean ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items()))
         if self.missing_detections:
             s.append(f"{self.missing_detections} target instance(s) had no detection")
+        if self.unknown_targets:
+            a, b = self.unknown_targets[0]
+            s.append(f"{len(self.unknown_targets)} target(s) name images not in the dataset (first: scene {a} "
+                     f"image {b}); they count as misses")
         if self.skipped_detections:
             s.append(f"{len(self.skipped_detections)} detection(s) skipped (first: {self.skipped_detections[0]})")
         if self.bad_images:
@@ -217,7 +227,7 @@ class ResumableResultsWriter:
     """
 
     def __init__(self, path, settings: dict, resume: bool = True):
-        from mrcnet.data.bop import RESULTS_HEADER
+        from mrcnet.runtime.formats.bop import RESULTS_HEADER
 
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
@@ -243,7 +253,7 @@ class ResumableResultsWriter:
     def _read_progress(self) -> Optional[int]:
         """Finished images of the previous run (into ``done``) and the CSV size after the last one;
         None when the log is unreadable or inconsistent (the run starts afresh)."""
-        from mrcnet.data.bop import RESULTS_HEADER
+        from mrcnet.runtime.formats.bop import RESULTS_HEADER
 
         lines = self.progress.read_text(encoding="utf8").splitlines()
         try:
@@ -271,7 +281,7 @@ class ResumableResultsWriter:
     def write_image(self, scene_id: int, im_id: int, rows: Sequence[dict]) -> None:
         """Append the rows (``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time s}``) of one
         image, flush, then record the image as done."""
-        from mrcnet.data.bop import format_result_row
+        from mrcnet.runtime.formats.bop import format_result_row
 
         if rows:
             self._csv.write("".join(format_result_row(r) + "\n" for r in rows).encode("ascii"))
@@ -321,6 +331,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     from tqdm import tqdm
 
     from mrcnet.data import bop
+    from mrcnet.runtime.formats.files import check_out_file
     from mrcnet.runtime.pipeline import STAGES, Pipeline
     from mrcnet.runtime.preprocess import InputError
 
@@ -329,8 +340,17 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     root = Path(data_dir)
     if not root.is_dir():
         raise InferError(f"--data: dataset folder not found: {root}")
+    check_out_file(out)
     ds = bop.BopDataset(root, split, split_type=split_type)
     target_list = ds.targets(targets)
+    tpath = ds.targets_path(targets)
+    unknown = []
+    if tpath is not None:  # targets of images that are missing or in skipped scenes: say so
+        indexed = {(r.scene_id, r.im_id) for r in ds}
+        unknown = sorted({(t["scene_id"], t["im_id"]) for t in bop.load_test_targets(tpath)} - indexed)
+        if unknown:
+            say(f"{tpath}: {len(unknown)} target image(s) are not in {ds.split_dir} (first: scene {unknown[0][0]} "
+                f"image {unknown[0][1]}); they count as misses")
     if not target_list:
         raise InferError(f"--data {root}: split {bop.split_dirname(split, split_type)} has no targets")
     grouped_dets = None
@@ -346,7 +366,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 "model": str(Path(model).resolve()), "backend": be.name,
                 "detections": None if detections is None else str(Path(detections).resolve()),
                 "targets": None if targets is None else str(Path(targets).resolve())}
-    summary = InferSummary(out=str(out), backend=be.name, model=str(model))
+    summary = InferSummary(out=str(out), backend=be.name, model=str(model), unknown_targets=unknown)
     if renderer is None:
         from mrcnet.runtime.render import Renderer
         renderer = Renderer()
@@ -410,7 +430,7 @@ def compare_results(reference, other, max_deg: float = 1.0, max_mm: float = 1.0)
     with rotation angle < max_deg degrees and translation distance < max_mm mm), "rot_deg"
     {median, max}, "trans_mm" {median, max}}``.
     """
-    from mrcnet.data.bop import load_bop_results
+    from mrcnet.runtime.formats.bop import load_bop_results
     from mrcnet.runtime.geometry import rotation_angle_deg
 
     def keyed(rows):

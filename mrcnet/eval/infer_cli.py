@@ -28,7 +28,8 @@ from .cli import split_options
               help="Results CSV [default: DATA/results/mrcnet_<split>_<backend>.csv].")
 @click.option("--dataset", default=None, help="Dataset preset of an official checkpoint (tless, lmo, ...).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for a checkpoint (cpu, cuda:0).")
-@click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = default).")
+@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+              help="ONNX Runtime intra-op threads (0 = default).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run with the same settings.")
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
@@ -37,7 +38,8 @@ from .cli import split_options
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
          threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
-    from mrcnet.data.bop import BopFormatError, atomic_open
+    from mrcnet.runtime.formats.bop import BopFormatError
+    from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
     from mrcnet.runtime.render import MeshError, RenderContextError
 
     from .infer import InferError, infer_split, is_checkpoint
@@ -46,11 +48,13 @@ def main(data_dir, split, split_type, model, backend, precision, detections, tar
         kind = backend or ("torch" if is_checkpoint(model) else "auto")
         out = Path(data_dir) / "results" / f"mrcnet_{split}_{kind}.csv"
     try:
+        if summary_path:
+            check_out_file(summary_path, "--summary")
         s = infer_split(data_dir, model, out, split=split, split_type=split_type, backend=backend,
                         detections=detections, targets=targets, dataset=dataset, device=device,
                         threads=threads, precision=precision, resume=resume, progress=not no_progress,
                         report=lambda msg: click.echo(msg, err=True))
-    except (InferError, BopFormatError, MeshError, RenderContextError) as e:
+    except (InferError, BopFormatError, MeshError, RenderContextError, OutputError) as e:
         raise click.ClickException(str(e)) from None
     for line in s.lines():
         click.echo(line)

@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
-from .trainer import TrainConfig, train
+from mrcnet.data.samples import BG_PROB, BG_RULES, BOX_MAP_MODES
+from mrcnet.runtime.formats.files import OutputError
+
+from .trainer import TrainConfig, TrainingInterrupted, train
 
 
 def _ids(ctx, param, value):
@@ -47,22 +51,40 @@ def _ids(ctx, param, value):
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False), default=None, help="held-out BOP dataset")
 @click.option("--val-split", default=None)
 @click.option("--val-max", type=click.IntRange(1), default=200, help="instances validated per epoch")
+@click.option("--val-box-jitter", type=click.FloatRange(0.0, 1.0), default=0.0,
+              help="also validate with jittered boxes: each side moved by up to this share of the box size")
+@click.option("--bg-prob", type=click.FloatRange(0.0, 1.0), default=BG_PROB,
+              help="background replacement probability (for the instances --bg-rule selects)")
+@click.option("--bg-rule", type=click.Choice(BG_RULES), default="official",
+              help="official: on PBR splits only objects seen >= 3 times in the image, every instance on "
+                   "real splits; every: every instance")
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None,
+              help="folder of background images, e.g. VOC2012 JPEGImages (default: images of the split)")
+@click.option("--box-map", "box_map_mode", type=click.Choice(BOX_MAP_MODES), default="centred",
+              help="training box map: centred (official: the box centred in the zoomed crop, a noisy "
+                   "detection) or exact (the ground-truth box in the shifted crop)")
 @click.option("--no-amp", is_flag=True, help="disable mixed precision on GPU")
 @click.option("--device", default=None, help="cpu, cuda:0 ... (default: cuda:LOCAL_RANK if available)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, warmup, weight_decay, workers, seed,
-         bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, no_amp, device, quiet):
+         bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, val_box_jitter, bg_prob,
+         bg_rule, backgrounds, box_map_mode, no_amp, device, quiet):
     """Train MRC-Net (SPEC section 5); checkpoints, TensorBoard logs and loss curves go to OUT."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(data=data, out=out, preset=preset, dataset=dataset, objects=objects, split=split, epochs=epochs,
                       batch_size=batch_size, lr=lr, min_lr=min_lr, warmup=warmup, weight_decay=weight_decay,
                       workers=workers, seed=seed, bn_group=bn_group, ckpt_every=ckpt_every, max_steps=max_steps,
                       resume=resume, init=init, val_data=val_data, val_split=val_split, val_max=val_max,
+                      val_box_jitter=val_box_jitter, bg_prob=bg_prob, bg_rule=bg_rule, backgrounds=backgrounds,
+                      box_map_mode=box_map_mode,
                       amp=not no_amp, device=device, progress=not quiet)
     try:
         res = train(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, OutputError) as e:
         raise click.ClickException(str(e)) from None
+    except TrainingInterrupted as e:
+        click.echo(f"mrcnet-train: {e}", err=True)
+        sys.exit(143 if e.signal == "SIGTERM" else 130)
     click.echo(f"step {res['step']} ({res['steps_per_second']:.3g} steps/s); outputs in {res['out']}")
 
 

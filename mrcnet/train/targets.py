@@ -32,16 +32,42 @@ MASK_STRIDE = 4  # the visible-mask target is the network's 1/4 map: side = crop
 
 
 # ---------------------------------------------------------------------------- object tensors
-def symmetry_tensors(info, max_sym_disc_step: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """The object's symmetry group as arrays: ``R`` (S, 3, 3) float32 and ``t`` (S, 3) float32 mm,
-    identity first (continuous symmetries discretised the BOP way, see
-    :func:`mrcnet.data.bop.symmetry_transforms`)."""
-    from mrcnet.data.bop import symmetry_transforms
+SYMMETRY_SAMPLINGS = ("official", "bop")
 
-    trans = symmetry_transforms(info, max_sym_disc_step)
-    R = np.stack([np.asarray(s["R"], np.float64) for s in trans]).astype(np.float32)
-    t = np.stack([np.asarray(s["t"], np.float64).reshape(3) for s in trans]).astype(np.float32)
-    return R, t
+
+def symmetry_tensors(info, max_sym_disc_step: float = 0.01, sampling: str = "official"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The object's symmetry group as arrays: ``R`` (S, 3, 3) float32 and ``t`` (S, 3) float32 mm.
+
+    ``sampling``:
+
+    - ``"bop"``: as :func:`mrcnet.data.bop.symmetry_transforms` (the BOP toolkit's set, identity first;
+      continuous rotations ``R_c`` at every step from 0, ``t = R_c t_d + t_c`` with the offset term
+      ``t_c = offset - R_c offset``);
+    - ``"official"`` (the training labels and losses of the official release): discrete members as
+      BOP's, but a continuous symmetry is sampled from the *first step* on (angle 0, the identity, is
+      left out: the nearest member is one step, 360/315 deg, away) and the members' translations are
+      ``R_c t_d`` (the continuous offset term is left out). Objects without continuous symmetries get
+      BOP's set.
+    """
+    from mrcnet.data.bop import rotation_about_axis, symmetry_transforms
+
+    if sampling not in SYMMETRY_SAMPLINGS:
+        raise ValueError(f"symmetry sampling {sampling!r} is not one of {SYMMETRY_SAMPLINGS}")
+    cont = list(info["symmetries_continuous"]) if "symmetries_continuous" in info else []
+    if sampling == "bop" or not cont:
+        trans = symmetry_transforms(info, max_sym_disc_step)
+        R = np.stack([np.asarray(s["R"], np.float64) for s in trans])
+        t = np.stack([np.asarray(s["t"], np.float64).reshape(3) for s in trans])
+        return R.astype(np.float32), t.astype(np.float32)
+    disc = symmetry_transforms({"symmetries_discrete": list(info["symmetries_discrete"]) if "symmetries_discrete" in info
+                                else []})
+    steps = int(np.ceil(np.pi / max_sym_disc_step))
+    Rc = [rotation_about_axis(i * 2.0 * np.pi / steps, np.asarray(c["axis"], np.float64))
+          for c in cont for i in range(1, steps)]
+    R = np.stack([rc @ np.asarray(d["R"], np.float64) for d in disc for rc in Rc])
+    t = np.stack([rc @ np.asarray(d["t"], np.float64).reshape(3) for d in disc for rc in Rc])
+    return R.astype(np.float32), t.astype(np.float32)
 
 
 def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

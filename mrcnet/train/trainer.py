@@ -34,9 +34,12 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mrcnet.data.samples import TrainingSamples, collate_samples
+from mrcnet.checkpoint import read_checkpoint_file
+from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
+from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
 from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
 from .losses import LossWeights, mrcnet_losses
 
@@ -75,7 +78,11 @@ class TrainConfig:
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
     label_cache_dir: str | None = None  # default <out>/label_cache
     color_prob: float = 0.8
-    bg_prob: float = 0.5
+    bg_prob: float = 0.8  # background replacement probability for the instances bg_rule selects
+    bg_rule: str = "official"  # mrcnet.data.samples.BG_RULES
+    backgrounds: str | None = None  # folder of background images (default: images of the split)
+    box_map_mode: str = "centred"  # mrcnet.data.samples.BOX_MAP_MODES
+    val_box_jitter: float = 0.0  # > 0: also validate with jittered boxes (a share of the box size)
     augment: bool = True  # zoom-in, in-plane rotation, colour and background (False: plain crops)
     progress: bool = True
 
@@ -200,10 +207,17 @@ def lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> f
 # ------------------------------------------------------------------------------ checkpoints
 def atomic_torch_save(obj, path) -> None:
     """torch.save to a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after saving ``checkpoint`` (at ``step``)."""
+
+    def __init__(self, step: int, checkpoint, signal: str = "SIGINT"):
+        super().__init__(f"interrupted ({signal}) at step {step}; state saved in {checkpoint} "
+                         "(continue with --resume)")
+        self.step, self.checkpoint, self.signal = step, checkpoint, signal
 
 
 def _rng_state() -> dict:
@@ -222,10 +236,12 @@ def _set_rng_state(st: dict) -> None:
 # ------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, batch_detections: int = 4,
-             device="cpu", ar_dir=None) -> dict:
+             device="cpu", ar_dir=None, box_jitter: float = 0.0) -> dict:
     """Pose errors on a held-out split, the runtime's way (4 in-plane crops per detection with
     BatchNorm per group of 4, ``fov`` training variant, TTA selection), GT ``bbox_visib`` as the
-    detection. Rotation error: degrees to the closest symmetric GT; translation error: mm.
+    detection, or with ``box_jitter`` > 0 that box jittered (:func:`mrcnet.data.samples.jittered_box`: what a real
+    detector gives is never the exact box). Rotation error: degrees to the closest symmetric GT;
+    translation error: mm.
     Returns ``{"all": {...}, "obj_<id>": {...}}`` with ``n``, ``rot_err_deg`` and ``trans_err_mm``
     (medians), ``share_5deg_5cm``.
 
@@ -249,9 +265,10 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
         for (scene_id, im_id), gt_id in chunk:
             rec = ds.ds.image(scene_id, im_id)
             inst = rec.instances[gt_id]
-            x, y, w, h = inst.info["bbox_visib"]
-            cb = prepare_detection(rec.load_image("bgr"), rec.K, [x, y, x + w, y + h], 4, "training",
-                                   model.cfg.crop_size)
+            image = rec.load_image("bgr")
+            box = jittered_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
+                                 box_jitter)
+            cb = prepare_detection(image, rec.K, box, 4, "training", model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
             idx += [ds.cls[inst.obj_id]] * 4
             gts.append(inst)
@@ -347,18 +364,13 @@ def plot_history(history: list[dict], path) -> None:
     ax.set_ylabel("loss (weighted)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _atomic_json(obj, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 # ------------------------------------------------------------------------------------- train
@@ -376,7 +388,15 @@ def train(cfg: TrainConfig) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(cfg.out)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out_dir(out)
+    ckpt_path = out / "last.pth"
+    resume_ck = None  # checkpoint files are read before the (slow) data set set-up: fail fast
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
+        resume_ck = read_checkpoint_file(ckpt_path, "--resume")
+    if cfg.init:
+        read_checkpoint_file(cfg.init, "--init")
     preset = get_dataset(cfg.dataset)
     mcfg = get_config(cfg.preset)
     torch.manual_seed(cfg.seed)
@@ -384,7 +404,8 @@ def train(cfg: TrainConfig) -> dict:
     ds = TrainingSamples(cfg.data, mcfg.bins, preset.depth_range, split=cfg.split, obj_ids=cfg.objects,
                          augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
-                         color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size)
+                         color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
+                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
     obj_ids = ds.obj_ids
     sampler = BlockSampler(ds, cfg.batch_size, world, rank, cfg.seed)
     steps_per_epoch = sampler.steps
@@ -412,11 +433,8 @@ def train(cfg: TrainConfig) -> dict:
     weights = LossWeights()
 
     step, history = 0, []
-    ckpt_path = out / "last.pth"
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ck = resume_ck
         old = ck.get("train_config", {})
         diff = [k for k in RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
         if diff:
@@ -434,12 +452,10 @@ def train(cfg: TrainConfig) -> dict:
     def save(path):
         from mrcnet.checkpoint import save_checkpoint
 
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_checkpoint(tmp, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
+        save_checkpoint(path, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                         fov_variant="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                         scaler=scaler.state_dict(), step=step, last_epoch=step // steps_per_epoch,
                         rng=_rng_state(), history=history, train_config=asdict(cfg))
-        os.replace(tmp, path)
 
     writer = None
     if rank == 0:
@@ -456,55 +472,72 @@ def train(cfg: TrainConfig) -> dict:
 
     bar = tqdm(total=stop, initial=step, desc="train", unit="step", disable=(rank != 0 or not cfg.progress))
     t0, n0 = time.time(), step
-    while step < stop:
-        epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        sampler.set_start(offset)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=collate_samples, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                outs = step_mod(batch["crops"], batch["obj_index"], batch["fov"], batch["K_roi"])
-            losses = mrcnet_losses(outs, batch, mcfg.bins, preset.depth_range, weights, mcfg.crop_size)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            step += 1
-            vals = {k: float(v.detach()) for k, v in losses.items()}
-            if distributed:  # log the mean over processes
-                t = torch.tensor(list(vals.values()), device=device)
-                dist.all_reduce(t)
-                vals = dict(zip(vals, (t / world).tolist()))
-            # wall_s: seconds since this process started its training loop (restarts at a resume)
-            history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
-            if rank == 0:
-                for k, v in vals.items():
-                    writer.add_scalar(f"loss/{k}", v, step)
-                writer.add_scalar("lr", lr, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{vals['total']:.3g}", epoch=epoch)
-            end_of_epoch = step % steps_per_epoch == 0
-            if rank == 0 and (step % cfg.ckpt_every == 0 or end_of_epoch or step == stop):
-                save(ckpt_path)
-            if end_of_epoch and val_ds is not None:
-                model.eval()
-                val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
-                model.train()
-                _atomic_json(val, out / f"val_epoch_{step // steps_per_epoch:03d}.json")
-                for name, v in val.items():
-                    for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
-                        if v.get(k) is not None:
-                            writer.add_scalar(f"val/{name}/{k}", v[k], step)
-                log.info("epoch %d validation: %s", step // steps_per_epoch, json.dumps(val["all"]))
-            if distributed and end_of_epoch:
-                dist.barrier()
-            if step >= stop:
-                break
+    saved_step = step
+    try:
+        with sigterm_as_interrupt():
+            while step < stop:
+                epoch, offset = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch)
+                sampler.set_start(offset)
+                loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                    collate_fn=collate_samples, pin_memory=device.type == "cuda", drop_last=True,
+                                    persistent_workers=False)
+                for batch in loader:
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                        outs = step_mod(batch["crops"], batch["obj_index"], batch["fov"], batch["K_roi"])
+                    losses = mrcnet_losses(outs, batch, mcfg.bins, preset.depth_range, weights, mcfg.crop_size)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(losses["total"]).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    lr = opt.param_groups[0]["lr"]
+                    sched.step()
+                    step += 1
+                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    if distributed:  # log the mean over processes
+                        t = torch.tensor(list(vals.values()), device=device)
+                        dist.all_reduce(t)
+                        vals = dict(zip(vals, (t / world).tolist()))
+                    # wall_s: seconds since this process started its training loop (restarts at a resume)
+                    history.append({"step": step, "lr": lr, "wall_s": round(time.time() - t0, 3), **vals})
+                    if rank == 0:
+                        for k, v in vals.items():
+                            writer.add_scalar(f"loss/{k}", v, step)
+                        writer.add_scalar("lr", lr, step)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{vals['total']:.3g}", epoch=epoch)
+                    end_of_epoch = step % steps_per_epoch == 0
+                    if rank == 0 and (step % cfg.ckpt_every == 0 or end_of_epoch or step == stop):
+                        save(ckpt_path)
+                        saved_step = step
+                    if end_of_epoch and val_ds is not None:
+                        model.eval()
+                        val = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop")
+                        runs = [("val", "", val)]
+                        if cfg.val_box_jitter > 0:
+                            val_j = validate(model, renderer, val_ds, cfg.val_max, device=device, ar_dir=out / "val_bop_jitter",
+                                             box_jitter=cfg.val_box_jitter)
+                            runs.append(("val_jitter", "_jitter", val_j))
+                        model.train()
+                        for tag, suffix, res in runs:
+                            _atomic_json(res, out / f"val_epoch_{step // steps_per_epoch:03d}{suffix}.json")
+                            for name, v in res.items():
+                                for k in ("rot_err_deg", "trans_err_mm", "share_5deg_5cm", *AR_KEYS):
+                                    if v.get(k) is not None:
+                                        writer.add_scalar(f"{tag}/{name}/{k}", v[k], step)
+                            log.info("epoch %d validation (%s boxes): %s", step // steps_per_epoch,
+                                     "jittered" if suffix else "ground-truth", json.dumps(res["all"]))
+                    if distributed and end_of_epoch:
+                        dist.barrier()
+                    if step >= stop:
+                        break
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep the steps done since the last checkpoint
+        bar.close()
+        if rank == 0 and step > saved_step:
+            save(ckpt_path)
+            _atomic_json(history, out / "history.json")
+        raise TrainingInterrupted(step, ckpt_path, "SIGTERM" if isinstance(e, Terminated) else "SIGINT") from None
     bar.close()
     rate = (step - n0) / max(time.time() - t0, 1e-9)
     if rank == 0:
@@ -515,10 +548,8 @@ def train(cfg: TrainConfig) -> dict:
         if step >= total:
             from mrcnet.checkpoint import save_checkpoint
 
-            tmp = out / f".model.pth.{os.getpid()}.tmp"
-            save_checkpoint(tmp, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
+            save_checkpoint(out / "model.pth", model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                             fov_variant="training")
-            os.replace(tmp, out / "model.pth")
     if distributed:
         dist.barrier()
     return {"step": step, "epoch": step / steps_per_epoch, "history": history, "val": val, "out": str(out),
