@@ -1,7 +1,10 @@
 """CPU time per detection: PyTorch vs ONNX Runtime FP32 vs ONNX Runtime INT8 (QDQ), plus agreement.
 
 A detection = 4 crops (the TTA group) through the classifier and the regressor (the rendering is
-an input here, not timed). Random weights unless ``--checkpoint`` (pose agreement of int8 is only
+an input here, not timed). The torch row is the fastest eager path (the model as trained: grouped
+per-object convolutions, per-displacement correlations); the ONNX graphs come from the export
+forms (:func:`mrcnet.export.optimize.optimize_for_export`, as ``mrcnet-export`` does) and their
+node counts are reported. Random weights unless ``--checkpoint`` (pose agreement of int8 is only
 meaningful for a trained model). Calibration: ``--calib-data`` (BOP) or synthetic renderings of
 the meshes in ``--models`` (default: box meshes written to a temporary folder).
 
@@ -11,6 +14,7 @@ the meshes in ``--models`` (default: box meshes written to a temporary folder).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from mrcnet.export.manifest import build_manifest
@@ -69,7 +74,7 @@ def main() -> None:
         torch.manual_seed(0)
         obj_ids, depth = list(range(1, a.n_obj + 1)), (0.05, 1.7)
         model = build_model(a.n_obj, depth, a.preset).eval()
-    optimize_for_export(model)  # as mrcnet-export does
+    exported = optimize_for_export(copy.deepcopy(model))  # as mrcnet-export does; ``model`` stays eager
     n = 4 * a.detections
     res = {"preset": model.cfg.name, "n_obj": model.n_obj, "detections": a.detections, "threads": a.threads,
            "cpu": os.cpu_count()}
@@ -79,8 +84,8 @@ def main() -> None:
         man = build_manifest(dataset="bench", preset=model.cfg.name, obj_ids=obj_ids, depth_range=depth,
                              bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size,
                              bn_group=4, project_version="bench", checkpoint_sha256="")
-        paths = export_onnx(model, td, man, progress=print)
-        cal = calibration_feeds(model, man, a.calib_data, count=a.calib_count, models_dir=models, progress=print)
+        paths = export_onnx(exported, td, man, progress=print)
+        cal = calibration_feeds(exported, man, a.calib_data, count=a.calib_count, models_dir=models, progress=print)
         qpaths = quantize_graphs(paths, cal, progress=print)
         feeds = example_inputs(model.n_obj, n, seed=2, crop_size=model.cfg.crop_size)
         # real-looking inputs when we have them: the held-out calibration crops
@@ -94,11 +99,12 @@ def main() -> None:
         res["ort_fp32_vs_torch"] = {k: rel_err(got[k], ref[k]) for k in ("pose_logits", "depth_logits",
                                                                          "trans_logits", "R", "t")}
         with torch.no_grad():
-            res["torch_ms_per_det"] = 1e3 * _time(lambda: run_torch(model, feeds), a.repeats) / a.detections
+            res["torch_eager_ms_per_det"] = 1e3 * _time(lambda: run_torch(model, feeds), a.repeats) / a.detections
         res["ort_fp32_ms_per_det"] = 1e3 * _time(lambda: run_ort(fp32, feeds), a.repeats) / a.detections
         res["ort_int8_ms_per_det"] = 1e3 * _time(lambda: run_ort(int8, feeds), a.repeats) / a.detections
         res["int8_vs_fp32"] = quant_agreement(paths, qpaths, cal.held_out, a.threads)
         res["calibration"] = cal.describe()
+        res["nodes"] = {g: len(onnx.load(str(p), load_external_data=False).graph.node) for g, p in paths.items()}
         res["sizes_mib"] = {**{g: p.stat().st_size / 2**20 for g, p in paths.items()},
                             **{f"{g}_int8": p.stat().st_size / 2**20 for g, p in qpaths.items()}}
     print(json.dumps(res, indent=2))

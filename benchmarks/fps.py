@@ -9,7 +9,12 @@ objects cycling over the model's), so only the backend differs.
 
 Per backend and detections-per-frame D: stage latencies (ms per frame) p50/p90/p99 over ``--frames``
 timed frames (after ``--warmup`` frames), the end-to-end frame time, detections per second
-(D x frames / summed frame time) and the ratio of that to torch's.
+(D x frames / summed frame time) and the ratio of that to torch's. The torch row is the fastest
+eager PyTorch path (per-object convolutions as one grouped convolution), labelled as such.
+
+Compute (same run): this machine's FP32 matmul rate (``--matmul-size``^3, timed before and after
+the backends, the better kept) and, per backend and D, the network's GFLOP/s over the classifier +
+regressor time and its share of that rate (:func:`model_flops`: reference-model FLOPs per crop).
 
 Model: ``--model`` an export directory (ORT/TRT rows; a torch row needs ``--checkpoint``) or a
 ``.pth`` checkpoint (torch row, exported to a temporary folder for the others); default: a
@@ -28,6 +33,7 @@ Writes ``OUT/fps.json`` (settings, hardware, library versions, figures), ``OUT/f
 """
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -137,13 +143,15 @@ def export_model(model, out_dir: Path, models_dir: Path, *, bn_group: int = 4, i
     from mrcnet.eval.infer import checkpoint_manifest
     from mrcnet.export.manifest import write_manifest
     from mrcnet.export.onnx_export import export_onnx
+    from mrcnet.export.optimize import optimize_for_export
     from mrcnet.runtime.manifest import load_manifest
 
     model.set_bn_group(bn_group)
     man = checkpoint_manifest(model, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    paths = export_onnx(model, out_dir, man)
+    # the export forms on a copy, as mrcnet-export does; ``model`` stays the eager reference
+    paths = export_onnx(optimize_for_export(copy.deepcopy(model)), out_dir, man)
     say(f"exported ONNX to {out_dir} ({time.perf_counter() - t0:.1f} s)")
     shutil.copytree(models_dir, out_dir / "models", dirs_exist_ok=True)
     calib = None
@@ -297,6 +305,98 @@ def run_benchmark(manifest, backends: dict, dpf: Sequence[int], frames: int, war
     return results
 
 
+# ----------------------------------------------------------------------------- compute rates
+#: the torch row's name in the reports: the fastest eager PyTorch path (per-object convolutions as one
+#: grouped convolution, correlations as per-displacement products), not the export form
+TORCH_LABEL = "torch (eager: grouped per-object convs)"
+
+
+def matmul_rate(size: int = 2048, repeats: int = 3) -> float:
+    """This machine's FP32 matrix-multiply rate, GFLOP/s: the best of ``repeats`` timed
+    ``size``^3 products (``torch.mm``, the threads torch uses; numpy's BLAS without torch), after
+    one untimed product. The roof the backends' achieved rates are compared with."""
+    try:
+        import torch
+
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        mm = torch.mm
+    except ImportError:
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+        mm = np.matmul
+    mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best / 1e9
+
+
+def model_flops(preset: str, n_obj: int, depth_range, tta: int) -> dict:
+    """Multiply-add FLOPs (2 per MAC; convolutions and matrix products, as
+    ``torch.utils.flop_counter`` counts them) of one crop through each stage of the reference
+    model: {"classifier": flops, "regressor": flops}. Shapes only: the model runs on the meta
+    device, so no weights or time are spent; the per-object convolutions count one object's
+    work per crop, as the grouped eager form does."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mrcnet.export.onnx_export import example_inputs
+    from mrcnet.model import build_model
+    from mrcnet.model.mrcnet import STAGE2_FEATURES
+
+    model = build_model(n_obj, tuple(depth_range), preset, bn_group=tta).eval().to("meta")
+    feeds = {k: torch.from_numpy(v).to("meta") for k, v in
+             example_inputs(n_obj, 4, crop_size=model.cfg.crop_size).items()}
+    out = {}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            s1 = model.stage1(feeds["crops"], feeds["obj_index"], feeds["fov"], feeds["K_roi"])
+        out["classifier"] = fc.get_total_flops() / 4
+        with FlopCounterMode(display=False) as fc:
+            model.stage2(feeds["render"], feeds["obj_index"], feeds["fov"], feeds["K_roi"],
+                         *(s1[k] for k in STAGE2_FEATURES))
+        out["regressor"] = fc.get_total_flops() / 4
+    return out
+
+
+def add_compute_rates(results: dict, flops_per_crop: dict, roof_gflops: float, tta: int) -> None:
+    """Per backend and D, in place: ``gflops_per_s`` = the network FLOPs of a frame (both stages,
+    ``tta`` crops per detection) over its classifier + regressor p50 time, and ``share_of_matmul``
+    = that rate / ``roof_gflops`` (the machine's FP32 matmul rate; int8 rows can exceed 1)."""
+    per_crop = flops_per_crop["classifier"] + flops_per_crop["regressor"]
+    for per_d in results.values():
+        for d, r in per_d.items():
+            secs = (r["stages_ms"]["classifier"]["p50"] + r["stages_ms"]["regressor"]["p50"]) / 1000.0
+            rate = per_crop * tta * int(d) / secs / 1e9 if secs > 0 else float("nan")
+            r["gflops_per_s"] = rate
+            r["share_of_matmul"] = rate / roof_gflops if roof_gflops > 0 else float("nan")
+
+
+def compute_markdown(report: dict) -> list[str]:
+    """The compute table (network GFLOP/s per backend and D, share of the matmul rate) as markdown
+    lines; empty when the run measured no rates."""
+    c = report.get("compute")
+    if not c:
+        return []
+    lines = ["", f"Compute: {c['gflop_per_crop']['classifier']:.2f} + {c['gflop_per_crop']['regressor']:.2f} "
+             f"GFLOP per crop (classifier + regressor, reference model); this machine's FP32 matmul "
+             f"({c['matmul_size']}^3, best of the run): {c['matmul_gflops']:.0f} GFLOP/s. GFLOP/s: network FLOPs "
+             "over the classifier + regressor p50 time.", "",
+             "| backend | D | GFLOP/s | share of FP32 matmul |", "|---|---|---|---|"]
+    for key, per_d in report["results"].items():
+        for d, r in per_d.items():
+            if "gflops_per_s" in r:
+                lines.append(f"| {row_label(key)} | {d} | {r['gflops_per_s']:.1f} | {r['share_of_matmul']:.2f} |")
+    return lines
+
+
+def row_label(key: str) -> str:
+    """The reports' name of a backend key (the torch row says which eager path it is)."""
+    return TORCH_LABEL if key == "torch" else key
+
+
 # ------------------------------------------------------------------------------------ reports
 def markdown(report: dict) -> str:
     """The markdown tables: one row per backend and D (stage p50/p90/p99 ms, total, det/s, ratio)."""
@@ -308,7 +408,7 @@ def markdown(report: dict) -> str:
              f"Command: `{report['command']}`", "",
              f"Frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}; {s['frames']} timed frames after {s['warmup']} warm-up per "
              "setting. Stage cells: p50 / p90 / p99 ms per frame. det/s: detections / summed frame time; "
-             "x torch: det/s relative to PyTorch eager.", ""]
+             f"x torch: det/s relative to {TORCH_LABEL}.", ""]
     head = "| backend | D | " + " | ".join(STAGES) + " | total | det/s | x torch |"
     lines += [head, "|" + "---|" * (len(STAGES) + 5)]
     for key, per_d in report["results"].items():
@@ -317,8 +417,9 @@ def markdown(report: dict) -> str:
                      f"{r['stages_ms'][st]['p99']:.1f}" for st in STAGES]
             t = r["total_ms"]
             ratio = f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-"
-            lines.append(f"| {key} | {d} | " + " | ".join(cells) +
+            lines.append(f"| {row_label(key)} | {d} | " + " | ".join(cells) +
                          f" | {t['p50']:.1f} / {t['p90']:.1f} / {t['p99']:.1f} | {r['detections_per_s']:.2f} | {ratio} |")
+    lines += compute_markdown(report)
     if report.get("parity_vs_torch"):
         lines += ["", "Parity with torch on the same random crops (max relative error of scale; share of crops "
                       "within 5 deg / 5 mm):", ""]
@@ -417,11 +518,15 @@ def parse_ints(text: str, what: str) -> list[int]:
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]; "
               "ORT uses the CPU provider when this is cpu.")
 @click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = default).")
+@click.option("--matmul-size", default=2048, show_default=True, type=click.IntRange(min=0),
+              help="Side of the FP32 matmul timed before and after the backends (the machine's rate; 0 = skip "
+                   "the compute columns).")
 @click.option("--models", "models_src", default=None, type=click.Path(exists=True, file_okay=False),
               help="BOP models folder with the obj_XXXXXX.ply of the model's objects [default: procedural "
                    "objects, which need trimesh + manifold3d].")
 @click.option("--out", "out_dir", default="out/fps", show_default=True, type=click.Path(file_okay=False))
-def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, models_src, out_dir):
+def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, matmul_size,
+         models_src, out_dir):
     """Per-stage latency and detections/s of torch, ONNX Runtime and TensorRT side by side."""
     import sys
 
@@ -487,7 +592,16 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
         for k, why in skipped.items():
             say(f"{k}: not run ({why})")
         parity = parity_vs_torch(manifest, opened)
+        roof = matmul_rate(matmul_size) if matmul_size else 0.0
         results = run_benchmark(manifest, opened, dpf_list, frames, warmup, Renderer(), say)
+        compute = None
+        if matmul_size and results:
+            roof = max(roof, matmul_rate(matmul_size))
+            flops = model_flops(manifest.preset, len(manifest.obj_ids), manifest.depth_range, tta_n)
+            add_compute_rates(results, flops, roof, tta_n)
+            compute = {"matmul_size": matmul_size, "matmul_gflops": roof,
+                       "gflop_per_crop": {g: f / 1e9 for g, f in flops.items()}}
+            say(f"FP32 matmul {matmul_size}^3: {roof:.0f} GFLOP/s")
     if not results:
         raise BenchError("no backend could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     report = {"settings": {"preset": preset, "tta": tta_n, "detections_per_frame": dpf_list, "frames": frames,
@@ -495,7 +609,7 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
                            "threads": threads, "frame_size": list(FRAME_SIZE)},
               "command": " ".join(["benchmarks/fps.py", *sys.argv[1:]]),
               "hardware": hardware_info(), "libraries": library_versions(), "results": results,
-              "parity_vs_torch": parity,
+              "parity_vs_torch": parity, "compute": compute,
               "skipped": skipped, "seconds": time.perf_counter() - t_start,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     paths = write_reports(report, Path(out_dir))

@@ -128,6 +128,21 @@ def _export_one(module: nn.Module, args: tuple, input_names, output_names, path:
                           dynamic_axes=dyn, do_constant_folding=True)
 
 
+def slim_graph(path: Path) -> dict[str, int]:
+    """Constant folding, shape-op removal and dead-node elimination (onnxslim) on ``path``, in place:
+    the export's Shape/Gather/Unsqueeze/Concat chains for static sizes, the Constants and the
+    exporter's identity ops go; the arithmetic is kept, so the numbers are unchanged (the export
+    parity checks this). Returns {"before": nodes, "after": nodes}."""
+    import onnx
+    import onnxslim
+
+    m = onnx.load(str(path))
+    before = len(m.graph.node)
+    m = onnxslim.slim(m)
+    onnx.save(m, str(path))
+    return {"before": before, "after": len(m.graph.node)}
+
+
 def _ensure_inputs(model_proto, input_names: Sequence[str], example: Mapping[str, np.ndarray]) -> None:
     """Re-declare contract inputs the exporter dropped because the graph does not read them (e.g.
     ``obj_index`` of a single-object subset), so every graph keeps the contract's inputs."""
@@ -170,8 +185,9 @@ def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opse
     """Export ``model`` (an ``MRCNet``, BatchNorm group = manifest ``bn_group``) to
     ``out_dir/classifier.onnx`` and ``out_dir/regressor.onnx``.
 
-    Each file is traced with ``example_n`` crops, written to a temporary name, annotated
-    (:func:`finalize_graph`) and moved into place, so a failed export never leaves a partial graph.
+    Each file is traced with ``example_n`` crops, written to a temporary name, slimmed
+    (:func:`slim_graph`), annotated (:func:`finalize_graph`) and moved into place, so a failed
+    export never leaves a partial graph.
     Returns {"classifier": path, "regressor": path}.
     """
     out_dir = Path(out_dir)
@@ -196,6 +212,7 @@ def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opse
         try:
             with torch.no_grad():
                 _export_one(module, _torch_feeds(example, ins), ins, outs, tmp, opset)
+            nodes = slim_graph(tmp)
             finalize_graph(tmp, manifest, graph, ins, example)
             os.replace(tmp, out_dir / name)
         finally:
@@ -203,7 +220,7 @@ def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opse
                 tmp.unlink()
         paths[graph] = out_dir / name
         say(f"exported {graph}: {out_dir / name} ({(out_dir / name).stat().st_size / 2**20:.1f} MiB, "
-            f"{time.perf_counter() - t0:.1f} s)")
+            f"{nodes['after']} nodes (slimmed from {nodes['before']}), {time.perf_counter() - t0:.1f} s)")
     return paths
 
 

@@ -16,6 +16,7 @@ from infer_fixtures import tiny_assets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fps  # noqa: E402
+import ort_options  # noqa: E402
 import parity  # noqa: E402
 
 pytestmark = pytest.mark.slow  # an ONNX export and torch inference (~30 s on 2 shared cores)
@@ -47,8 +48,42 @@ def test_fps_default_random_model(tmp_path):
     assert rep["hardware"]["cpu"] and rep["hardware"]["cores"] >= 1
     assert "onnxruntime" in rep["libraries"] and "numpy" in rep["libraries"]
     md = (out / "fps.md").read_text()
-    assert "| torch | 1 |" in md and "| ort-fp32 | 2 |" in md and "Not run:" in md and "- ort-fp32: max" in md
+    assert f"| {fps.TORCH_LABEL} | 1 |" in md and "| ort-fp32 | 2 |" in md and "Not run:" in md and "- ort-fp32: max" in md
+    c = rep["compute"]
+    assert c["matmul_gflops"] > 0 and c["gflop_per_crop"]["regressor"] > c["gflop_per_crop"]["classifier"] > 0
+    for per_d in rep["results"].values():
+        for r in per_d.values():
+            assert r["gflops_per_s"] > 0 and np.isclose(r["share_of_matmul"], r["gflops_per_s"] / c["matmul_gflops"])
+    assert "share of FP32 matmul" in md
     assert (out / "fps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fps_compute_rates():
+    """Reference FLOPs per crop match the presets' documented cost (paper: about 33 and 36 GMAC per
+    crop for the two stages); rates follow the stage times."""
+    f = fps.model_flops("paper", 1, (0.05, 1.7), 4)
+    assert 64e9 < f["classifier"] < 70e9 and 68e9 < f["regressor"] < 75e9
+    small = fps.model_flops("small", 3, (0.05, 1.7), 4)
+    assert small["classifier"] < f["classifier"] / 20
+    res = {"x": {"2": {"stages_ms": {"classifier": {"p50": 100.0}, "regressor": {"p50": 300.0}}}}}
+    fps.add_compute_rates(res, {"classifier": 1e9, "regressor": 3e9}, 80.0, 4)
+    r = res["x"]["2"]
+    assert np.isclose(r["gflops_per_s"], 4e9 * 8 / 0.4 / 1e9) and np.isclose(r["share_of_matmul"], 80.0 / 80.0)
+    assert fps.matmul_rate(256, repeats=1) > 0
+
+
+def test_ort_options_round_robin(tmp_path, tmp_path_factory):
+    """Session-option candidates are timed on an export; the baseline is the reference (1.0x)."""
+    a = tiny_assets(tmp_path_factory)
+    so = ort_options.session_options(level="basic", threads=1, spinning=False, arena=False)
+    assert so.intra_op_num_threads == 1 and not so.enable_cpu_mem_arena
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    cands = {"baseline": {"level": "all"}, "no-spinning": {"level": "all", "spinning": False}}
+    res = ort_options.measure(Path(a.export), 1, 2, cands)
+    assert set(res) == set(cands) and res["baseline"]["vs_baseline"] == 1.0
+    assert all(0 < r["best_ms"] <= r["median_ms"] for r in res.values())
+    r = CliRunner().invoke(ort_options.main, ["--model", str(a.export), "--detections", "1,x"])
+    assert r.exit_code != 0 and "--detections" in r.output
 
 
 def test_fps_tta1_and_bad_options(tmp_path, tmp_path_factory):

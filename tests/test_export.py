@@ -471,3 +471,76 @@ def test_unfold_condconv_same_numbers(small_model):
     a, b = run_torch(small_model, feeds), run_torch(opt, feeds)
     for k in ("feat_x4", "pose_logits", "R", "t"):
         assert rel_err(b[k], a[k]) < 1e-5, k
+
+
+@pytest.mark.parametrize("n_obj", [1, 3])
+@pytest.mark.parametrize("k", [1, 3])
+def test_stacked_condconv_same_numbers(n_obj, k):
+    """One convolution over all objects' weights + each sample's slice equals the per-object conv."""
+    from mrcnet.export.optimize import StackedCondConv2d
+
+    torch.manual_seed(n_obj + k)
+    cond = CondConv2d(n_obj, 5, 7, k)
+    with torch.no_grad():
+        cond.bias.normal_()
+    x, obj = torch.randn(8, 5, 6, 9), torch.randint(0, n_obj, (8,))
+    assert rel_err(StackedCondConv2d(cond)(x, obj).detach().numpy(), cond(x, obj).detach().numpy()) < 1e-6
+
+
+def test_condconv_form_choice(small_model):
+    """One object: the stacked (plain Conv) form; several: gather + matmul; bad names refused."""
+    import copy
+
+    from mrcnet.export.optimize import StackedCondConv2d, UnfoldCondConv2d, condconv_form, optimize_for_export
+
+    assert condconv_form(1) == "stacked" and condconv_form(3) == "gather" and condconv_form(3, "stacked") == "stacked"
+    with pytest.raises(ValueError, match="'fast'"):
+        condconv_form(2, "fast")
+    torch.manual_seed(5)
+    one = build_model(1, DEPTH, "small").eval()
+    opt = optimize_for_export(copy.deepcopy(one))
+    assert sum(isinstance(m, StackedCondConv2d) for m in opt.modules()) == 6
+    assert list(opt.state_dict()) == list(one.state_dict())
+    feeds = example_inputs(1, 4, seed=22)
+    a, b = run_torch(one, feeds), run_torch(opt, feeds)
+    for key in ("feat_x4", "pose_logits", "R", "t"):
+        assert rel_err(b[key], a[key]) < 1e-5, key
+    multi = optimize_for_export(copy.deepcopy(small_model))
+    assert not any(isinstance(m, StackedCondConv2d) for m in multi.modules())
+    assert sum(isinstance(m, UnfoldCondConv2d) for m in multi.modules()) == 2
+
+
+def test_export_graphs_are_lean(small_model, small_export, sessions):
+    """The exported graphs are slimmed (no Shape / Constant chains) and the correlations are a few
+    large ops: the regressor stays far below the per-displacement form's ~3000 nodes."""
+    reg = onnx.load(str(small_export["regressor"]))
+    ops = [n.op_type for n in reg.graph.node]
+    assert len(ops) < 700, len(ops)
+    # per-displacement correlations alone would be 3 x 49 Slices + 3 x 49 ReduceSums
+    assert ops.count("Slice") < 40 and ops.count("ReduceSum") < 20 and ops.count("Constant") == 0
+    assert ops.count("MatMul") >= 3  # one per correlation scale (plus the per-object convs)
+
+
+def test_slim_graph_keeps_numbers(small_model, tmp_path):
+    """onnxslim's clean-up removes nodes and leaves the outputs as they were."""
+    import shutil
+
+    from mrcnet.export.onnx_export import RegressorGraph, _export_one, _torch_feeds, slim_graph
+
+    feeds = example_inputs(3, 4, seed=23)
+    ref = run_torch(small_model, feeds)
+    full = {**feeds, **ref}
+    raw = tmp_path / "raw.onnx"
+    with torch.no_grad():
+        _export_one(RegressorGraph(small_model), _torch_feeds(full, REGRESSOR_INPUTS), REGRESSOR_INPUTS,
+                    REGRESSOR_OUTPUTS, raw, 17)
+    slim = tmp_path / "slim.onnx"
+    shutil.copy(raw, slim)
+    nodes = slim_graph(slim)
+    assert nodes["after"] < nodes["before"] / 2
+    outs = []
+    for p in (raw, slim):
+        s = ort_session(p, threads=2)
+        outs.append(s.run(None, {i.name: full[i.name] for i in s.get_inputs()}))
+    for a, b in zip(*outs):
+        assert rel_err(b, a) < 1e-6

@@ -152,6 +152,34 @@ def test_condconv_matches_per_sample_conv(k, impl):
         _close(y[i:i + 1], ref, 1e-5)
 
 
+@pytest.mark.parametrize("shape,patch", [((2, 3, 5, 7), 3), ((3, 8, 9, 6), 5), ((1, 4, 4, 4), 11), ((2, 6, 8, 8), 7)])
+def test_correlation_matmul_equals_slices(shape, patch):
+    """The export form of the correlation (batched MatMul + band slice) gives the per-displacement
+    numbers, including maps narrower than the patch and odd sizes."""
+    from mrcnet.model import correlation
+
+    g = torch.Generator().manual_seed(sum(shape) + patch)
+    a, b = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    ref = correlation(a, b, patch, "slices")
+    out = correlation(a, b, patch, "matmul")
+    assert out.shape == (shape[0], patch * patch, *shape[2:])
+    _close(out, ref, 1e-5)
+    assert torch.equal(correlation(a, b, patch), ref)  # eager "auto" is the slices form
+    with pytest.raises(ValueError, match="'unrolled'"):
+        correlation(a, b, patch, "unrolled")
+
+
+def test_correlation_matmul_golden():
+    """The export form reproduces the official correlation (patch 11) of the golden data."""
+    from mrcnet.model import correlation
+    from mrcnet.testing import load_golden, max_rel_error
+
+    z = load_golden("golden_model_n2.npz")
+    a, b = torch.from_numpy(z["corr_in1"]), torch.from_numpy(z["corr_in2"])
+    out = correlation(a, b, 11, "matmul").reshape(z["corr_out"].shape).numpy()
+    assert max_rel_error(out, z["corr_out"]) < 1e-5
+
+
 # ----------------------------------------------------------------------------- geometry
 def test_torch_geometry_matches_numpy():
     rng = np.random.default_rng(0)
