@@ -108,7 +108,7 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
         raise CalibrationError(f"--calib-data: {e}") from None
-    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (SPEC 5), one place
+    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (docs/MODEL.md §5), one place
 
     wanted = set(int(i) for i in obj_ids)
     rows = [(rec, inst) for rec, inst in ds.instances(MIN_VISIB_FRACT) if inst.obj_id in wanted

@@ -1,7 +1,7 @@
 """Checkpoints: the official MRC-Net format and the project's own, into :class:`MRCNet`.
 
 Official format (``tless.pth`` ...): ``{'network': state_dict, 'optimizer', 'scheduler',
-'last_epoch'}`` with two quirks (``compat/README.md``):
+'last_epoch'}`` with quirks (docs/MODEL.md §7):
 
 - ``backbone.base_model.{4,5,6,7}.REST`` alias ``backbone.layer{1,2,3,4}.0.REST`` (the ResNet stages
   registered twice): loaded once through the ``layerN`` names, the alias checked equal and dropped;

@@ -65,7 +65,7 @@ def _cross(a: Tensor, b: Tensor) -> Tensor:
 
 def rot6d_to_matrix(x: Tensor, eps: float = 1e-8) -> Tensor:
     """6D rotation ``(a, b) = (x[..., :3], x[..., 3:6])`` -> (..., 3, 3) with columns [x y z]:
-    ``x = a/|a|, z = (x cross b)/|x cross b|, y = z cross x`` (SPEC section 3)."""
+    ``x = a/|a|, z = (x cross b)/|x cross b|, y = z cross x`` (docs/MODEL.md §3)."""
     a, b = x[..., 0:3], x[..., 3:6]
     c0 = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
     c2 = _cross(c0, b)

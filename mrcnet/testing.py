@@ -1,4 +1,4 @@
-"""Test helpers: the deterministic weight fill of ``compat/README.md``, golden-data access and
+"""Test helpers: the deterministic weight fill of ``tests/data/README.md``, golden-data access and
 small ASCII PLY meshes (torch-free at import: torch is imported inside the functions that need it).
 
 The fill makes a network's numbers reproducible without a checkpoint: every tensor of an

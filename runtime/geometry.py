@@ -205,7 +205,7 @@ def check_rotation(R: np.ndarray, what: str = "R", atol: float = 1e-3) -> np.nda
 
 # -------------------------------------------------------------------------------- translation
 #: Crop side the normalised depth refers to: ``d = t_z / fx_256`` with ``fx_256 = fx_roi * 256 / size``
-#: the focal length of the same crop at 256 px (SPEC's 256-px crops: ``d = t_z / fx_roi``). So a
+#: the focal length of the same crop at 256 px (256-px crops, docs/MODEL.md §3: ``d = t_z / fx_roi``). So a
 #: dataset preset's depth range means the same distances for every crop size.
 REF_CROP = 256
 
@@ -242,7 +242,7 @@ def translation_to_persp(t: np.ndarray, K_roi: np.ndarray, size: int = 256) -> t
 def tta_select(
     R: np.ndarray, t: np.ndarray, rot_score: np.ndarray, depth_score: np.ndarray, Rz: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Select and un-rotate the TTA group of each detection (SPEC section 3).
+    """Select and un-rotate the TTA group of each detection (docs/MODEL.md §3).
 
     R (G, T, 3, 3), t (G, T, 3) mm: per-crop poses in the rotated frames; rot_score, depth_score
     (G, T): max rotation / depth logit of each crop; Rz (T, 3, 3) or (G, T, 3, 3): the in-plane

@@ -1,4 +1,4 @@
-"""The torch-free pose pipeline: frame + camera + detections -> object poses (SPEC 1-4).
+"""The torch-free pose pipeline: frame + camera + detections -> object poses (docs/MODEL.md §1-4).
 
 One frame: every valid detection becomes a TTA group of ``n_rot`` crops (``preprocess``); the
 detections go through the classifier in chunks of at most the backend's capacity (``max_crops``:
@@ -205,7 +205,7 @@ def chunk_size(backend, n_rot: int, max_detections: Optional[int] = None) -> int
 
 def render_inputs(renderer, obj_ids, obj_index: np.ndarray, R_init: np.ndarray, t_init: np.ndarray,
                   K_roi: np.ndarray, size: int) -> np.ndarray:
-    """Stage-2 input (SPEC 4): each crop's object ``obj_ids[obj_index]`` rendered at (R_init (N,3,3),
+    """Stage-2 input (docs/MODEL.md §4): each crop's object ``obj_ids[obj_index]`` rendered at (R_init (N,3,3),
     t_init (N,3) mm) with its crop camera K_roi (N,3,3), ``size`` x ``size`` -> (N, 4, S, S) float32:
     the render's colour (grey: BGR == RGB) in [0, 1] and the box map of its mask
     (``RenderResult.network_input``). renderer: ``render_network_input(obj_ids, R, t, K, size)``

@@ -1,4 +1,4 @@
-"""From an image, a camera and a detection box to the network input (SPEC section 1). No torch.
+"""From an image, a camera and a detection box to the network input (docs/MODEL.md §1). No torch.
 
 Every detection becomes a TTA group of ``n_rot`` crops (in-plane rotations by k * 360/n_rot deg),
 each ``CROP_SIZE`` x ``CROP_SIZE`` with 4 channels: BGR / 255 and the box map.
@@ -80,7 +80,7 @@ def box_map(box_loc: np.ndarray, size: int = CROP_SIZE, out: np.ndarray | None =
 
 def box_loc_from_masks(masks: np.ndarray) -> np.ndarray:
     """Tight boxes of (N, H, W) masks in crop units: x1 = xmin / W, x2 = xmax / W with xmax the
-    last covered pixel index (SPEC section 4). Empty masks give (0, 0, 0, 0). -> (N, 4) float64."""
+    last covered pixel index (docs/MODEL.md §4). Empty masks give (0, 0, 0, 0). -> (N, 4) float64."""
     masks = np.asarray(masks).astype(bool)
     n, h, w = masks.shape
     out = np.zeros((n, 4), np.float64)
@@ -187,7 +187,7 @@ def detection_square(box_xyxy, width: int, height: int, rule: str = "clip", name
 
 def crop_transform(K: np.ndarray, centre, side: float, Rz: np.ndarray, size: int = CROP_SIZE
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The warp of one in-plane-rotated square crop (SPEC section 1).
+    """The warp of one in-plane-rotated square crop (docs/MODEL.md §1).
 
     K (3, 3) camera; centre (2,) px the crop centre before rotation; side (px) the crop side;
     Rz (3, 3) the in-plane rotation (about the camera z axis); size the crop size (px).
@@ -215,7 +215,7 @@ def warp_crop(image: np.ndarray, M: np.ndarray, size: int = CROP_SIZE, interpola
 
 
 def crop_box_location(box_xyxy, centre, side: float, Rz: np.ndarray) -> np.ndarray:
-    """SPEC 1 ``box_loc``: the box (x1, y1, x2, y2) px in the crop of (centre, side), in crop units,
+    """docs/MODEL.md §1 ``box_loc``: the box (x1, y1, x2, y2) px in the crop of (centre, side), in crop units,
     its corners rotated by Rz (3, 3) about the crop centre, then min / max -> (4,) float64."""
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     corners = (np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]) - (centre[0], centre[1])) / side
@@ -224,7 +224,7 @@ def crop_box_location(box_xyxy, centre, side: float, Rz: np.ndarray) -> np.ndarr
 
 
 def crop_fov(K: np.ndarray, centre, centre_rot, side: float, fov_variant: str = "inference") -> np.ndarray:
-    """SPEC 1 ``fov`` (3,) of a crop: the rotated centre's offset divided by the focal lengths,
+    """docs/MODEL.md §1 ``fov`` (3,) of a crop: the rotated centre's offset divided by the focal lengths,
     then ``side / fx``. ``"inference"`` (the official inference) offsets ``centre_rot`` from the
     crop centre ``centre``, ``"training"`` from the principal point."""
     if fov_variant not in FOV_VARIANTS:
@@ -243,7 +243,7 @@ def prepare_detection(
     scale: float = 1.0 / 255.0,
     box_rule: str = "clip",
 ) -> CropBatch:
-    """The TTA group of one detection (SPEC section 1).
+    """The TTA group of one detection (docs/MODEL.md §1).
 
     image (H, W, 3) BGR, values 0..255 (uint8 or float); K (3, 3); box_xyxy (4,) pixels.
     fov_variant: "inference" (the official inference: offsets from the box centre) or "training"

@@ -1,6 +1,6 @@
 """Dataset presets: the one place for image size, depth range and object ids of each dataset.
 
-Depth ranges are in *normalised* depth units ``d = t_z / fx_roi`` (SPEC section 3), the unit of the
+Depth ranges are in *normalised* depth units ``d = t_z / fx_roi`` (docs/MODEL.md §3), the unit of the
 depth bins, with ``fx_roi`` that of a 256-px crop whatever the model's crop size
 (:data:`mrcnet.runtime.geometry.REF_CROP`). Image size is ``(width, height)`` in pixels.
 """

@@ -1,5 +1,5 @@
 """The model with deterministic official weights reproduces the official network's outputs
-(tests/data/golden_model_n2.npz, compat/README.md): floats within 1e-3 of each tensor's largest
+(tests/data/golden_model_n2.npz, tests/data/README.md): floats within 1e-3 of each tensor's largest
 magnitude, integers exactly."""
 import numpy as np
 import pytest

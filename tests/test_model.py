@@ -239,7 +239,7 @@ def test_normalised_depth_is_crop_size_independent():
     dxy_b, d_b = ng.translation_to_persp(t, K128, 128)
     np.testing.assert_allclose(d_a, d_b, rtol=1e-12)
     np.testing.assert_allclose(dxy_a, dxy_b, atol=1e-12)
-    np.testing.assert_allclose(d_a, t[:, 2] / 600.0)  # SPEC's d = t_z / fx_roi at 256 px
+    np.testing.assert_allclose(d_a, t[:, 2] / 600.0)  # docs/MODEL.md §3: d = t_z / fx_roi at 256 px
     np.testing.assert_allclose(ng.persp_to_translation(dxy_b, d_b, K128, 128), t, rtol=1e-12)
     tt = tg.persp_to_translation(torch.from_numpy(dxy_b), torch.from_numpy(d_b), torch.from_numpy(K128), 128)
     _close(tt, torch.from_numpy(t), 1e-9)

@@ -1,7 +1,7 @@
-"""Training samples (SPEC section 5): a torch Dataset of object crops with the official targets.
+"""Training samples (docs/MODEL.md §5): a torch Dataset of object crops with the official targets.
 
 One sample = one annotated instance of a BOP split (box = ``bbox_visib``; instances with box width
-or height <= 10 px or ``visib_fract`` < 0.1 are skipped), cropped the SPEC-1 way with
+or height <= 10 px or ``visib_fract`` < 0.1 are skipped), cropped the MODEL.md §1 way with
 
 - dynamic zoom-in (training): box centre shifted by up to +-25 % of the box w / h, side
   ``1.5 * max(w, h) * U(0.75, 1.25)``, capped at the longer image side;
@@ -37,7 +37,7 @@ labels, the crop/4 visible mask, model points sampled on the surface (mm), the s
 (``sym_R``, ``sym_t``, sampled as the official label code does,
 :func:`mrcnet.train.targets.symmetry_tensors`) and the diameter. :func:`collate_samples` pads vertices and symmetries of different objects with masks.
 
-Without ``augment`` (validation) the crop is the plain SPEC-1 crop (no zoom-in, k = 0, no colour or
+Without ``augment`` (validation) the crop is the plain MODEL.md §1 crop (no zoom-in, k = 0, no colour or
 background change). Randomness is a pure function of ``(seed, epoch, index)``: the same sample comes
 out in any worker, process or resumed run (``set_epoch`` before each epoch).
 """
@@ -83,7 +83,7 @@ MASK_MORPH_KERNEL = 3  # close then open, px
 def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: float, k: int = 0,
             n_rot: int = 4, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (SPEC 1):
+    """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (docs/MODEL.md §1):
     :func:`mrcnet.runtime.preprocess.crop_transform` with the runtime's k-th TTA rotation, for an
     explicit centre and side (``prepare_detection`` derives them from a box).
     image (H, W[, C]) any dtype; K (3, 3); center (2,) px; k in 0..n_rot-1.
@@ -97,7 +97,7 @@ def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: flo
 def box_location(box_xyxy: Sequence[float], center: Sequence[float], side: float, k: int = 0,
                  n_rot: int = 4) -> np.ndarray:
     """Box (x1, y1, x2, y2) px in the crop of (center, side), crop units, its corners rotated by
-    k * 360/n_rot deg about the crop centre (min / max): (4,) float64 (SPEC 1 ``box_loc``)."""
+    k * 360/n_rot deg about the crop centre (min / max): (4,) float64 (docs/MODEL.md §1 ``box_loc``)."""
     return crop_box_location(box_xyxy, center, side, tta_rotations(n_rot)[k])
 
 

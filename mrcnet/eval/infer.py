@@ -6,7 +6,7 @@ The library behind ``mrcnet-infer`` (and ``benchmarks/parity.py``). One code pat
   default ``auto``), with the export's ``manifest.json``;
 - a ``.pth`` checkpoint (official or project format) runs on :class:`mrcnet.inference.TorchBackend`
   with a manifest built in memory from the checkpoint's metadata (:func:`checkpoint_manifest`):
-  official checkpoints get the official-inference ``fov`` variant (SPEC 1), the meshes come from
+  official checkpoints get the official-inference ``fov`` variant (docs/MODEL.md §1), the meshes come from
   the dataset's ``models/``;
 
 both through :class:`mrcnet.runtime.pipeline.Pipeline` (same preprocessing, renderer, TTA selection).

@@ -69,7 +69,7 @@ def _ids(ctx, param, value):
 def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, warmup, weight_decay, workers, seed,
          bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, val_box_jitter, bg_prob,
          bg_rule, backgrounds, box_map_mode, no_amp, device, quiet):
-    """Train MRC-Net (SPEC section 5); checkpoints, TensorBoard logs and loss curves go to OUT."""
+    """Train MRC-Net (docs/MODEL.md §5); checkpoints, TensorBoard logs and loss curves go to OUT."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(data=data, out=out, preset=preset, dataset=dataset, objects=objects, split=split, epochs=epochs,
                       batch_size=batch_size, lr=lr, min_lr=min_lr, warmup=warmup, weight_decay=weight_decay,

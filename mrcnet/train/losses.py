@@ -1,4 +1,4 @@
-"""MRC-Net training losses (SPEC section 5), as the official release computes them.
+"""MRC-Net training losses (docs/MODEL.md §5), as the official release computes them.
 
 With B samples, the network outputs of :meth:`mrcnet.model.MRCNet.stage1` / ``stage2`` and a batch of
 :func:`mrcnet.data.samples.collate_samples`:
@@ -37,7 +37,7 @@ from . import targets as T
 
 @dataclass(frozen=True)
 class LossWeights:
-    """SPEC 5 weights of the loss terms."""
+    """docs/MODEL.md §5 weights of the loss terms."""
 
     rot_clf: float = 0.5
     rot_reg: float = 1.0

@@ -1,4 +1,4 @@
-"""Training targets (SPEC section 5): symmetry tensors, symmetry matching, soft bin labels.
+"""Training targets (docs/MODEL.md §5): symmetry tensors, symmetry matching, soft bin labels.
 
 Shared by the sample pipeline (:mod:`mrcnet.data.samples`, one sample at a time) and the losses
 (:mod:`mrcnet.train.losses`, batched): every function takes torch tensors with any leading batch

@@ -1,4 +1,4 @@
-"""Triangle meshes for the renderer: loading (BOP PLY, OBJ via trimesh) and SPEC-4 vertex normals.
+"""Triangle meshes for the renderer: loading (BOP PLY, OBJ via trimesh) and MODEL.md §4 vertex normals.
 
 Vertices are kept exactly as the file stores them (no merging, no reordering: ``process=False``),
 so a model made of several meshes with duplicated vertices along their seams shades like the
@@ -91,7 +91,7 @@ class Mesh:
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (SPEC section 4).
+    """Area-weighted unit vertex normals (docs/MODEL.md §4).
 
     Each vertex gets the normalised sum of the *unnormalised* cross products
     ``(v1 - v0) x (v2 - v0)`` of the faces that use it (so each face weighs by twice its area).
@@ -117,7 +117,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def load_mesh(path) -> Mesh:
     """Load a PLY (ascii or binary) or OBJ model through trimesh, vertices as stored.
 
-    Normals stored in the file are ignored (recomputed area-weighted, SPEC 4); vertex colours are
+    Normals stored in the file are ignored (recomputed area-weighted, docs/MODEL.md §4); vertex colours are
     kept (RGB in [0, 1]); a texture, when trimesh can read it, is sampled into vertex colours and
     the texture coordinates are kept in ``uv``. Several meshes in one file are concatenated.
 

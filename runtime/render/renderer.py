@@ -1,4 +1,4 @@
-"""Batched headless renderer: N views of uploaded meshes in one call (SPEC section 4 shading).
+"""Batched headless renderer: N views of uploaded meshes in one call (docs/MODEL.md §4 shading).
 
 The N views of a call are drawn into one framebuffer, stacked vertically (view i occupies rows
 ``[i*H, (i+1)*H)``), each with its own viewport and scissor, and read back in one transfer; the
@@ -30,11 +30,11 @@ class RenderResult:
     """Output of :meth:`Renderer.render` for N views of H x W pixels.
 
     Attributes:
-        rgb: (N, H, W, 3) float32 in [0, 1], SPEC-4 shading (grey: the 3 channels are equal, so
+        rgb: (N, H, W, 3) float32 in [0, 1], MODEL.md §4 shading (grey: the 3 channels are equal, so
             RGB and BGR orders coincide); 0 on the background.
         mask: (N, H, W) bool, pixels the object covers (``depth > 0``).
         depth: (N, H, W) float32 camera-space z in mm at the pixel centres; 0 on the background.
-        box_map: (N, H, W) float32 box map of the mask (SPEC 1/4, ``preprocess.box_map``); None when
+        box_map: (N, H, W) float32 box map of the mask (docs/MODEL.md §1, §4, ``preprocess.box_map``); None when
             H != W (the box-map rule is defined for square crops).
         box_loc: (N, 4) float64 tight box of the mask ``(xmin/W, ymin/H, xmax/W, ymax/H)``, xmax/ymax
             the last covered pixel; zeros for an empty mask.
@@ -210,7 +210,7 @@ class Renderer:
 
     # -- rendering ----------------------------------------------------------------------------
     def render(self, obj_ids, R, t, K, width: int = 256, height: int = 256) -> RenderResult:
-        """Render N views (one object each) with the SPEC-4 head-light shading.
+        """Render N views (one object each) with the MODEL.md §4 head-light shading.
 
         Args:
             obj_ids: (N,) ids given to :meth:`add_object`.
@@ -246,7 +246,7 @@ class Renderer:
                             ambient=ambient)
 
     def _render_headlight(self, obj_ids, R, t, K, width, height) -> np.ndarray:
-        """(N, H, W, 2) float32: SPEC-4 grey level and camera z (mm, 0 = background)."""
+        """(N, H, W, 2) float32: MODEL.md §4 grey level and camera z (mm, 0 = background)."""
         ids = np.asarray(obj_ids).reshape(-1)
         n = len(ids)
         R, t = cam.check_poses(R, t, n)

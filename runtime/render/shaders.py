@@ -5,7 +5,7 @@ correctly, so the camera-space z written out at a pixel is the exact z of the su
 through that pixel's centre.
 """
 
-#: SPEC section 4 shading constants: colour = (AMBIENT + DIFFUSE * max(0, n.l)) * ALBEDO
+#: docs/MODEL.md §4 shading constants: colour = (AMBIENT + DIFFUSE * max(0, n.l)) * ALBEDO
 #: + SPECULAR * max(0, r.v)^SHININESS (specular only where n.l > 0)
 HEADLIGHT = dict(AMBIENT=0.8, DIFFUSE=0.6 * 0.5, ALBEDO=0.6, SPECULAR=0.6 * 0.1, SHININESS=10.0)
 
@@ -29,7 +29,7 @@ void main() {
 }
 """
 
-# SPEC section 4: one directional "head light" u_light (unit, towards the light), v = direction
+# docs/MODEL.md §4: one directional "head light" u_light (unit, towards the light), v = direction
 # from the surface point to the camera; output (grey level, camera z in mm).
 HEADLIGHT_FRAGMENT = """
 #version 330
