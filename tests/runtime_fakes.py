@@ -18,6 +18,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+#: Python source that makes ``import torch`` fail in the process that runs it (a meta-path finder):
+#: the prelude of the subprocess tests that prove a code path torch-free.
+BLOCK_TORCH = """import sys
+class _BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _BlockTorch())
+"""
+
 from mrcnet.runtime.preprocess import box_loc_from_masks, box_map
 from mrcnet.runtime.render.renderer import RenderResult
 from mrcnet.testing import box_mesh, write_box_ply, write_ply  # noqa: F401  (write_ply: for the tests)

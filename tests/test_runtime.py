@@ -183,13 +183,8 @@ def test_pipeline_no_valid_detection_and_bad_inputs(manifest):
 
 def test_pipeline_runs_with_torch_unimportable(export_dir):
     """Import every runtime module and run the pipeline with torch blocked (meta_path finder)."""
-    script = textwrap.dedent(f"""
-        import sys, json
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, Block())
+    script = F.BLOCK_TORCH + textwrap.dedent(f"""
+        import json
         sys.path.insert(0, {str(DATA.parent)!r})
         import numpy as np
         import mrcnet.runtime

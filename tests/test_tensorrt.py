@@ -229,13 +229,7 @@ def test_engines_only_cli_imports_no_torch(tmp_path, version):
     raw["precision_graphs"] = {"fp16": {g: f"{g}.fp16.onnx" for g in ("classifier", "regressor")}}
     (out / "manifest.json").write_text(json.dumps(raw))
     tests = Path(__file__).resolve().parent
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, Block())
+    script = F.BLOCK_TORCH + textwrap.dedent(f"""
         sys.path.insert(0, {str(tests)!r})
         from trt_fakes import fake_tensorrt
         trt = fake_tensorrt({version!r})
