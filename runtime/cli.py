@@ -27,7 +27,7 @@ from .formats.poses_jsonl import PosesFormatError, PosesJsonlWriter, read_poses_
 from .preprocess import check_camera
 from .signals import Terminated, sigterm_as_interrupt
 from .tracking import Tracker
-from .video_io import BopCsvWriter, FrameSource, SourceError, VideoWriter
+from .video_io import BopCsvWriter, FrameSource, SourceError, Undistorter, VideoWriter
 
 log = logging.getLogger("mrcnet.runtime")
 
@@ -161,6 +161,10 @@ def run(
     CSV, + ``overlay.mp4``, + ``summary.json``). detect: ``(frame_index, frame_bgr) ->
     list[Detection]``; with ``track`` it is only called for the first frame and to re-detect.
 
+    A camera with distortion coefficients (``camera.dist``): every frame is undistorted first
+    (:class:`~mrcnet.runtime.video_io.Undistorter`, maps computed once, new camera matrix = K), so
+    detection, the pipeline and the overlay all work on the undistorted frame with K.
+
     Every output is flushed per frame; Ctrl-C or SIGTERM stops after the current frame and keeps
     the rest (videos finalised, ``summary.json`` written). An ``out_dir`` that already holds a
     ``poses.jsonl`` raises :class:`RunError` unless ``resume`` (continue it: frames already in it
@@ -200,6 +204,8 @@ def run(
     bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True)
     fps_ema = None
     failures_in_row = 0
+    dist = getattr(camera, "dist", None)
+    undistorter = Undistorter(camera.fixed, dist) if dist is not None and camera.fixed is not None else None
     t_start = time.perf_counter()
     try:
         with sigterm_as_interrupt():
@@ -223,6 +229,8 @@ def run(
                     continue
                 t0 = time.perf_counter()
                 try:
+                    if undistorter is not None:  # the pipeline sees a pinhole image with the camera's K
+                        frame.image = undistorter.undistort(frame.image)
                     H, W = frame.image.shape[:2]
                     K = camera.check_frame(frame.index, W, H)
                     dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
@@ -302,7 +310,8 @@ def run(
 @click.argument("input", required=False, type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
-@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON: cam_K / K / fx,fy,cx,cy (+ width, height), or BOP scene_camera.json.")
+@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON/YAML: cam_K / K / fx,fy,cx,cy (+ width, height, dist_coeffs), ROS CameraInfo "
+                   "(K, D) or camera_calibration YAML, or BOP scene_camera.json.")
 @click.option("--fx", type=float)
 @click.option("--fy", type=float)
 @click.option("--cx", type=float)

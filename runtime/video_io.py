@@ -135,6 +135,34 @@ class FrameSource:
             cap.release()
 
 
+class Undistorter:
+    """Removes lens distortion from frames of one camera: ``undistort(image) -> image``.
+
+    K: (3, 3) pixels; dist: OpenCV coefficients k1, k2, p1, p2[, k3, ...]. The remap maps are
+    computed once per frame size (``cv2.initUndistortRectifyMap``) with the same K as the new
+    camera matrix, so the undistorted frame is a pinhole image with intrinsics K: the K the
+    pipeline, detections and overlays use. Pixels that fall outside the distorted frame are black;
+    nothing is cropped or rescaled. Interpolation: bilinear.
+    """
+
+    def __init__(self, K, dist):
+        self.K = np.asarray(K, np.float64).reshape(3, 3)
+        self.dist = np.asarray(dist, np.float64).reshape(-1)
+        self._maps: dict = {}
+
+    def maps(self, width: int, height: int):
+        """(map1, map2) fixed-point remap maps for a width x height frame (computed once)."""
+        key = (int(width), int(height))
+        if key not in self._maps:
+            self._maps[key] = cv2.initUndistortRectifyMap(self.K, self.dist, None, self.K, key, cv2.CV_16SC2)
+        return self._maps[key]
+
+    def undistort(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) uint8 distorted frame -> (H, W, C) uint8 undistorted frame."""
+        m1, m2 = self.maps(image.shape[1], image.shape[0])
+        return cv2.remap(image, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
 class BopCsvWriter:
     """The BOP'19 results CSV of a run (:class:`~mrcnet.runtime.formats.bop.BopResultsWriter`):
     one flushed write per frame; ``score`` is the detection score (the BOP meaning, see

@@ -6,6 +6,19 @@ Accepted JSON layouts (K in pixels, OpenCV convention):
   each optionally with ``"width"`` and ``"height"`` (the frames must then have that size);
 - a BOP ``scene_camera.json`` ``{"<im_id>": {"cam_K": [9], ...}, ...}`` keyed by frame id.
 
+Lens distortion (one K for the sequence only), OpenCV's model and order ``k1, k2, p1, p2[, k3[, k4,
+k5, k6[, s1..s4[, tx, ty]]]]`` (4, 5, 8, 12 or 14 numbers):
+
+- the project's JSON: ``"dist_coeffs": [...]`` (or ``"D"``) next to the K;
+- ROS ``CameraInfo``-style ``{"K": [9], "D": [...], "width", "height", "distortion_model"}`` as
+  JSON or YAML (``.yaml`` / ``.yml``); ``distortion_model`` must be ``plumb_bob`` or
+  ``rational_polynomial`` (fisheye / equidistant is not supported);
+- the YAML of ROS ``camera_calibration``: ``image_width``, ``image_height``, ``camera_matrix:
+  {rows, cols, data}``, ``distortion_coefficients: {rows, cols, data}``, ``distortion_model``.
+
+All-zero coefficients mean no distortion. ``Camera.dist`` holds them (float64, None when none);
+``mrcnet-run`` undistorts every frame before the pipeline (see :class:`mrcnet.runtime.video_io.Undistorter`).
+
 Every K is checked with :func:`mrcnet.runtime.preprocess.check_camera` (finite, last row 0 0 1,
 focal lengths >= 1 px, principal point near the image). A bad fixed K is an error at load; a bad
 per-frame K only fails its own frame (``Camera.K`` raises ``InputError`` naming the file and frame).
@@ -16,6 +29,7 @@ import os
 from typing import Optional
 
 import numpy as np
+import yaml
 
 from ..preprocess import InputError, check_camera
 from .bop import BopFormatError, load_json
@@ -30,9 +44,45 @@ def camera_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float64)
 
 
+#: lengths of OpenCV's distortion vector
+DIST_LENGTHS = (4, 5, 8, 12, 14)
+#: ROS distortion models that are OpenCV's k1, k2, p1, p2[, k3...] vector
+DIST_MODELS = ("plumb_bob", "rational_polynomial")
+_DIST_KEYS = ("dist_coeffs", "D", "distortion_coefficients")
+
+
+def _matrix_data(v):
+    """The ``data`` of a camera_calibration YAML matrix ``{rows, cols, data}``, else v itself."""
+    return v["data"] if isinstance(v, dict) and "data" in v else v
+
+
+def _dist_from_record(r) -> Optional[np.ndarray]:
+    """(N,) float64 distortion coefficients of a camera record (None when absent or all zero);
+    ValueError naming the problem for a bad length, a non-finite value or an unsupported model."""
+    if not isinstance(r, dict):
+        return None
+    key = next((k for k in _DIST_KEYS if k in r), None)
+    model = r.get("distortion_model")
+    if model is not None and str(model) not in DIST_MODELS:
+        raise ValueError(f"distortion_model {model!r} is not supported (use one of {', '.join(DIST_MODELS)})")
+    if key is None:
+        return None
+    D = np.asarray(_matrix_data(r[key]), np.float64).reshape(-1)
+    if D.size == 0:
+        return None
+    if D.size not in DIST_LENGTHS:
+        raise ValueError(f"{key} has {D.size} numbers; OpenCV distortion needs 4, 5, 8, 12 or 14 "
+                         "(k1, k2, p1, p2[, k3[, k4, k5, k6[, s1..s4[, tx, ty]]]])")
+    if not np.all(np.isfinite(D)):
+        raise ValueError(f"{key} is not finite: {D.tolist()}")
+    return None if not D.any() else D
+
+
 def _K_from_record(r) -> np.ndarray:
     """(3, 3) float64 K of one camera record; ValueError / TypeError / KeyError when malformed."""
     if isinstance(r, dict):
+        if "camera_matrix" in r:
+            return np.asarray(_matrix_data(r["camera_matrix"]), np.float64).reshape(3, 3)
         if "cam_K" in r:
             return np.asarray(r["cam_K"], np.float64).reshape(3, 3)
         if "K" in r:
@@ -44,6 +94,8 @@ def _K_from_record(r) -> np.ndarray:
 
 
 def _size(r) -> Optional[tuple[int, int]]:
+    if isinstance(r, dict) and "image_width" in r and "image_height" in r:  # camera_calibration YAML
+        r = {"width": r["image_width"], "height": r["image_height"]}
     if isinstance(r, dict) and "width" in r and "height" in r:
         w, h = r["width"], r["height"]
         if isinstance(w, bool) or isinstance(h, bool) or not isinstance(w, int) or not isinstance(h, int) \
@@ -59,12 +111,14 @@ class Camera:
 
     size: (width, height) the frames must have, when the camera file says so. source: the file
     (for messages). per_frame values are (3, 3) arrays or, for a frame whose K is unusable, the
-    reason (str): ``K()`` of that frame raises ``InputError``.
+    reason (str): ``K()`` of that frame raises ``InputError``. dist: (N,) OpenCV distortion
+    coefficients of a fixed-K camera (None: no distortion).
     """
 
     def __init__(self, K=None, per_frame: Optional[dict] = None, size: Optional[tuple[int, int]] = None,
-                 source: str = "camera"):
+                 source: str = "camera", dist=None):
         self.fixed = None if K is None else np.asarray(K, np.float64)
+        self.dist = None if dist is None else np.asarray(dist, np.float64).reshape(-1)
         self.per_frame = dict(sorted((per_frame or {}).items()))
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.source = source
@@ -88,14 +142,25 @@ class Camera:
 
     @classmethod
     def load(cls, path) -> "Camera":
-        """Read a camera JSON (see the module docstring); :class:`CameraFileError` naming the file."""
+        """Read a camera JSON or YAML (see the module docstring); :class:`CameraFileError` naming the file."""
         path = os.fspath(path)
-        try:
-            d = load_json(path)
-        except BopFormatError as e:
-            raise CameraFileError(f"camera file {e}") from None
+        if path.lower().endswith((".yaml", ".yml")):
+            try:
+                with open(path, encoding="utf8") as f:
+                    d = yaml.safe_load(f)
+            except OSError as e:
+                raise CameraFileError(f"camera file {path}: cannot read ({e.strerror or e})") from None
+            except yaml.YAMLError as e:
+                raise CameraFileError(f"camera file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        else:
+            try:
+                d = load_json(path)
+            except BopFormatError as e:
+                raise CameraFileError(f"camera file {e}") from None
         try:
             if isinstance(d, dict) and d and all(str(k).lstrip("-").isdigit() for k in d):
+                if any(isinstance(v, dict) and any(key in v for key in _DIST_KEYS) for v in d.values()):
+                    raise ValueError("distortion coefficients need one K for the whole sequence, not one per frame")
                 per_frame = {}
                 for k, v in d.items():
                     try:
@@ -106,6 +171,6 @@ class Camera:
                     raise ValueError(f"no usable K (first: {next(iter(per_frame.values()))})")
                 return cls(per_frame=per_frame, source=path)
             size = _size(d)
-            return cls(check_camera(_K_from_record(d), "K", size), size=size, source=path)
+            return cls(check_camera(_K_from_record(d), "K", size), size=size, source=path, dist=_dist_from_record(d))
         except (InputError, ValueError, TypeError, KeyError) as e:
             raise CameraFileError(f"camera file {path}: {e}") from None
