@@ -1,4 +1,4 @@
-"""``mrcnet-run``: object poses in a video or an image folder with an exported model (no torch).
+"""``mrcnet-run``: object poses in a video, image folder, camera or stream with an exported model (no torch).
 
 ``run()`` is the library function (frames -> pipeline -> poses.jsonl / BOP CSV / overlay.mp4);
 ``main`` is the thin click command over it.
@@ -307,7 +307,7 @@ def run(
 
 # ------------------------------------------------------------------------------------- click
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input", required=False, type=click.Path(path_type=Path))
+@click.argument("input", required=False)
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
 @click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON/YAML: cam_K / K / fx,fy,cx,cy (+ width, height, dist_coeffs), ROS CameraInfo "
@@ -345,8 +345,12 @@ def run(
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
          track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
          max_frames, render_device, chunk_size, demo, quiet):
-    """Estimate object poses in INPUT (a video file or a folder of images) and write
+    """Estimate object poses in INPUT and write
     OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv.
+
+    INPUT: a video file, a folder of images, a quoted glob ('frames/*.png'), a camera index (0 is
+    /dev/video0), a stream URL (rtsp://, http(s)://, udp://) or a GStreamer pipeline ending in
+    appsink (where OpenCV has GStreamer).
 
     Exit status: 0 done, 1 stopped by repeated failures or an unwritable output, 2 bad input,
     130 / 143 interrupted by SIGINT / SIGTERM (finished frames are kept; --resume continues)."""
@@ -358,7 +362,8 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         if detections is None and detector is None:
             detections = M.DEMO_DIR / M.DEMO_DETECTIONS
     if input is None:
-        raise click.UsageError("missing INPUT (a video file or a folder of images), or use --demo")
+        raise click.UsageError("missing INPUT (a video file, image folder or glob, camera index, stream URL or "
+                               "GStreamer pipeline), or use --demo")
     if resume and overwrite:
         raise click.UsageError("give either --resume or --overwrite, not both")
     model = model or M.DEMO_EXPORT_DIR

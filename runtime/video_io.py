@@ -1,4 +1,4 @@
-"""Frames in, results out (no torch): video files or image folders; poses.jsonl, BOP CSV, video.
+"""Frames in, results out (no torch): video files, image folders or globs, cameras, streams; poses.jsonl, BOP CSV, video.
 
 Every writer flushes per frame, so an interrupted run keeps every finished frame. The file
 formats have one owner each in :mod:`mrcnet.runtime.formats` (``poses.jsonl``, the BOP CSV,
@@ -6,6 +6,7 @@ camera files); their names are re-exported here.
 """
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,42 +44,96 @@ VIDEO_SEEK_AFTER = 3
 VIDEO_GIVE_UP_AFTER = 50
 
 
-class FrameSource:
-    """Frames of a video file or of a folder of images.
+#: URL schemes read as network streams (OpenCV's FFmpeg back end)
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "rtp://", "rtmp://", "tcp://")
+GLOB_CHARS = "*?["
 
-    Folders: when every image file name is a number (BOP ``000001.png``...), frames are sorted by
-    it and that number is the frame id (1-based or sparse names keep their ids); otherwise frames
-    are sorted by name and numbered by position. Two files with the same number raise SourceError.
-    fps: the video's frame rate (folders: ``fps`` argument, default 30). ``len()`` is the frame
-    count (a video's may be an estimate). Iterating yields :class:`Frame`; an unreadable image or a
-    corrupt video frame yields ``image=None`` with ``error`` set, and reading goes on (a video is
-    read up to its announced frame count, seeking past damage); ``stopped_early`` then says why
-    reading ended before the announced count (None otherwise).
+
+def opencv_has_gstreamer() -> bool:
+    """Whether this OpenCV build reads GStreamer pipelines (its build information says so)."""
+    return any("GStreamer" in line and "YES" in line for line in cv2.getBuildInformation().splitlines())
+
+
+def describe_source(spec) -> tuple[str, object]:
+    """(kind, what to open) of an input: ``("camera", index)`` for an integer or a digit string,
+    ``("stream", url)`` for rtsp/http(s)/udp/... URLs, ``("gstreamer", pipeline)`` for a string
+    with ``!`` (GStreamer elements), ``("glob", pattern)`` for a pattern with ``*?[`` that is not
+    a file, else ``("path", Path)`` (a video file or an image folder)."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return "camera", spec
+    text = os.fspath(spec) if not isinstance(spec, str) else spec
+    if text.isdigit():
+        return "camera", int(text)
+    if text.lower().startswith(STREAM_SCHEMES):
+        return "stream", text
+    if "!" in text and not os.path.exists(text):
+        return "gstreamer", text
+    if any(c in text for c in GLOB_CHARS) and not os.path.exists(text):
+        return "glob", text
+    return "path", Path(text)
+
+
+def _numbered(files: list, what: str) -> tuple[list, list]:
+    """(files, frame ids): by the number in the file name when every name is a number, else by
+    name and position. SourceError naming ``what`` when two files have the same number."""
+    files = sorted(files)
+    if all(p.stem.isdigit() for p in files):
+        ids = [int(p.stem) for p in files]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise SourceError(f"input {what}: several images with frame number {dup[0]}")
+        order = sorted(range(len(files)), key=lambda k: ids[k])
+        return [files[k] for k in order], [ids[k] for k in order]
+    return files, list(range(len(files)))
+
+
+class FrameSource:
+    """Frames of one input: a video file, a folder of images, a glob of images, a camera (its
+    index: ``0`` is ``/dev/video0``), a network stream (``rtsp://``, ``http(s)://``, ``udp://``...,
+    through OpenCV's FFmpeg back end) or a GStreamer pipeline (a string with ``!``, where OpenCV was
+    built with GStreamer; ending in ``appsink``).
+
+    Folders and globs: when every image file name is a number (BOP ``000001.png``...), frames are
+    sorted by it and that number is the frame id (1-based or sparse names keep their ids); otherwise
+    frames are sorted by name and numbered by position. Two files with the same number raise
+    SourceError. fps: the video's or stream's frame rate (folders: ``fps`` argument, default 30).
+    ``len()`` is the frame count (a video's may be an estimate; 0 for live sources: unknown).
+    ``live``: a camera, stream or pipeline (read once, in order, until it stops delivering frames).
+    Iterating yields :class:`Frame`; an unreadable image or a corrupt video frame yields
+    ``image=None`` with ``error`` set, and reading goes on (a video is read up to its announced frame
+    count, seeking past damage); ``stopped_early`` then says why reading ended before the announced
+    count (None otherwise). Every input that cannot be opened raises :class:`SourceError` (one line
+    naming the input).
     """
 
     def __init__(self, path, fps: float = 30.0):
-        self.path = Path(os.fspath(path))
-        if not self.path.exists():
-            raise SourceError(f"input not found: {self.path}")
+        self.kind, self.target = describe_source(path)
+        self.name = str(path)
+        self.path = self.target if self.kind == "path" else None
         self.fps = float(fps)
         self.stopped_early: Optional[str] = None
-        if self.path.is_dir():
-            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        self.live = self.kind in ("camera", "stream", "gstreamer")
+        self.files, self.ids, self.count, self.is_video = [], [], 0, True
+        if self.kind == "glob":
+            files = [Path(p) for p in glob.glob(self.target) if Path(p).suffix.lower() in IMAGE_EXTS]
+            if not files:
+                raise SourceError(f"input {self.target}: the pattern matches no images ({', '.join(IMAGE_EXTS)})")
+            self.files, self.ids = _numbered(files, self.target)
+            self.count, self.is_video = len(self.files), False
+        elif self.live:
+            cap = self._open()  # fails here, with its reason, rather than in the run
+            self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or self.fps
+            if not (0 < self.fps < 1000):
+                self.fps = float(fps)
+            self._cap = cap  # kept open: a live source is not re-opened for the run
+        elif not self.path.exists():
+            raise SourceError(f"input not found: {self.path}")
+        elif self.path.is_dir():
+            files = [p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS]
             if not files:
                 raise SourceError(f"input {self.path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
-            if all(p.stem.isdigit() for p in files):
-                ids = [int(p.stem) for p in files]
-                dup = sorted({i for i in ids if ids.count(i) > 1})
-                if dup:
-                    raise SourceError(f"input {self.path}: several images with frame number {dup[0]}")
-                order = sorted(range(len(files)), key=lambda k: ids[k])
-                self.files = [files[k] for k in order]
-                self.ids = [ids[k] for k in order]
-            else:
-                self.files = files
-                self.ids = list(range(len(files)))
-            self.count = len(self.files)
-            self.is_video = False
+            self.files, self.ids = _numbered(files, self.path)
+            self.count, self.is_video = len(self.files), False
         else:
             cap = cv2.VideoCapture(str(self.path))
             if not cap.isOpened():
@@ -86,16 +141,38 @@ class FrameSource:
             self.count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
             self.fps = float(cap.get(cv2.CAP_PROP_FPS)) or self.fps
             cap.release()
-            self.files = []
-            self.ids = []
-            self.is_video = True
+
+    def _open(self) -> "cv2.VideoCapture":
+        """The opened capture of a live source; SourceError naming it (and what is missing)."""
+        if self.kind == "gstreamer":
+            if not opencv_has_gstreamer():
+                raise SourceError(f"input {self.target!r} is a GStreamer pipeline, but this OpenCV "
+                                  f"({cv2.__version__}) was built without GStreamer: use an OpenCV built with "
+                                  "GStreamer (on Jetson: JetPack's python3-opencv, with a venv made with "
+                                  "--system-site-packages)")
+            cap = cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
+            why = "GStreamer could not start the pipeline (does it end in appsink? are its plugins installed?)"
+        elif self.kind == "camera":
+            cap = cv2.VideoCapture(self.target)
+            why = (f"cannot open camera {self.target} (/dev/video{self.target} on Linux): no such device, "
+                   "busy, or no permission")
+        else:
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+            why = "cannot open the stream (unreachable, wrong URL, or a codec this OpenCV's FFmpeg lacks)"
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"input {self.target}: {why}" if self.kind != "camera" else why)
+        return cap
 
     def __len__(self) -> int:
         return self.count
 
     def first_frame(self) -> Optional[Frame]:
-        """The first readable frame (None when there is none), read once without consuming the
-        source: what the caller checks the camera against before a run."""
+        """The first readable frame (None when there is none, and for a live source, whose frames
+        are not read twice), read once without consuming the source: what the caller checks the
+        camera against before a run."""
+        if self.live:
+            return None
         frames = iter(self)
         try:
             for frame in frames:
@@ -105,7 +182,33 @@ class FrameSource:
         finally:
             frames.close()  # releases the video
 
+    def close(self) -> None:
+        """Releases a live source's capture (iterating to the end does it too)."""
+        cap = getattr(self, "_cap", None)
+        if cap is not None:
+            cap.release()
+            self._cap = None
+
+    def _live_frames(self) -> Iterator[Frame]:
+        cap = getattr(self, "_cap", None) or self._open()
+        self._cap = None
+        i = 0
+        try:
+            while True:
+                ok, img = cap.read()
+                if not ok or img is None:  # a live source that stops delivering frames has ended
+                    if i == 0:
+                        self.stopped_early = f"{self.name}: opened, but delivered no frame"
+                    return
+                yield Frame(i, f"frame {i}", img)
+                i += 1
+        finally:
+            cap.release()
+
     def __iter__(self) -> Iterator[Frame]:
+        if self.live:
+            yield from self._live_frames()
+            return
         if not self.is_video:
             for i, p in zip(self.ids, self.files):
                 img = cv2.imread(str(p), cv2.IMREAD_COLOR)
