@@ -85,7 +85,7 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
     from .exporter import export_checkpoint  # torch from here on (--engines-only above runs without it)
-    from .subset import SubsetError, parse_object_ids
+    from mrcnet.model.subset import SubsetError, parse_object_ids
 
     try:
         ids = parse_object_ids(object_ids)

@@ -177,7 +177,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
     from .optimize import optimize_for_export
-    from .subset import SubsetError, resolve_object_ids, subset_model
+    from mrcnet.model.subset import SubsetError, resolve_object_ids, subset_model
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)

@@ -24,8 +24,8 @@ runtime ignores: ``parity`` (figures measured at export time), ``n_params``, ``s
 ``precision_graphs`` {fp16|int8: {classifier, regressor}} (the TensorRT precision graphs, read by
 ``mrcnet-export --engines-only``).
 
-The format itself (parsing, validation) is :mod:`mrcnet.runtime.manifest`; this module builds and
-writes it and owns the graph I/O names.
+The format itself (parsing, validation, the graph I/O and file names and :func:`build_manifest`) is
+:mod:`mrcnet.runtime.manifest` (re-exported here); this module writes it (file records, ONNX metadata).
 """
 from __future__ import annotations
 
@@ -36,61 +36,28 @@ from typing import Any, Iterable, Mapping
 # re-exported: the exporter hashes checkpoints and graphs, and writes files, with them
 from mrcnet.runtime.formats.files import atomic_write_bytes, sha256_file  # noqa: F401
 
-from mrcnet.runtime.manifest import (  # the runtime's parser is the one place for the format
+# re-exported: the format, its graph I/O and file names and the builder live beside the parser
+from mrcnet.runtime.manifest import (  # noqa: F401
     CLASSIFIER_INPUTS,
+    CLASSIFIER_ONNX,
+    CLASSIFIER_OUTPUTS,
+    ENGINES_DIR,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MODELS_DIR,
+    REGRESSOR_INPUTS,
+    REGRESSOR_ONNX,
+    REGRESSOR_OUTPUTS,
     GraphSpec,
     Manifest,
     ManifestError,
+    build_manifest,
     load_manifest,
 )
-from mrcnet.runtime.geometry import BinSpec
-
-CLASSIFIER_ONNX = "classifier.onnx"
-REGRESSOR_ONNX = "regressor.onnx"
-MODELS_DIR = "models"
-ENGINES_DIR = "engines"
-
-#: Classifier outputs: logits (N,n_rot) (N,n_depth) (N,n_cells^2); R_init (N,3,3); t_init (N,3) mm;
-#: persp_init (N,3) = (dx, dy, d) of the argmax bins; rot_score / depth_score (N,) max logits (TTA);
-#: feat_x4 (N,E+1,S/4,S/4), feat_x8 (N,D,S/8,S/8), feat_x16 (N,D,S/16,S/16) real-crop features.
-#: (Inputs: ``CLASSIFIER_INPUTS`` = crops (N,4,S,S) f32 BGR/255 + box map; obj_index (N,) int64;
-#: fov (N,3) f32; K_roi (N,3,3) f32 crop cameras in pixels.)
-CLASSIFIER_OUTPUTS = ("pose_logits", "depth_logits", "trans_logits", "R_init", "t_init", "persp_init",
-                      "rot_score", "depth_score", "feat_x4", "feat_x8", "feat_x16")
-#: Regressor (stage 2) inputs: render (N,4,S,S) f32 (rendered BGR in [0,1] + its box map); the rest
-#: are classifier inputs/outputs of the same names (the runtime chains them by name).
-REGRESSOR_INPUTS = ("render", "obj_index", "fov", "K_roi", "feat_x4", "feat_x8", "feat_x16",
-                    "R_init", "t_init", "persp_init")
-#: Regressor outputs, per crop in the rotated crop frame (before TTA selection / un-rotation):
-#: R (N,3,3), t (N,3) mm, persp (N,3) = (dx, dy, d). The TTA scores are the classifier's
-#: rot_score / depth_score (ONNX forbids a graph output with an input's name).
-REGRESSOR_OUTPUTS = ("R", "t", "persp")
 
 #: manifest keys copied into each ONNX graph's metadata_props (values JSON-encoded strings)
 METADATA_KEYS = ("format_version", "dataset", "preset", "obj_ids", "depth_range", "bins", "fov_variant",
                  "n_rot", "crop_size", "bn_group", "project_version", "checkpoint_sha256")
-
-
-def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
-                   fov_variant: str, crop_size: int, bn_group: int, project_version: str,
-                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None,
-                   box_rule: str = "clip") -> Manifest:
-    """The runtime's :class:`Manifest` with the standard file names and this module's graph I/O names.
-
-    ``bins``: :class:`BinSpec`; ``depth_range``: (near, far) normalised depth; ``fov_variant``:
-    ``"inference"`` (official) or ``"training"``; ``box_rule``: ``"clip"`` or ``"official"``
-    (:func:`mrcnet.runtime.preprocess.detection_square`)."""
-    return Manifest(
-        dataset=str(dataset), preset=str(preset), obj_ids=[int(i) for i in obj_ids],
-        depth_range=(float(depth_range[0]), float(depth_range[1])), bins=bins,
-        classifier=GraphSpec(CLASSIFIER_ONNX, list(CLASSIFIER_INPUTS), list(CLASSIFIER_OUTPUTS)),
-        regressor=GraphSpec(REGRESSOR_ONNX, list(REGRESSOR_INPUTS), list(REGRESSOR_OUTPUTS)),
-        fov_variant=str(fov_variant), box_rule=str(box_rule), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
-        models_dir=MODELS_DIR, engines=dict(engines or {}), project_version=str(project_version),
-        checkpoint_sha256=checkpoint_sha256 or "",
-    )
 
 
 def metadata_props(manifest: Manifest, graph: str) -> dict[str, str]:

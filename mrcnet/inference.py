@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from mrcnet.model.subset import subset_model
 from mrcnet.runtime.backends import Backend, BackendError
 
 _INT_INPUTS = ("obj_index",)
@@ -45,8 +46,6 @@ class TorchBackend(Backend):
 
         model = load_checkpoint(path, dataset=dataset, device=device)
         if object_ids is not None:
-            from mrcnet.export.subset import subset_model
-
             ids = list(model.meta["obj_ids"])
             missing = [i for i in object_ids if i not in ids]
             if missing:

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
 
@@ -62,6 +62,28 @@ CLASSIFIER_REQUIRED_OUTPUTS = ("R_init", "t_init")
 REGRESSOR_REQUIRED_OUTPUTS = ("R", "t")
 SCORE_OUTPUTS = ("rot_score", "depth_score")  # max rotation / depth logit per crop (TTA)
 
+# The standard file names of an export directory and the graphs' I/O names (build_manifest).
+CLASSIFIER_ONNX = "classifier.onnx"
+REGRESSOR_ONNX = "regressor.onnx"
+MODELS_DIR = "models"
+ENGINES_DIR = "engines"
+
+#: Classifier outputs: logits (N,n_rot) (N,n_depth) (N,n_cells^2); R_init (N,3,3); t_init (N,3) mm;
+#: persp_init (N,3) = (dx, dy, d) of the argmax bins; rot_score / depth_score (N,) max logits (TTA);
+#: feat_x4 (N,E+1,S/4,S/4), feat_x8 (N,D,S/8,S/8), feat_x16 (N,D,S/16,S/16) real-crop features.
+#: (Inputs: ``CLASSIFIER_INPUTS`` = crops (N,4,S,S) f32 BGR/255 + box map; obj_index (N,) int64;
+#: fov (N,3) f32; K_roi (N,3,3) f32 crop cameras in pixels.)
+CLASSIFIER_OUTPUTS = ("pose_logits", "depth_logits", "trans_logits", "R_init", "t_init", "persp_init",
+                      "rot_score", "depth_score", "feat_x4", "feat_x8", "feat_x16")
+#: Regressor (stage 2) inputs: render (N,4,S,S) f32 (rendered BGR in [0,1] + its box map); the rest
+#: are classifier inputs/outputs of the same names (the runtime chains them by name).
+REGRESSOR_INPUTS = ("render", "obj_index", "fov", "K_roi", "feat_x4", "feat_x8", "feat_x16",
+                    "R_init", "t_init", "persp_init")
+#: Regressor outputs, per crop in the rotated crop frame (before TTA selection / un-rotation):
+#: R (N,3,3), t (N,3) mm, persp (N,3) = (dx, dy, d). The TTA scores are the classifier's
+#: rot_score / depth_score (ONNX forbids a graph output with an input's name).
+REGRESSOR_OUTPUTS = ("R", "t", "persp")
+
 
 class ManifestError(ValueError):
     """An export directory that cannot be used; the message names the directory or file."""
@@ -102,7 +124,7 @@ class Manifest:
     n_rot: int = 4
     crop_size: int = 256
     bn_group: int = 4
-    models_dir: str = "models"
+    models_dir: str = MODELS_DIR
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     project_version: str = ""
     checkpoint_sha256: str = ""
@@ -175,7 +197,7 @@ class Manifest:
                 n_rot=int(d.get("n_rot", 4)),
                 crop_size=int(d.get("crop_size", 256)),
                 bn_group=int(d.get("bn_group", 4)),
-                models_dir=str(d.get("models_dir", "models")),
+                models_dir=str(d.get("models_dir", MODELS_DIR)),
                 engines=dict(d.get("engines") or {}),
                 project_version=str(d.get("project_version", "")),
                 checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
@@ -246,6 +268,27 @@ def verify_files(m: Manifest) -> None:
         if rec.get("sha256") and sha256_file(p) != rec["sha256"]:
             raise ManifestError(f"export {m.root}: {name} is damaged (its SHA-256 differs from manifest.json); "
                                 "export again")
+
+
+def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
+                   fov_variant: str, crop_size: int, bn_group: int, project_version: str,
+                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None,
+                   box_rule: str = "clip") -> Manifest:
+    """A :class:`Manifest` with the standard file names and this module's graph I/O names (the exporter
+    writes it; the reference builds one for an in-memory model).
+
+    ``bins``: :class:`BinSpec`; ``depth_range``: (near, far) normalised depth; ``fov_variant``:
+    ``"inference"`` (official) or ``"training"``; ``box_rule``: ``"clip"`` or ``"official"``
+    (:func:`mrcnet.runtime.preprocess.detection_square`)."""
+    return Manifest(
+        dataset=str(dataset), preset=str(preset), obj_ids=[int(i) for i in obj_ids],
+        depth_range=(float(depth_range[0]), float(depth_range[1])), bins=bins,
+        classifier=GraphSpec(CLASSIFIER_ONNX, list(CLASSIFIER_INPUTS), list(CLASSIFIER_OUTPUTS)),
+        regressor=GraphSpec(REGRESSOR_ONNX, list(REGRESSOR_INPUTS), list(REGRESSOR_OUTPUTS)),
+        fov_variant=str(fov_variant), box_rule=str(box_rule), n_rot=int(n_rot), crop_size=int(crop_size), bn_group=int(bn_group),
+        models_dir=MODELS_DIR, engines=dict(engines or {}), project_version=str(project_version),
+        checkpoint_sha256=checkpoint_sha256 or "",
+    )
 
 
 def load_manifest(directory, verify: bool = True) -> Manifest:

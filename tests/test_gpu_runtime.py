@@ -249,9 +249,31 @@ def test_foreign_engines_never_run_without_a_builder(export_dir, tmp_path, monke
 
 
 def test_default_builder_is_the_exporters():
+    """The exporter registers its builder in setup.cfg's entry point group; the runtime finds it there."""
     from mrcnet.export.tensorrt import engines_for_export
 
     assert TRT.default_engine_builder() is engines_for_export
+
+
+def test_no_registered_builder_means_none(monkeypatch):
+    """A runtime-only install (no package registers a builder, or its dependencies are missing): None."""
+    class EP:
+        name = TRT.ENGINE_BUILDER_NAME
+
+        def load(self):
+            raise ImportError("no module named tensorrt")
+
+    class EPs:
+        def __init__(self, eps):
+            self.eps = eps
+
+        def select(self, group):
+            return self.eps if group == TRT.ENGINE_BUILDERS_GROUP else []
+
+    monkeypatch.setattr(TRT, "entry_points", lambda: EPs([]))
+    assert TRT.default_engine_builder() is None
+    monkeypatch.setattr(TRT, "entry_points", lambda: EPs([EP()]))
+    assert TRT.default_engine_builder() is None
 
 
 # ----------------------------------------------------------------------------------- renderer

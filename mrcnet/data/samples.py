@@ -58,7 +58,7 @@ from torch.utils.data import Dataset
 
 from mrcnet.data import bop
 from mrcnet.data.backgrounds import FolderBackgrounds
-from mrcnet.data.scenes import _jitter_box  # the synthetic detections' jitter rule (mrcnet-synth --box-jitter)
+from mrcnet.data.layout import jitter_box  # the synthetic detections' jitter rule (mrcnet-synth --box-jitter)
 from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
                                       crop_fov, crop_transform, warp_crop)
@@ -139,7 +139,7 @@ def jittered_box(bbox_xywh, width: int, height: int, key: Sequence[int], box_jit
     x, y, w, h = (float(v) for v in bbox_xywh)
     if box_jitter > 0:
         rng = np.random.default_rng([int(seed), *(int(k) for k in key)])
-        x, y, w, h = _jitter_box(rng, [x, y, w, h], float(box_jitter), width, height)
+        x, y, w, h = jitter_box(rng, [x, y, w, h], float(box_jitter), width, height)
     return [x, y, x + w, y + h]
 
 

@@ -40,13 +40,12 @@ import numpy as np
 
 from . import bop
 from .backgrounds import background_source, pixel_noise
+from .layout import DISTRACTOR_ID0, TABLE_ID, coco_box, full_silhouette, jitter_box, look_at, place_on_table
 
 log = logging.getLogger(__name__)
 
 #: default focal length as a fraction of the image width (572 px at 640, close to LM-O's camera)
 FOCAL_PER_WIDTH = 0.9
-#: id offset of distractor meshes in the renderer (never a dataset object id)
-DISTRACTOR_ID0 = 1_000_000
 #: BOP'22 detections file written next to the split
 DETECTIONS_NAME = "detections_gt_{split}.json"
 PROGRESS_DIR = ".progress"
@@ -199,19 +198,17 @@ TABLE_ELEVATION_DEG = (20.0, 70.0)  # camera elevation above the table ("table" 
 
 
 def place_on_table_view(rng, renderer, ids: Sequence[int], spheres: dict, distance_range: Sequence[float]):
-    """The ``"table"`` layout: objects ``ids`` resting on a table (:func:`mrcnet.data.video.place_on_table`:
+    """The ``"table"`` layout: objects ``ids`` resting on a table (:func:`mrcnet.data.layout.place_on_table`:
     a face of the bounding box down, random yaw, no overlap) seen by a camera at a random azimuth,
     elevation in :data:`TABLE_ELEVATION_DEG` and distance to the table centre uniform in
     ``distance_range`` (mm), looking at a point near the centre.
 
-    Registers the table mesh with ``renderer`` (id :data:`mrcnet.data.video.TABLE_ID`). Returns the
+    Registers the table mesh with ``renderer`` (id :data:`mrcnet.data.layout.TABLE_ID`). Returns the
     objects' camera poses ``[(R (3, 3), t (3,))]`` and the table's ``SceneObject`` (a random colour).
     """
     import trimesh
 
     from mrcnet.runtime.render import Mesh, SceneObject
-
-    from .video import TABLE_ID, look_at, place_on_table
 
     radius = max(spheres[i][1] for i in ids)
     spread = 1.2 * radius * max(1.0, np.sqrt(len(ids)))
@@ -228,47 +225,6 @@ def place_on_table_view(rng, renderer, ids: Sequence[int], spheres: dict, distan
     Rw, tw = look_at(eye, target)
     table = SceneObject(TABLE_ID, Rw, tw, color=_hsv_colour(rng, sat=(0, 0.6), val=(0.2, 0.8)), specular=0.05)
     return [(Rw @ R, Rw @ t + tw) for R, t in poses_w], table
-
-
-def _full_silhouette(renderer, obj_id, R, t, K, width, height, mask_in_image):
-    """Silhouette pixel count and BOP box of an object, including the part outside the image.
-
-    When the in-image mask touches the border, the object is rendered again on a canvas that
-    covers its projected vertices (at most 3x the image on each side, as BOP's calc_gt_info).
-    """
-    m = mask_in_image
-    touches = m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()
-    if not touches:
-        return int(m.sum()), bop.bbox_from_mask(m)
-    verts = renderer.mesh(obj_id).vertices.astype(np.float64)
-    pc = verts @ R.T + t
-    pc = pc[pc[:, 2] > 1e-6]
-    uv = (pc @ K.T)[:, :2] / pc[:, 2:3]
-    x0 = int(np.clip(np.floor(uv[:, 0].min()) - 2, -width, 0))
-    y0 = int(np.clip(np.floor(uv[:, 1].min()) - 2, -height, 0))
-    x1 = int(np.clip(np.ceil(uv[:, 0].max()) + 2, width, 2 * width))
-    y1 = int(np.clip(np.ceil(uv[:, 1].max()) + 2, height, 2 * height))
-    Kc = K.copy()
-    Kc[0, 2] -= x0
-    Kc[1, 2] -= y0
-    big = renderer.render([obj_id], R[None], t[None], Kc, width=x1 - x0, height=y1 - y0).mask[0]
-    return int(big.sum()), bop.bbox_from_mask(big, offset=(-x0, -y0))
-
-
-def _coco_box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-
-
-def _jitter_box(rng, box, frac, width, height) -> list[float]:
-    x, y, w, h = box
-    x0 = x + rng.uniform(-frac, frac) * w
-    y0 = y + rng.uniform(-frac, frac) * h
-    x1 = x + w + rng.uniform(-frac, frac) * w
-    y1 = y + h + rng.uniform(-frac, frac) * h
-    x0, x1 = np.clip([x0, x1], 0, width)
-    y0, y1 = np.clip([y0, y1], 0, height)
-    return [float(x0), float(y0), float(max(1.0, x1 - x0)), float(max(1.0, y1 - y0))]
 
 
 class SceneWriter:
@@ -404,7 +360,7 @@ class SceneWriter:
             o = objects[k]
             full = res.masks_full[k]
             visib = (res.instance == k) & full
-            px_all, bbox_obj = _full_silhouette(self.renderer, o.obj_id, np.asarray(o.R, float),
+            px_all, bbox_obj = full_silhouette(self.renderer, o.obj_id, np.asarray(o.R, float),
                                                 np.asarray(o.t, float), self.K, self.W, self.H, full)
             px_visib = int(visib.sum())
             vf = px_visib / px_all if px_all > 0 else 0.0
@@ -417,9 +373,9 @@ class SceneWriter:
             masks.append(full)
             masks_visib.append(visib)
             if px_visib > 0 and vf >= cfg.min_visib_fract:
-                box = _coco_box(visib)
+                box = coco_box(visib)
                 if cfg.box_jitter > 0:
-                    box = _jitter_box(rng, box, cfg.box_jitter, self.W, self.H)
+                    box = jitter_box(rng, box, cfg.box_jitter, self.W, self.H)
                 dets.append({"scene_id": scene_id, "image_id": im_id, "category_id": int(o.obj_id),
                              "score": 1.0, "bbox": box, "segmentation": bop.encode_rle(visib),
                              "time": -1.0})

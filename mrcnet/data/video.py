@@ -25,75 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import bop
-from .scenes import DISTRACTOR_ID0, _coco_box, _full_silhouette, _jitter_box, default_image_size, \
-    default_K, resolve_models_dir
-
-TABLE_ID = DISTRACTOR_ID0 - 1
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """World -> camera pose of an OpenCV camera at ``eye`` looking at ``target`` (mm).
-
-    :return: ``R_w2c`` (3, 3), ``t_w2c`` (3,) with ``X_cam = R_w2c X_world + t_w2c``; image x
-        to the right and y down, relative to ``up``.
-    """
-    eye, target, up = (np.asarray(v, float) for v in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-9:  # looking straight along up
-        x = np.cross(z, [0.0, 1.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    return R, -R @ eye
-
-
-def _axis_rotations() -> list[np.ndarray]:
-    """The 24 rotations that map coordinate axes onto coordinate axes (resting faces x yaw)."""
-    out = []
-    for perm in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [1, 0, 2], [0, 2, 1], [2, 1, 0]):
-        for signs in np.array(np.meshgrid([1, -1], [1, -1], [1, -1])).T.reshape(-1, 3):
-            R = np.zeros((3, 3))
-            R[np.arange(3), perm] = signs
-            if np.linalg.det(R) > 0:
-                out.append(R)
-    return out
-
-
-def place_on_table(rng, meshes: list, spread: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Resting poses (model -> world) for ``meshes`` (renderer Meshes) on the plane z = 0.
-
-    Each object lies on a face of its bounding box (the lowest, most stable ones 80 % of the
-    time), with a random yaw, inside a disc of radius
-    ``spread`` mm, footprints (circles) not overlapping.
-    """
-    rots = _axis_rotations()
-    placed: list = []
-    out = []
-    for mesh in meshes:
-        v = mesh.vertices.astype(np.float64)
-        heights = np.array([np.ptp(v @ R[2]) for R in rots])
-        stable = [R for R, h in zip(rots, heights) if h <= heights.min() * 1.05]  # lying flat
-        for attempt in range(200):
-            yaw = rng.uniform(0, 2 * np.pi)
-            c, s = np.cos(yaw), np.sin(yaw)
-            pool = stable if rng.random() < 0.8 else rots
-            R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ pool[int(rng.integers(len(pool)))]
-            w = v @ R.T
-            lo, hi = w.min(0), w.max(0)
-            r = 0.5 * float(np.hypot(*(hi[:2] - lo[:2])))
-            grow = 1.0 + attempt / 50  # widen the disc when it is crowded
-            ang, rad = rng.uniform(0, 2 * np.pi), spread * grow * np.sqrt(rng.random())
-            xy = np.array([rad * np.cos(ang), rad * np.sin(ang)])
-            if all(np.linalg.norm(xy - q) >= r + qr + 5.0 for q, qr in placed):
-                break
-        centre_xy = (lo[:2] + hi[:2]) / 2
-        t = np.array([xy[0] - centre_xy[0], xy[1] - centre_xy[1], -lo[2]])
-        placed.append((xy, r))
-        out.append((R, t))
-    return out
-
+from .layout import TABLE_ID, coco_box, full_silhouette, jitter_box, look_at, place_on_table
+from .scenes import default_image_size, default_K, resolve_models_dir
 
 @dataclass
 class Orbit:
@@ -205,7 +138,7 @@ def generate_video(models_dir, out, n_frames: int = 90, fps: float = 30.0, width
                 o = objs[k]
                 full = res.masks_full[k]
                 visib = (res.instance == k) & full
-                px_all, bbox_obj = _full_silhouette(renderer, o.obj_id, o.R, o.t, K, width, height, full)
+                px_all, bbox_obj = full_silhouette(renderer, o.obj_id, o.R, o.t, K, width, height, full)
                 px_visib = int(visib.sum())
                 vf = px_visib / px_all if px_all > 0 else 0.0
                 scene_gt[f].append({"cam_R_m2c": o.R, "cam_t_m2c": o.t, "obj_id": int(o.obj_id)})
@@ -215,9 +148,9 @@ def generate_video(models_dir, out, n_frames: int = 90, fps: float = 30.0, width
                     "px_count_valid": int((res.depth[full] > 0).sum()), "px_count_visib": px_visib,
                     "visib_fract": float(vf)})
                 if px_visib > 0 and vf >= min_visib_fract:
-                    box = _coco_box(visib)
+                    box = coco_box(visib)
                     if box_jitter > 0:
-                        box = _jitter_box(rng, box, box_jitter, width, height)
+                        box = jitter_box(rng, box, box_jitter, width, height)
                     dets.append({"scene_id": 0, "image_id": f, "category_id": int(o.obj_id), "score": 1.0,
                                  "bbox": box, "segmentation": bop.encode_rle(visib), "time": -1.0})
         writer.release()

@@ -66,7 +66,7 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     ``n_rot`` = ``bn_group`` = the model's BatchNorm group (4 = one TTA group per detection).
     """
     from mrcnet.checkpoint import normalise_fov_variant
-    from mrcnet.export.manifest import build_manifest
+    from mrcnet.runtime.manifest import build_manifest
 
     meta = dict(getattr(torch_model, "meta", None) or {})
     obj_ids = meta.get("obj_ids") or list(range(1, torch_model.n_obj + 1))

@@ -5,7 +5,8 @@ means the network of the ONNX graph it was built from. :func:`engine_mismatches`
 record of each engine (the manifest's ``engines`` entry and the ``engines/<graph>.<precision>.json``
 side-car written by ``mrcnet-export``: GPU name, compute capability, TensorRT version, ONNX sha256)
 with what is running; :func:`ensure_engines` rebuilds mismatched engines from the export's ONNX
-graphs when the exporter's engine builder is installed (the engine cache as in ``mrcnet-export``),
+graphs when an engine builder is installed (found through the entry point group
+:data:`ENGINE_BUILDERS_GROUP`, which the exporter registers; the engine cache as in ``mrcnet-export``),
 or stops with one line naming the ``mrcnet-export --engines-only`` command. A foreign or stale
 engine is never deserialised.
 
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from typing import Callable, Optional
 
 import numpy as np
@@ -106,16 +108,28 @@ def engines_only_command(manifest: Manifest, precision: str) -> str:
     return f"mrcnet-export --engines-only --out {manifest.root} --precision {precision} --max-detections {n}"
 
 
+#: The entry point group through which an installed package offers the engine builder (the exporter
+#: registers ``tensorrt = mrcnet.export.tensorrt:engines_for_export`` in setup.cfg): the runtime finds
+#: it without importing the exporter.
+ENGINE_BUILDERS_GROUP = "mrcnet_edge.engine_builders"
+ENGINE_BUILDER_NAME = "tensorrt"
+
+
 def default_engine_builder() -> Optional[Callable]:
-    """The exporter's torch-free engine builder (``mrcnet.export.tensorrt.engines_for_export``:
-    ``(export_dir, precision=, max_detections=, progress=) -> entry``), or None when the exporter
-    is not installed (a runtime-only deployment). The one place the runtime reaches the exporter:
-    lazily, and only to rebuild engines that cannot run as they are."""
-    try:
-        from mrcnet.export.tensorrt import engines_for_export  # optional: the exporter package
-    except ImportError:
-        return None
-    return engines_for_export
+    """The engine builder registered as ``tensorrt`` in the entry point group
+    :data:`ENGINE_BUILDERS_GROUP` (``(export_dir, precision=, max_detections=, progress=) -> entry``;
+    the exporter's ``engines_for_export``), or None when no installed package registers one or it
+    cannot be loaded (a runtime-only deployment). Used only to rebuild engines that cannot run as
+    they are."""
+    eps = entry_points()
+    group = eps.select(group=ENGINE_BUILDERS_GROUP) if hasattr(eps, "select") else eps.get(ENGINE_BUILDERS_GROUP, ())
+    for ep in group:
+        if ep.name == ENGINE_BUILDER_NAME:
+            try:
+                return ep.load()
+            except ImportError:  # registered, but its package's dependencies are not installed
+                return None
+    return None
 
 
 def _stderr(msg: str) -> None:
