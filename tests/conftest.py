@@ -3,6 +3,21 @@ import os
 import pathlib
 import sys
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 DATA = pathlib.Path(__file__).parent / "data"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory):
+    """The shipped demo checkpoint exported by ``mrcnet-export`` with its defaults (once per session)."""
+    from click.testing import CliRunner
+
+    from mrcnet.export.cli import main as export_main  # needs torch: imported only by the tests that use it
+
+    out = tmp_path_factory.mktemp("demo") / "export"
+    r = CliRunner().invoke(export_main, ["--out", str(out), "--quiet"])  # default checkpoint and models: the demo's
+    assert r.exit_code == 0, r.output
+    return out

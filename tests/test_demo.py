@@ -11,7 +11,6 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from mrcnet.eval.clip_eval import evaluate_clip  # noqa: E402
-from mrcnet.export.cli import main as export_main  # noqa: E402
 from mrcnet.runtime import cli as run_cli  # noqa: E402
 from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_CHECKPOINT, DEMO_DETECTIONS, DEMO_DIR, DEMO_MODELS  # noqa: E402
 from mrcnet.runtime.video_io import read_jsonl  # noqa: E402
@@ -20,14 +19,6 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo model is not shipped in this checkout")]
 FRAMES = 12  # the tracking window
 CLIP_FRAMES = 90  # the whole demo clip (about 13 s on 2 CPU cores)
-
-
-@pytest.fixture(scope="module")
-def demo_export(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "export"
-    r = CliRunner().invoke(export_main, ["--out", str(out), "--quiet"])  # default checkpoint and models: the demo's
-    assert r.exit_code == 0, r.output
-    return out
 
 
 def _K():

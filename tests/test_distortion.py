@@ -167,18 +167,16 @@ N_FRAMES = 3
 
 
 @pytest.mark.slow
-def test_demo_poses_on_a_distorted_clip_match_the_undistorted_run(tmp_path):
+def test_demo_poses_on_a_distorted_clip_match_the_undistorted_run(tmp_path, demo_export):
     """The shipped demo model on rendered frames (the demo clip), distorted with OpenCV: with the
     distortion in the camera file the poses match the run on the undistorted frames; without it
     they do not (the test can fail)."""
-    if M.demo_export_problem() is not None:
-        pytest.skip(f"demo export not available: {M.demo_export_problem()} (mrcnet-export --out {M.DEMO_EXPORT_DIR})")
     src = FrameSource(M.DEMO_DIR / M.DEMO_CLIP)
     frames = [f.image for f, _ in zip(src, range(N_FRAMES))]
     assert json.loads((M.DEMO_DIR / M.DEMO_CAMERA).read_text())["cam_K"] == K.ravel().tolist()
     plain = _clip(tmp_path, "plain", frames)
     bent = _clip(tmp_path, "bent", [distort(f, K, D) for f in frames])
-    common = ["--model", M.DEMO_EXPORT_DIR, "--detections", M.DEMO_DIR / M.DEMO_DETECTIONS,
+    common = ["--model", demo_export, "--detections", M.DEMO_DIR / M.DEMO_DETECTIONS,
               "--backend", "onnxruntime-cpu", "--no-video", "-q"]
     _run([plain, "--camera", _cam(tmp_path, "pin.json"), "--out", tmp_path / "ref", *common])
     _run([bent, "--camera", _cam(tmp_path, "lens.json", D), "--out", tmp_path / "und", *common])
