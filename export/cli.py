@@ -60,7 +60,7 @@ def summary_lines(res: ExportResult) -> list[str]:
               help="How detection boxes become crop squares: official (integer truncation and centre/size "
                    "caps, as the official inference) or clip. Default: the checkpoint's (official for "
                    "official checkpoints).")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precision, max_detections, calib_data,
          calib_split, calib_count, engines_only, box_rule, quiet):
     """Export an MRC-Net checkpoint to ONNX (and TensorRT) for the torch-free runtime."""

@@ -32,7 +32,7 @@ def split_options(f):
 @click.option("--vsd-delta", default=None, type=float,
               help="VSD visibility tolerance, mm [default: 15; 5 when the dataset folder is "
                    "named itodd, as bop_toolkit].")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""

@@ -34,7 +34,7 @@ from .cli import split_options
               help="Continue an interrupted run with the same settings.")
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the run summary as JSON here.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
          threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""

@@ -65,7 +65,7 @@ def _ids(ctx, param, value):
                    "detection) or exact (the ground-truth box in the shifted crop)")
 @click.option("--no-amp", is_flag=True, help="disable mixed precision on GPU")
 @click.option("--device", default=None, help="cpu, cuda:0 ... (default: cuda:LOCAL_RANK if available)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, warmup, weight_decay, workers, seed,
          bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, val_box_jitter, bg_prob,
          bg_rule, backgrounds, box_map_mode, no_amp, device, quiet):
