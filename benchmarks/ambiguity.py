@@ -57,7 +57,7 @@ def summarise(gap: np.ndarray, n: int) -> dict:
 
 def measure(data, split: str | None, samples: int, iou_min: float, seed: int = 0) -> tuple[dict, dict]:
     """Per object: the :func:`summarise` entry and the crops of its most distant look-alike pairs."""
-    from mrcnet.data.samples import TrainingSamples
+    from mrcnet.train.dataset import TrainingSamples
     from mrcnet.model import get_config
     from mrcnet.runtime.presets import get_dataset
     from tqdm import tqdm

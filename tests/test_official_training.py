@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from mrcnet.data import bop
-from mrcnet.data.samples import (TrainingSamples, centred_box, clean_mask, dynamic_zoom_in, jittered_box)
+from mrcnet.data.samples import centred_box, clean_mask, dynamic_zoom_in, jittered_box
 from mrcnet.model import get_config
 from mrcnet.train import targets as T
+from mrcnet.train.dataset import TrainingSamples
 
 from train_fixtures import write_tiny_split
 

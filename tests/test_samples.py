@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from mrcnet.data import bop
-from mrcnet.data.samples import TrainingSamples, collate_samples, crop_at, box_location
+from mrcnet.data.samples import box_location, crop_at
 from mrcnet.model import get_config
 from mrcnet.runtime.geometry import BinSpec, cell_centers, depth_bin_centers, quat_to_matrix, rotation_prototypes
 from mrcnet.runtime.preprocess import PAD_SCALE, prepare_detection
 from mrcnet.train import targets as T
+from mrcnet.train.dataset import TrainingSamples, collate_samples
 
 from train_fixtures import write_tiny_split
 

@@ -135,7 +135,7 @@ def test_block_sampler_splits_global_batches():
 
 
 def _n_instances(root):
-    from mrcnet.data.samples import TrainingSamples
+    from mrcnet.train.dataset import TrainingSamples
 
     return len(TrainingSamples(root, get_config("small").bins, (0.05, 1.7), augment=False))
 
@@ -216,7 +216,7 @@ def test_whole_images_cuts_at_an_image_boundary():
 
 
 def _val_samples(tiny):
-    from mrcnet.data.samples import TrainingSamples
+    from mrcnet.train.dataset import TrainingSamples
 
     cfg = get_config("small")
     return TrainingSamples(tiny, cfg.bins, (0.05, 1.7), augment=False, label_cache=0, size=cfg.crop_size)

@@ -1,7 +1,7 @@
 """MRC-Net training losses (docs/MODEL.md §5), as the official release computes them.
 
 With B samples, the network outputs of :meth:`mrcnet.model.MRCNet.stage1` / ``stage2`` and a batch of
-:func:`mrcnet.data.samples.collate_samples`:
+:func:`mrcnet.train.dataset.collate_samples`:
 
 1. The ground truth is first replaced by its symmetry member closest to the *final* predicted
    rotation (:func:`mrcnet.train.targets.match_symmetry`, no gradient): ``R_gt``, ``t_gt``.

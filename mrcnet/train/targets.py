@@ -1,6 +1,6 @@
 """Training targets (docs/MODEL.md §5): symmetry tensors, symmetry matching, soft bin labels.
 
-Shared by the sample pipeline (:mod:`mrcnet.data.samples`, one sample at a time) and the losses
+Shared by the sample pipeline (:mod:`mrcnet.train.dataset`, one sample at a time) and the losses
 (:mod:`mrcnet.train.losses`, batched): every function takes torch tensors with any leading batch
 dimensions ``...`` and works on CPU or GPU. Units: millimetres (vertices, translations), crop units
 for 2D offsets (``[-0.5, 0.5]``), normalised depth ``d = t_z / fx_roi``.

@@ -1,6 +1,6 @@
 """MRC-Net trainer: one device (CPU or GPU) or many under ``torchrun`` (DistributedDataParallel).
 
-- Data: :class:`mrcnet.data.samples.TrainingSamples`; :class:`BlockSampler` gives every step a
+- Data: :class:`mrcnet.train.dataset.TrainingSamples` (one split, or several joined); :class:`BlockSampler` gives every step a
   global batch of ``batch_size x world`` samples (a seeded permutation per epoch), process r taking
   the r-th block: the same samples reach the model in one process with ``batch_size x world`` and
   ``bn_group = batch_size`` as in ``world`` processes (BatchNorm statistics are per block).
@@ -35,12 +35,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mrcnet.checkpoint import read_checkpoint_file
-from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
+from mrcnet.data.samples import jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
 from mrcnet.runtime.presets import get_dataset
 from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
+from .backbone_init import check_resnet34, init_backbone_from_imagenet, read_imagenet_state
+from .dataset import TrainingSamples, collate_samples, training_samples
 from .losses import LossWeights, mrcnet_losses
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class TrainConfig:
     preset: str = "small"
     dataset: str = "synth"  # depth range (and default object ids) from runtime.presets
     objects: list[int] | None = None  # obj ids in class order; default: all of models_info
-    split: str | None = None
+    split: str | None = None  # split folder, or several comma-separated ("train_pbr,train_primesense")
     epochs: int = 1
     batch_size: int = 16
     lr: float = 2e-4
@@ -71,6 +73,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this global step (the schedule still spans all epochs)
     resume: bool = False
     init: str | None = None  # official or project checkpoint to start from
+    backbone_init: str | None = None  # ImageNet ResNet-34 state dict (torchvision layout) for the backbone
+    backbone_stem: str = "official"  # mrcnet.train.backbone_init.STEM_RULES
     val_data: str | None = None
     val_split: str | None = None
     val_max: int = 200  # instances validated
@@ -375,7 +379,8 @@ def _atomic_json(obj, path) -> None:
 
 # ------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training; returns ``{"step", "epoch", "history", "val", "out"}`` on every rank."""
+    """Run (or resume) training; returns ``{"step", "epoch", "history", "val", "out", "steps_per_second",
+    "split_counts"}`` (``{split: training instances}``) on every rank."""
     rank, world, local = dist_env()
     distributed = world > 1
     if cfg.device:
@@ -399,13 +404,22 @@ def train(cfg: TrainConfig) -> dict:
         read_checkpoint_file(cfg.init, "--init")
     preset = get_dataset(cfg.dataset)
     mcfg = get_config(cfg.preset)
+    imagenet = None
+    if cfg.backbone_init:
+        if cfg.init:
+            raise ValueError("init and backbone_init: give one (a whole checkpoint, or ImageNet backbone weights)")
+        check_resnet34(mcfg)
+        imagenet = read_imagenet_state(cfg.backbone_init)  # checked before the (slow) data set set-up
     torch.manual_seed(cfg.seed)
 
-    ds = TrainingSamples(cfg.data, mcfg.bins, preset.depth_range, split=cfg.split, obj_ids=cfg.objects,
-                         augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
-                         label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
-                         color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
-                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
+    ds = training_samples(cfg.data, mcfg.bins, preset.depth_range, split=cfg.split, obj_ids=cfg.objects,
+                          augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
+                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
+                          color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
+                          backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
+    if rank == 0:
+        log.info("training instances per split: %s (%d in all)",
+                 ", ".join(f"{k} {v}" for k, v in ds.counts.items()), len(ds))
     obj_ids = ds.obj_ids
     sampler = BlockSampler(ds, cfg.batch_size, world, rank, cfg.seed)
     steps_per_epoch = sampler.steps
@@ -419,10 +433,12 @@ def train(cfg: TrainConfig) -> dict:
             raise ValueError(f"--init {cfg.init}: checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}")
     else:
         model = build_model(len(obj_ids), preset.depth_range, mcfg)
+        if imagenet is not None and not cfg.resume:  # a resumed run's checkpoint holds the trained weights
+            init_backbone_from_imagenet(model, imagenet, cfg.backbone_stem)
     model.set_bn_group(cfg.bn_group)
     model.to(device).train()
     rdev = f"cuda:{device.index or 0}" if device.type == "cuda" else None
-    renderer = StageTwoRenderer(ds.ds.models_dir, obj_ids, mcfg.crop_size, device=rdev)
+    renderer = StageTwoRenderer(ds.models_dir, obj_ids, mcfg.crop_size, device=rdev)
     step_mod = TrainStep(model, renderer)
     if distributed:
         step_mod = nn.parallel.DistributedDataParallel(step_mod, device_ids=[device.index] if device.type == "cuda" else None)
@@ -553,4 +569,4 @@ def train(cfg: TrainConfig) -> dict:
     if distributed:
         dist.barrier()
     return {"step": step, "epoch": step / steps_per_epoch, "history": history, "val": val, "out": str(out),
-            "steps_per_second": rate}
+            "steps_per_second": rate, "split_counts": ds.counts}
