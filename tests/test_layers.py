@@ -7,10 +7,14 @@ imports resolved to absolute names through the ``package_dir`` mapping of ``setu
 Layers (a lower layer never imports a higher one)::
 
     mrcnet.runtime  <-  mrcnet (reference: model, data, train, eval)  <-  mrcnet.export  <-  benchmarks
+
+Inside the reference, ``mrcnet.data`` is torch-free: it imports neither torch nor train / model / eval.
 """
 
 import ast
 import configparser
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +128,36 @@ def test_reference_never_imports_export():
            if _within(mod, "mrcnet") and not _within(mod, RUNTIME) and not _within(mod, EXPORT)
            and _within(name, EXPORT)]
     assert not bad, "the reference imports the exporter:\n" + "\n".join(bad)
+
+
+#: the data package (``mrcnet.data``) is torch-free: no torch, and nothing of the torch layers above it
+DATA = "mrcnet.data"
+TORCH_LAYERS = ("torch", "torchvision", "mrcnet.train", "mrcnet.model", "mrcnet.eval", "mrcnet.inference",
+                "mrcnet.geometry", "mrcnet.checkpoint")
+#: (module, imported name) allowed anyway, each with its reason
+DATA_ALLOWED = {
+    # deprecated alias: the torch Dataset moved to mrcnet.train.dataset; mrcnet.data.samples.__getattr__ imports
+    # it only when one of its old names is asked for, so importing mrcnet.data.samples stays torch-free
+    ("mrcnet.data.samples", "mrcnet.train.dataset"),
+}
+
+
+def test_data_package_is_torch_free():
+    """(d) mrcnet.data.* imports neither torch nor the torch layers (train, model, eval) - the torch
+    Dataset of training samples lives in mrcnet.train.dataset."""
+    bad = [_where(p, ln, src) for mod, p, ln, name, src in _imports()
+           if _within(mod, DATA) and any(_within(name, t) for t in TORCH_LAYERS)
+           and (mod, name) not in DATA_ALLOWED]
+    assert not bad, "the data package imports torch layers:\n" + "\n".join(bad)
+
+
+def test_data_modules_import_without_torch():
+    """Importing every mrcnet.data module leaves torch unloaded (a fresh interpreter)."""
+    mods = sorted(m for m in MODULES if _within(m, DATA))
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_no_module_level_import_cycles():

@@ -6,11 +6,14 @@ background is a pure function of the generator state (deterministic for a given 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .bop import IMAGE_EXTS, BopFormatError, load_image
+
+log = logging.getLogger(__name__)
 
 
 def _cv2():
@@ -100,15 +103,24 @@ def procedural_background(rng, width: int, height: int) -> np.ndarray:
 
 
 class FolderBackgrounds:
-    """Random crops of the images of a folder (png/jpg/tif, searched recursively, sorted; any image
-    folder, e.g. VOC2012 ``JPEGImages``), or of an explicit list of image files (``files``).
+    """Random crops of the images of a folder (png/jpg/jpeg/tif, flat or nested, searched recursively,
+    sorted; any image folder, e.g. VOC2012 ``JPEGImages``), or of an explicit list of image files
+    (``files``). A folder holding ``JPEGImages`` folders (a VOC ``VOC2012`` or ``VOCdevkit`` root,
+    at most two levels down) gives the images under those only, not VOC's label PNGs.
 
     Each call picks an image, a random crop with the target aspect ratio (at least half the
     shorter side) and a random horizontal flip, resized to (W, H).
+
+    An image that cannot be read (damaged, not an image) does not stop training: it is skipped with a
+    logging warning (once per file, with the running count ``n_unreadable``) and another one is
+    drawn; the draws depend only on the generator and on which files are unreadable, so every
+    worker gets the same background for the same sample. Only when no file of the folder can be
+    read is it an error (BopFormatError naming the folder).
     """
 
     def __init__(self, folder, files=None):
         self.folder = Path(folder)
+        self.unreadable: set[Path] = set()
         if files is not None:  # an explicit image list (e.g. other images of a split); folder names it
             self.files = sorted(Path(f) for f in files)
             if not self.files:
@@ -116,14 +128,39 @@ class FolderBackgrounds:
             return
         if not self.folder.is_dir():
             raise BopFormatError(f"{self.folder}: backgrounds folder not found")
-        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        voc = [d for d in (self.folder / "JPEGImages", *self.folder.glob("*/JPEGImages")) if d.is_dir()]
+        roots = voc or [self.folder]
+        self.files = sorted(p for r in roots for p in r.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         if not self.files:
             raise BopFormatError(f"{self.folder}: no png/jpg/jpeg/tif images in the backgrounds folder "
                                  "(any image folder works, e.g. VOC2012 JPEGImages)")
 
+    @property
+    def n_unreadable(self) -> int:
+        """Files found unreadable so far (in this process)."""
+        return len(self.unreadable)
+
+    def _draw(self, rng) -> np.ndarray:
+        """A readable image of the list, drawn with ``rng`` (unreadable ones skipped)."""
+        while len(self.unreadable) < len(self.files):
+            path = self.files[int(rng.integers(len(self.files)))]
+            if path in self.unreadable:
+                continue
+            try:
+                im = load_image(path)
+                if im.size:
+                    return im
+                reason = "empty image"
+            except BopFormatError as e:
+                reason = str(e)
+            self.unreadable.add(path)
+            log.warning("background image skipped (%d unreadable so far): %s", len(self.unreadable),
+                        reason if str(path) in reason else f"{path}: {reason}")
+        raise BopFormatError(f"{self.folder}: none of the {len(self.files)} background images can be read")
+
     def __call__(self, rng, width: int, height: int) -> np.ndarray:
         cv2 = _cv2()
-        im = load_image(self.files[int(rng.integers(len(self.files)))])
+        im = self._draw(rng)
         if im.ndim == 2:
             im = np.repeat(im[..., None], 3, axis=2)
         if im.dtype != np.uint8:
@@ -133,8 +170,8 @@ class FolderBackgrounds:
         ch = int(rng.uniform(0.5, 1.0) * min(h, w / aspect))
         cw = max(1, int(ch * aspect))
         ch = max(1, ch)
-        y0 = int(rng.integers(0, h - ch + 1))
-        x0 = int(rng.integers(0, w - cw + 1))
+        y0 = int(rng.integers(0, max(1, h - ch + 1)))
+        x0 = int(rng.integers(0, max(1, w - cw + 1)))
         crop = im[y0:y0 + ch, x0:x0 + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
