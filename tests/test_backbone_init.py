@@ -1,5 +1,7 @@
 """ImageNet ResNet-34 (torchvision key layout) -> MRC-Net's backbone: every key accounted for, the
 stem rules, one-line errors, the paper-preset-only check (``mrcnet-train --backbone-init``)."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +9,10 @@ from click.testing import CliRunner
 
 from mrcnet.model import build_model, get_config
 from mrcnet.train import backbone_init as B
+from mrcnet.train import trainer
 from mrcnet.train.cli import main as train_cli
+
+from train_fixtures import write_tiny_split
 
 
 class _Block(nn.Module):
@@ -146,3 +151,22 @@ def test_only_a_resnet34_backbone_takes_imagenet_weights(imagenet_file, tmp_path
     res = CliRunner().invoke(train_cli, ["--data", str(tmp_path), "--out", str(tmp_path / "run3"),
                                          "--init", str(imagenet_file[0]), "--backbone-init", str(imagenet_file[0])])
     assert res.exit_code == 2 and "give one" in res.output
+
+
+@pytest.mark.slow
+def test_trainer_starts_from_the_imagenet_backbone(imagenet_file, tmp_path, monkeypatch):
+    """train(backbone_init=FILE): after one step at a negligible learning rate the checkpoint's stages
+    hold the file's weights. The graph is the small preset's with ResNet-34 stages (the paper
+    preset's backbone, at a fraction of the paper preset's cost)."""
+    r34 = replace(get_config("small"), name="small-r34", stem_channels=64, stage_channels=B.RESNET34_CHANNELS,
+                  stage_blocks=B.RESNET34_BLOCKS)
+    monkeypatch.setattr(trainer, "get_config", lambda name: r34)
+    data = write_tiny_split(tmp_path / "data", n_images=1, n_objects=1, seed=0)
+    path, sd = imagenet_file
+    res = trainer.train(trainer.TrainConfig(data=str(data), out=str(tmp_path / "run"), batch_size=2, warmup=0,
+                                            lr=1e-9, min_lr=1e-9, max_steps=1, workers=0, progress=False,
+                                            device="cpu", backbone_init=str(path)))
+    assert res["step"] == 1
+    net = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=True)["network"]
+    for key in ("layer1.0.conv1.weight", "layer3.5.bn2.bias", "layer4.0.downsample.0.weight"):
+        torch.testing.assert_close(net["backbone." + key.replace(".", ".0.", 1)], sd[key], rtol=0, atol=1e-6)
