@@ -127,6 +127,10 @@ def test_file_errors_name_the_keys(tmp_path):
         with pytest.raises(B.BackboneInitError, match=msg) as e:
             B.read_imagenet_state(tmp_path / f"{name}.pth")
         assert f"{name}.pth" in str(e.value) and "\n" not in str(e.value)
+    # a file saved before BatchNorm counted its batches (no num_batches_tracked) is complete
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")
+    assert B.read_imagenet_state(tmp_path / "old.pth").keys() == old.keys()
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(B.BackboneInitError, match="junk.pth: not a readable state dict"):
         B.read_imagenet_state(tmp_path / "junk.pth")

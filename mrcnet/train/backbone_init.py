@@ -18,8 +18,9 @@ Key layout (torchvision) -> MRC-Net (``mrcnet.model.resnet``, one Siamese backbo
   to the three colour channels in BGR order (the crops are BGR; torchvision's filters are RGB), the
   box-map channel's filters start at zero, and the stem's BatchNorm takes ``bn1.weight`` / ``bn1.bias``.
 
-Every key is accounted for: a file with a key outside this layout, without one of its keys, or with
-a tensor of another shape is refused with one line naming them (:class:`BackboneInitError`).
+Every key is accounted for: a file with a key outside this layout, without one of its keys (but the
+unused ``num_batches_tracked``, absent from files saved by older torch versions), or with a tensor of
+another shape is refused with one line naming them (:class:`BackboneInitError`).
 Only the ResNet-34 backbone (the ``paper`` preset) can take these weights.
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ def target_key(key: str) -> str | None:
 
 def read_imagenet_state(path) -> dict[str, torch.Tensor]:
     """The checked state dict of an ImageNet ResNet-34 file (torchvision layout): every key of
-    :func:`torchvision_resnet34_shapes` present with its shape, no other key. One-line
+    :func:`torchvision_resnet34_shapes` present with its shape (``num_batches_tracked`` may be
+    absent), no other key. One-line
     :class:`BackboneInitError` naming the file and the keys otherwise."""
     path = Path(path)
     if not path.is_file():
@@ -107,7 +109,8 @@ def read_imagenet_state(path) -> dict[str, torch.Tensor]:
         raise BackboneInitError(f"{path}: not a state dict of tensors (expected torchvision's "
                                 "resnet34().state_dict() saved with torch.save)")
     expected = torchvision_resnet34_shapes()
-    missing = [k for k in expected if k not in sd]
+    # num_batches_tracked may be absent (files saved before BatchNorm had it; unused here anyway)
+    missing = [k for k in expected if k not in sd and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
         def few(keys):
@@ -116,7 +119,7 @@ def read_imagenet_state(path) -> dict[str, torch.Tensor]:
             [f"unexpected keys: {few(unexpected)}"] if unexpected else [])
         raise BackboneInitError(f"{path}: not a torchvision ResNet-34 state dict; " + "; ".join(parts))
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {expected[k]})" for k in expected
-             if tuple(sd[k].shape) != expected[k]]
+             if k in sd and tuple(sd[k].shape) != expected[k]]
     if wrong:
         raise BackboneInitError(f"{path}: mismatched shapes: " + ", ".join(wrong[:8])
                                 + (f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""))
