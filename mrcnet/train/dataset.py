@@ -117,7 +117,8 @@ class TrainingSamples(Dataset):
     models_info); bins, depth_range: the output discretisation; augment: training (zoom-in,
     rotation, colour, background) or validation crops; seed: randomness; n_vertices: model points
     (on the surface) for the labels and losses; label_cache: entries of the rotation-label LRU cache (0 = off);
-    backgrounds: optional folder of background images (default: images of the split); bg_prob,
+    backgrounds: optional folder of background images (or a :class:`FolderBackgrounds`; default:
+    images of the split); bg_prob,
     bg_rule (:data:`BG_RULES`), box_map_mode (:data:`BOX_MAP_MODES`), symmetry_sampling
     (:data:`mrcnet.train.targets.SYMMETRY_SAMPLINGS`): see :mod:`mrcnet.data.samples`; models: the
     models folder (name under root, or a path; or ``{split: folder}``, :func:`models_for`);
@@ -145,7 +146,8 @@ class TrainingSamples(Dataset):
         if not 0.0 <= float(bg_prob) <= 1.0:
             raise ValueError(f"bg_prob {bg_prob} is not a probability in [0, 1]")
         # the backgrounds folder is checked before the (slow) indexing: fail fast
-        self._backgrounds = FolderBackgrounds(backgrounds) if backgrounds else None
+        self._backgrounds = (backgrounds if isinstance(backgrounds, FolderBackgrounds)
+                             else FolderBackgrounds(backgrounds) if backgrounds else None)
         self.root = Path(root)
         self.split = split or find_split(self.root)
         self.stream = None if stream is None else int(stream)
@@ -418,6 +420,8 @@ def training_samples(root, bins: BinSpec, depth_range: tuple[float, float],
     names = split_names(split)
     if names is None or len(names) == 1:
         return TrainingSamples(root, bins, depth_range, split=names[0] if names else None, **kwargs)
+    if kwargs.get("backgrounds") and not isinstance(kwargs["backgrounds"], FolderBackgrounds):
+        kwargs["backgrounds"] = FolderBackgrounds(kwargs["backgrounds"])  # one folder scan for all splits
     return MultiSplitSamples([TrainingSamples(root, bins, depth_range, split=name, stream=i, **kwargs)
                               for i, name in enumerate(names)])
 
