@@ -37,20 +37,20 @@ _OBJ_NAME = re.compile(r"^obj_0*(\d+)$")
 
 def classify_output(shape: Sequence) -> Optional[str]:
     """``RAW``, ``ROWS``, ``DEFERRED`` or None (neither) for one output shape; a dimension may be
-    symbolic (a str or None). RAW: (1, 4 + C, A) with C >= 1 and A > 4 + C (anchors outnumber
-    channels: 8400 vs 84) or A symbolic; ROWS: (1, N, 6)."""
+    symbolic (a str or None). ROWS: (1, N, 6); RAW: (1, 4 + C, A) with C >= 1 and A > 4 + C
+    (anchors outnumber channels: 8400 vs 84) or A symbolic."""
     shape = tuple(shape)
     if len(shape) != 3 or (isinstance(shape[0], int) and shape[0] != 1):
         return None
     d1, d2 = shape[1:]
     i1, i2 = isinstance(d1, int), isinstance(d2, int)
+    if i2 and d2 == 6:  # (1, N, 6): a raw output with exactly 6 anchors does not occur
+        return ROWS
     if i1 and i2:
-        return RAW if d1 >= 5 and d2 > d1 else ROWS if d2 == 6 else None
+        return RAW if d1 >= 5 and d2 > d1 else None
     if i1:
         return RAW if d1 >= 5 else None
-    if i2:
-        return ROWS if d2 == 6 else None
-    return DEFERRED
+    return None if i2 else DEFERRED
 
 
 def output_layout(outputs: Sequence[tuple[str, Sequence]]) -> Optional[str]:
