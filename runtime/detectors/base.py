@@ -12,7 +12,8 @@ from typing import Mapping, Optional
 
 import cv2
 import numpy as np
-import yaml
+
+from ..formats.files import InputFileError, load_yaml
 
 
 class DetectionError(ValueError):
@@ -84,12 +85,9 @@ def class_map_from_yaml(path) -> dict[int, int]:
     """{class: BOP object id} from the ``bop_obj_ids`` of a data.yaml (``mrcnet-synth yolo``)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise DetectionError(f"class map {path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise DetectionError(f"class map {path}: malformed YAML ({str(e).splitlines()[0]})") from None
+        data = load_yaml(path)
+    except InputFileError as e:
+        raise DetectionError(f"class map {e}") from None
     ids = data.get(DATA_YAML_OBJ_IDS) if isinstance(data, dict) else None
     if not isinstance(ids, dict) or not ids:
         raise DetectionError(f"class map {path}: no '{DATA_YAML_OBJ_IDS}' mapping (class: BOP object id); "
