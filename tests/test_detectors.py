@@ -134,6 +134,18 @@ def test_other_outputs_are_refused_in_one_line(tmp_path, pred, extra, shape):
     assert msg.startswith(f"detector {path}: unsupported outputs output0 {shape}") and "\n" not in msg
 
 
+def test_mrcnet_run_refuses_an_unsupported_detector_in_one_line(tmp_path):
+    from mrcnet.runtime import manifest as M
+
+    path = save(F.ultralytics_model(np.zeros((1, 5, 7, 2))), tmp_path / "odd.onnx")
+    r = CliRunner().invoke(cli.main, [str(M.DEMO_DIR / M.DEMO_CLIP), "--model", str(tmp_path), "--fx", "500", "--fy",
+                                      "500", "--cx", "320", "--cy", "240", "--detector", str(path),
+                                      "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.output
+    err = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(err) == 1 and "odd.onnx: unsupported outputs output0 (1, 5, 7, 2)" in err[0], r.output
+
+
 # ------------------------------------------------------------------------- providers, class map
 def test_detector_runs_on_the_pose_networks_providers(tmp_path):
     path = save(F.ultralytics_model(raw()), tmp_path / "yolo.onnx")

@@ -92,12 +92,6 @@ class OnnxDetector:
             return len(self.names)
         return None if rows is None else rows - 4
 
-    @property
-    def description(self) -> str:
-        """``det.onnx (ultralytics-raw, 640x640 input) on CUDAExecutionProvider``."""
-        size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else "frame-size"
-        return f"{os.path.basename(self.path)} ({self.layout}, {size} input) on {self.providers[0]}"
-
     def _roles(self, names: list[str]) -> dict[str, str]:
         roles = {}
         for n in names:

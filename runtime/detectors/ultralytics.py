@@ -67,16 +67,22 @@ def output_layout(outputs: Sequence[tuple[str, Sequence]]) -> Optional[str]:
     return kind
 
 
-def parse_names(metadata: Mapping[str, str]) -> Optional[list[str]]:
-    """Class names from an Ultralytics ONNX file's ``names`` metadata (``"{0: 'a', 1: 'b'}"``),
-    in class order; None when absent or unreadable."""
-    text = metadata.get("names")
+def _literal(metadata: Mapping[str, str], key: str):
+    """The Python literal of a metadata value (Ultralytics writes ``str(value)``); None when absent
+    or not a literal."""
+    text = metadata.get(key)
     if not text:
         return None
     try:
-        names = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return None
+
+
+def parse_names(metadata: Mapping[str, str]) -> Optional[list[str]]:
+    """Class names from an Ultralytics ONNX file's ``names`` metadata (``"{0: 'a', 1: 'b'}"``),
+    in class order; None when absent or unreadable."""
+    names = _literal(metadata, "names")
     if isinstance(names, dict):
         try:
             return [str(names[k]) for k in sorted(names, key=int)]
@@ -88,13 +94,7 @@ def parse_names(metadata: Mapping[str, str]) -> Optional[list[str]]:
 def parse_imgsz(metadata: Mapping[str, str]) -> Optional[tuple[int, int]]:
     """(width, height) of the ``imgsz`` metadata (``"[640, 640]"`` = [height, width], or one int);
     None when absent or unreadable."""
-    text = metadata.get("imgsz")
-    if not text:
-        return None
-    try:
-        v = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
+    v = _literal(metadata, "imgsz")
     if isinstance(v, int):
         return v, v
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
