@@ -404,6 +404,8 @@ def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
                 continue
             ys, xs = np.nonzero(mask)
             expected.append((inst.obj_id - 1, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            x, y, w, h = inst.info["bbox_visib"]  # the scene's box: the same pixels
+            assert [x, y, x + w + 1, y + h + 1] == list(expected[-1][1:])
         assert len(rows) == len(expected)
         for row, (c, x1, y1, x2, y2) in zip(rows, expected):
             cx, cy, w, h = (float(v) for v in row[1:])
