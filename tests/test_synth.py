@@ -422,5 +422,15 @@ def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
     assert r.exit_code == 0, r.output
     labels = [line for p in (out / "labels").rglob("*.txt") for line in p.read_text().splitlines()]
     assert labels and {line.split()[0] for line in labels} == {"0"}  # object 2 is class 0 of the one class
+    # a dataset folder with one split works as well; unknown objects and missing folders: one line
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y2"), "--obj-ids", "1,2,3",
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    y2 = list((tmp_path / "y2" / "labels" / "train").glob("*.txt"))
+    assert len(y2) == 4 and not (tmp_path / "y2" / "labels" / "val").exists()  # 0.1 of 4 images: no val
+    assert sum(len(p.read_text().splitlines()) for p in y2) == n_labels
+    assert yaml.safe_load((tmp_path / "y2" / "data.yaml").read_text())["val"] == "images/train"
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y3"), "--obj-ids", "99"])
+    assert r.exit_code != 0 and "--obj-ids: [99] not in" in r.output
     r = CliRunner().invoke(main, ["yolo", "--scenes", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code != 0 and "nope" in r.output
