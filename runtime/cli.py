@@ -18,7 +18,7 @@ import numpy as np
 
 from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
-from .detectors import DetectionError, make_detector
+from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
 from .pipeline import STAGES, Pipeline
 from .preprocess import InputError
 from .formats.camera import Camera, CameraFileError, camera_matrix
@@ -322,9 +322,9 @@ def run(
                    "boxes/scores/classes outputs; runs on the pose networks' ONNX Runtime providers.")
 @click.option("--class-map", help="Detector class -> object id: 0:1,1:5 or the data.yaml of mrcnet-synth yolo "
                                   "(default: obj_<id> class names in the detector, else class = object id).")
-@click.option("--det-min-score", type=float, default=None, help="Drop weaker detections (JSON: 0, detector: 0.25).")
+@click.option("--det-min-score", type=float, default=None, help=f"Drop weaker detections (JSON: 0, detector: {DETECTOR_MIN_SCORE}).")
 @click.option("--det-iou", type=click.FloatRange(0, 1), default=None,
-              help="NMS IoU threshold of a raw Ultralytics detector output (default 0.7).")
+              help=f"NMS IoU threshold of a raw Ultralytics detector output (default {NMS_IOU}).")
 @click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
 @click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
 @click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
