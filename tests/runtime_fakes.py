@@ -215,14 +215,17 @@ def detector_model(boxes, scores, classes, input_hw=(320, 320), with_num=False) 
     return m
 
 
-def ultralytics_model(pred, input_hw=(320, 320), names=None, dynamic=False, extra_output=None) -> onnx.ModelProto:
+def ultralytics_model(pred, input_hw=(320, 320), names=None, dynamic=False, extra_output=None,
+                      half=False) -> onnx.ModelProto:
     """An Ultralytics-layout detector graph that ignores the image and returns ``pred`` (its one
     output ``output0``, e.g. (1, 4 + C, A) raw or (1, N, 6) NMS rows) plus 0 x the image mean, so the
     input is wired. names: class names written as Ultralytics does (``names`` metadata); dynamic:
-    the input's H, W and the output's dimensions are symbolic (``imgsz`` metadata = input_hw); extra_output: a second constant output (mask prototypes)."""
-    F = TensorProto.FLOAT
-    pred = np.asarray(pred, np.float32)
-    nodes = [_const("p0", pred), _const("zero", np.array(0.0, np.float32)),
+    the input's H, W and the output's dimensions are symbolic (``imgsz`` metadata = input_hw); extra_output: a second
+    constant output (mask prototypes); half: float16 input and output (Ultralytics ``half=True``)."""
+    F = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    dt = np.float16 if half else np.float32
+    pred = np.asarray(pred, dt)
+    nodes = [_const("p0", pred), _const("zero", np.array(0.0, dt)),
              helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
              helper.make_node("Mul", ["mean", "zero"], ["z"]),
              helper.make_node("Add", ["p0", "z"], ["output0" if not dynamic else "p1"])]

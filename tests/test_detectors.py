@@ -52,11 +52,11 @@ def save(model, path):
     return path
 
 
-def check(dets, expected, obj_ids=None):
+def check(dets, expected, obj_ids=None, score_tol=1e-6):
     assert len(dets) == len(expected), [d.to_dict() for d in dets]
     for d, (c, s, box) in zip(dets, expected):
         assert d.obj_id == (c if obj_ids is None else obj_ids[c])
-        assert d.score == pytest.approx(s, abs=1e-6)
+        assert d.score == pytest.approx(s, abs=score_tol)
         np.testing.assert_allclose(d.box, box, atol=1e-4)
 
 
@@ -71,6 +71,12 @@ def test_raw_output_is_decoded_with_class_aware_nms_and_mapped_to_the_frame(tmp_
     # class map: class 2 is not in it and is dropped
     check(OnnxDetector(path, class_map={0: 1, 1: 5})(0, FRAME), [e for e in EXPECTED if e[0] != 2], {0: 1, 1: 5})
     assert OldName is OnnxDetector  # the old import path still works
+
+
+def test_float16_export(tmp_path):
+    det = OnnxDetector(save(F.ultralytics_model(raw(), half=True), tmp_path / "half.onnx"))
+    assert det.input_dtype == np.float16
+    check(det(0, FRAME), EXPECTED, score_tol=1e-3)  # the scores at float16 precision; the boxes are exact
 
 
 def test_obj_names_in_the_metadata_give_the_class_map(tmp_path):
