@@ -164,7 +164,7 @@ def create_session(path, providers=None, threads: int = 0, what: str = "onnxrunt
     """An ``onnxruntime.InferenceSession`` for the graph at ``path``: every optimisation on,
     ``threads`` intra-op threads (0: ORT's default), ``providers`` as ORT takes them (names or
     (name, options) pairs; None: :func:`ort_providers` "auto"). The one place the runtime builds
-    sessions. Raises :class:`BackendError` with one line naming ``what`` and the file."""
+    the sessions it runs (pose graphs and detector). Raises :class:`BackendError` with one line naming ``what`` and the file."""
     ort = _ort()
     path = os.fspath(path)
     if not os.path.isfile(path):
