@@ -137,6 +137,8 @@ def test_file_errors_name_the_keys(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(B.BackboneInitError, match="list.pth: not a state dict of tensors"):
         B.read_imagenet_state(tmp_path / "list.pth")
+    with pytest.raises(B.BackboneInitError, match="state dict: mismatched shapes: fc.bias"):
+        B.init_backbone_from_imagenet(build_model(1, (0.05, 1.7), get_config("paper")), {**sd, "fc.bias": torch.zeros(9)})
     with pytest.raises(B.BackboneInitError, match="nothing.pth: file not found"):
         B.read_imagenet_state(tmp_path / "nothing.pth")
 

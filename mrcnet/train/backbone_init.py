@@ -74,6 +74,11 @@ def torchvision_resnet34_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _few(items: list[str], n: int = 8) -> str:
+    """The first ``n`` items, comma-separated, and how many more (one line)."""
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
 def check_resnet34(cfg: ModelConfig) -> None:
     """A one-line :class:`BackboneInitError` unless the model preset's backbone is ResNet-34."""
     if (tuple(cfg.stage_blocks) != RESNET34_BLOCKS or tuple(cfg.stage_channels) != RESNET34_CHANNELS
@@ -105,24 +110,27 @@ def read_imagenet_state(path) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle of anything but tensors, a damaged file: the loader's reason, one line
         raise BackboneInitError(f"{path}: not a readable state dict ({str(e).splitlines()[0][:200]})") from None
+    return check_imagenet_state(sd, path)
+
+
+def check_imagenet_state(sd, name="state dict") -> dict[str, torch.Tensor]:
+    """``sd`` if it is a torchvision ResNet-34 state dict (:func:`read_imagenet_state`'s rules), else a
+    one-line :class:`BackboneInitError` starting with ``name``."""
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise BackboneInitError(f"{path}: not a state dict of tensors (expected torchvision's "
+        raise BackboneInitError(f"{name}: not a state dict of tensors (expected torchvision's "
                                 "resnet34().state_dict() saved with torch.save)")
     expected = torchvision_resnet34_shapes()
     # num_batches_tracked may be absent (files saved before BatchNorm had it; unused here anyway)
     missing = [k for k in expected if k not in sd and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
-        def few(keys):
-            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-        parts = ([f"missing keys: {few(missing)}"] if missing else []) + (
-            [f"unexpected keys: {few(unexpected)}"] if unexpected else [])
-        raise BackboneInitError(f"{path}: not a torchvision ResNet-34 state dict; " + "; ".join(parts))
+        parts = ([f"missing keys: {_few(missing)}"] if missing else []) + (
+            [f"unexpected keys: {_few(unexpected)}"] if unexpected else [])
+        raise BackboneInitError(f"{name}: not a torchvision ResNet-34 state dict; " + "; ".join(parts))
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {expected[k]})" for k in expected
              if k in sd and tuple(sd[k].shape) != expected[k]]
     if wrong:
-        raise BackboneInitError(f"{path}: mismatched shapes: " + ", ".join(wrong[:8])
-                                + (f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""))
+        raise BackboneInitError(f"{name}: mismatched shapes: {_few(wrong)}")
     return sd
 
 
@@ -135,7 +143,7 @@ def init_backbone_from_imagenet(model: nn.Module, source, stem: str = "official"
     if stem not in STEM_RULES:
         raise ValueError(f"stem {stem!r} is not one of {STEM_RULES}")
     check_resnet34(model.cfg)
-    sd = read_imagenet_state(source) if not isinstance(source, dict) else source
+    sd = check_imagenet_state(source) if isinstance(source, dict) else read_imagenet_state(source)
     params = dict(model.named_parameters())
     loaded, unused = [], {"ImageNet classifier": [], "running statistics (batch statistics always)": [],
                           f"stem ({stem} rule: a fresh 4-channel stem)": []}
