@@ -22,7 +22,12 @@ MODELS_INFO = "models_info.json"
 
 
 class DatasetPathError(ValueError):
-    """A dataset or models folder that is not where it was looked for; one line naming the places."""
+    """A dataset or models folder that is not where it was looked for; one line naming the places
+    (also in ``looked``: the places, in words)."""
+
+    def __init__(self, message: str, looked=()):
+        super().__init__(message)
+        self.looked = list(looked)
 
 
 def bop_root(env: Optional[Mapping[str, str]] = None) -> Optional[Path]:
@@ -48,7 +53,7 @@ def find_dataset(data, env: Optional[Mapping[str, str]] = None, what: str = "--d
         else:
             looked.append(f"${BOP_PATH_ENV}/{p} (${BOP_PATH_ENV} is not set)")
     raise DatasetPathError(f"{what} {data}: no dataset folder (looked in {', '.join(looked)}); pass the "
-                           f"dataset folder, or set {BOP_PATH_ENV} to the folder holding the BOP datasets")
+                           f"dataset folder, or set {BOP_PATH_ENV} to the folder holding the BOP datasets", looked)
 
 
 def dataset_name(root, dataset: Optional[str] = None) -> Optional[str]:
@@ -83,11 +88,12 @@ def render_models_dir(root, dataset: Optional[str] = None, split_folder: Optiona
     if name in DATASETS:
         names.append(DATASETS[name].models_for(split_folder))
     names.append(DEFAULT_MODELS)
-    for n in dict.fromkeys(names):
-        if (root / n / MODELS_INFO).is_file():
-            return root / n
-    raise DatasetPathError(f"{root}: no models folder (looked for {MODELS_INFO} in "
-                           f"{', '.join(str(root / n) for n in dict.fromkeys(names))}); pass {what}")
+    looked = [str(root / n) for n in dict.fromkeys(names)]
+    for p in looked:
+        if (Path(p) / MODELS_INFO).is_file():
+            return Path(p)
+    raise DatasetPathError(f"{root}: no models folder (looked for {MODELS_INFO} in {', '.join(looked)}); "
+                           f"pass {what}", looked)
 
 
 def eval_models_dir(root, override=None, what: str = "--models") -> Path:

@@ -190,5 +190,28 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
                f"{s['detections']} detections, {s['seconds']:.1f} s = {s['frames_per_s']:.2f} frames/s")
 
 
+@main.command(help="Write a synthetic look-alike of an official BOP dataset (tless, lmo, ycbv, itodd): its "
+                   "models folders, test split layout, targets and a BOP'22 detections file, under OUT (use it "
+                   "as $BOP_PATH).")
+@click.option("--dataset", type=click.Choice(["tless", "lmo", "ycbv", "itodd"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder playing $BOP_PATH.")
+@click.option("--images", "-n", type=click.IntRange(min=1), default=2, show_default=True, help="Test images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+def lookalike(dataset, out, images, seed, device):
+    from mrcnet.runtime.render import Renderer
+
+    from . import bop
+    from .lookalike import write_lookalike
+
+    _out_dir(out)
+    try:
+        r = write_lookalike(dataset, out, n_images=images, seed=seed, renderer=Renderer(_device(device)))
+    except (ValueError, bop.BopFormatError, OutputError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{r['root']}: split {r['split']}" + (f" (no ground truth; val: {r['val']})" if r["val"] else "")
+               + f", targets {r['targets']}, detections {r['detections']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
