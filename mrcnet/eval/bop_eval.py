@@ -246,7 +246,7 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
     except DatasetPathError as e:
         raise EvalError(str(e)) from None
     ds = bop.BopDataset(root, split, split_type=split_type, models=str(models_dir.resolve()), strict=True)
-    models_dir = ds.models_dir
+    # models_dir: as found (relative to the working folder when --data is), for the report
     target_list, targets_src = _load_targets(ds, targets)
     rows, est_groups = _load_estimates(results)
 
