@@ -80,6 +80,18 @@ def test_torch_inference_and_evaluation(in_work, name):
     csv = work / "results" / "torch" / f"mrcnet_{name}-test.csv"  # BOP's METHOD_DATASET-SPLIT.csv
     _check_results(csv, root, name)
     split, split_args = "test", SPLIT_ARGS.get(name, [])
+    if name == "tless":  # renders with models_cad (the preset's); --models picks another, a wrong one is refused
+        res = CliRunner().invoke(infer_cli.main, ["--data", name, *split_args, "--model", f"chkpt_{name}/{name}.pth",
+                                                  "--models", "models", "--out", "results/x", "-q"])
+        assert res.exit_code != 0 and "--models models: no models_info.json" in res.output
+        (root / name / "models_cad").rename(root / name / "cad")
+        try:
+            _run(infer_cli.main, ["--data", name, *split_args, "--model", f"chkpt_{name}/{name}.pth", "--models",
+                                  str(root / name / "cad"), "--detections", str(det), "--out", "results/cad.csv",
+                                  "-q"])
+        finally:
+            (root / name / "cad").rename(root / name / "models_cad")
+        _check_results(work / "results" / "cad.csv", root, name)
     if name == "itodd":  # the test split has no ground truth: BOP's server scores it; val here
         assert not list((root / "itodd" / "test").glob("*/scene_gt.json"))
         res = CliRunner().invoke(infer_cli.main, ["--data", "itodd", "--model", "chkpt_itodd/itodd.pth",
