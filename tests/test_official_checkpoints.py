@@ -10,6 +10,7 @@ from mrcnet.checkpoint import (
     DECODER_PREFIX,
     CheckpointError,
     keep_decoders,
+    load_checkpoint,
     model_from_checkpoint,
     official_decoder_dataset,
     official_key_map,
@@ -29,15 +30,18 @@ def _official_meta_checkpoint(n_obj):
 
 
 @pytest.mark.parametrize("dataset,n_obj", OFFICIAL)
-def test_official_checkpoint_loads_with_every_key_accounted_for(dataset, n_obj):
+def test_official_checkpoint_loads_with_every_key_accounted_for(dataset, n_obj, tmp_path):
     ckpt = _official_meta_checkpoint(n_obj)
+    path = tmp_path / f"chkpt_{dataset}" / f"{dataset}.pth"  # a file as the official trainer writes it
+    path.parent.mkdir()
+    torch.save(ckpt, path)  # meta tensors: shapes only, a few kB
     preset = get_dataset(dataset)
     why = {k: official_key_map(k)[1] for k in ckpt["network"]}
     assert set(why.values()) == {"load", "alias", "unused"}  # nothing unknown
     decoders = [k for k in ckpt["network"] if k.startswith(DECODER_PREFIX)]
     assert len(decoders) == 12 and all(ckpt["network"][k].shape[0] == n_obj for k in decoders)
     for name in (dataset, None):  # named, or told by the decoder count
-        model = model_from_checkpoint(ckpt, dataset=name, device="meta", name=f"{dataset}.pth")
+        model = load_checkpoint(path, dataset=name, device="meta")
         assert model.meta["source"] == "official" and model.meta["dataset"] == dataset
         assert model.n_obj == preset.n_objects and model.meta["obj_ids"] == list(preset.obj_ids)
         assert tuple(model.meta["depth_range"]) == preset.depth_range
