@@ -153,3 +153,12 @@ def test_export_without_checkpoint_says_where_it_looked(bop_root, tmp_path, monk
     monkeypatch.setenv("BOP_PATH", str(root))  # models found; the 1-byte checkpoint is refused by name
     res = CliRunner().invoke(export_cli.main, ["--dataset", "ycbv"])
     assert res.exit_code == 2 and "chkpt_ycbv/ycbv.pth" in res.output and "not a readable PyTorch" in res.output
+
+
+def test_weights_of_another_dataset_are_one_line(in_work):
+    """T-LESS weights on LM-O data: the missing object model is named in one line (no traceback)."""
+    root, _ = in_work
+    res = CliRunner().invoke(infer_cli.main, ["--data", "lmo", "--model", "chkpt_tless/tless.pth", "--out", "r", "-q"])
+    assert res.exit_code == 1, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert "--model chkpt_tless/tless.pth" in line and "obj_000016.ply" in line

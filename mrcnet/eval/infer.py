@@ -371,6 +371,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
 
     from mrcnet.data import bop
     from mrcnet.runtime.formats.files import check_out_file
+    from mrcnet.runtime.manifest import ManifestError
     from mrcnet.runtime.pipeline import STAGES, Pipeline
     from mrcnet.runtime.preprocess import InputError
 
@@ -423,7 +424,12 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     if renderer is None:
         from mrcnet.runtime.render import Renderer
         renderer = Renderer()
-    pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
+    try:
+        pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
+    except ManifestError as e:  # a model of another dataset (T-LESS weights on LM-O data...)
+        if opened is None:
+            be.close()
+        raise InferError(f"--model {model}: {e}") from None
     writer = ResumableResultsWriter(out, settings, resume=resume)
     by_image: dict = {}
     for t in target_list:
