@@ -94,10 +94,10 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
 
     try:
         ids = parse_object_ids(object_ids)
-        if official:  # the official layout: chkpt_<dataset>/<dataset>.pth, models from the BOP root
+        if official:  # the official layout: chkpt_<dataset>/<dataset>.pth
             checkpoint = official_checkpoint(dataset.lower())
-            if models_dir is None:
-                models_dir = dataset_models_dir(dataset.lower())
+        if models_dir is None and dataset is not None and dataset.lower() != DEMO_DATASET:
+            models_dir = dataset_models_dir(dataset.lower())  # the dataset's render models in the BOP root
         if checkpoint is None:
             checkpoint = default_checkpoint()
             if not checkpoint.is_file():
