@@ -85,6 +85,7 @@ def test_bop_results_names(tmp_path):
     assert results_path(tmp_path / "out", data, "x.pth", "test", method="run1") == \
         tmp_path / "out" / "run1_tless-test.csv"
     assert results_path(tmp_path / "a.csv", data, "x.pth", "test") == tmp_path / "a.csv"
+    assert results_path("r", data, "x.pth", "test_primesense").name == "mrcnet_tless-test.csv"  # the folder name
     # the dataset: --dataset, else the folder's name when it names a preset, else an export's manifest
     other = tmp_path / "mydata"
     other.mkdir()

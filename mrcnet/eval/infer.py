@@ -137,8 +137,8 @@ def results_path(out, data_root, model, split: str, dataset: Optional[str] = Non
                  method: Optional[str] = None) -> Path:
     """Where the results CSV goes: ``out`` when it names a ``.csv`` file, else the folder ``out``
     (default ``results`` in the working directory) with BOP's name ``METHOD_DATASET-SPLIT.csv``
-    (:func:`mrcnet.runtime.formats.bop.bop_results_name`; ``split`` = the split without its type, as
-    BOP names T-LESS's ``test_primesense`` results ``tless-test``). The dataset: ``dataset``, else
+    (:func:`mrcnet.runtime.formats.bop.bop_results_name`; the split without its type, as BOP names
+    T-LESS's ``test_primesense`` results ``tless-test``, also when ``split`` is the whole folder name). The dataset: ``dataset``, else
     the data folder's name when it names a preset, else an export's manifest dataset, else the
     folder's name. Raises :class:`InferError` for a name BOP cannot parse."""
     from mrcnet.runtime.datasets import dataset_name
@@ -155,7 +155,8 @@ def results_path(out, data_root, model, split: str, dataset: Optional[str] = Non
             name = None
     name = name or Path(data_root).resolve().name
     try:
-        return Path("results" if out is None else out) / bop_results_name(method or DEFAULT_METHOD, name, split)
+        base = str(split).split("_", 1)[0]  # a split folder given whole (test_primesense): its split
+        return Path("results" if out is None else out) / bop_results_name(method or DEFAULT_METHOD, name, base)
     except ValueError as e:
         raise InferError(f"{e}; pass --method/--dataset, or --out FILE.csv") from None
 
