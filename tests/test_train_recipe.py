@@ -68,9 +68,14 @@ def test_split_names_and_per_split_models(two_splits, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(two_splits, root)
     shutil.copytree(root / "models", root / "models_cad")
-    both = training_samples(root, CFG.bins, DEPTH, split="train_pbr,train_primesense",
-                            models={"train_primesense": "models_cad"}, **KW)
-    assert [p.models_dir for p in both.parts] == [root / "models", root / "models_cad"]
+    # each split's folder from the dataset preset (T-LESS renders both with models_cad), or the override
+    both = training_samples(root, CFG.bins, DEPTH, split="train_pbr,train_primesense", dataset="tless", **KW)
+    assert [p.models_dir for p in both.parts] == [root.resolve() / "models_cad"] * 2
+    plain = training_samples(root, CFG.bins, DEPTH, split="train_pbr,train_primesense", **KW)
+    assert [p.models_dir for p in plain.parts] == [root.resolve() / "models"] * 2
+    over = training_samples(root, CFG.bins, DEPTH, split="train_pbr,train_primesense", dataset="tless",
+                            models="models", **KW)
+    assert [p.models_dir for p in over.parts] == [root.resolve() / "models"] * 2
     with pytest.raises(bop.BopFormatError, match="train_test: split folder not found"):
         training_samples(root, CFG.bins, DEPTH, split="train_pbr,train_test", **KW)
 

@@ -15,7 +15,8 @@ vertices and symmetries of different objects with masks.
 
 Several splits in one run (``"train_pbr,train_primesense"``, :func:`training_samples`): one
 :class:`TrainingSamples` per split (each with its own images, cameras, background rule (PBR or
-real) and models folder), joined by :class:`MultiSplitSamples`.
+real) and models folder: the dataset preset's for the split unless ``models`` overrides it), joined
+by :class:`MultiSplitSamples`.
 
 Randomness is a pure function of ``(seed, epoch, index)`` (and the split's position when there are
 several): the same sample comes out in any worker, process or resumed run (``set_epoch`` before
@@ -29,7 +30,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from mrcnet.data.backgrounds import FolderBackgrounds
 from mrcnet.data.samples import (BG_PROB, BG_RULES, BOX_MAP_MODES, COLOR_AUG_PROB, MIN_BOX_PX, MIN_VISIB_FRACT,
                                  N_ROT, background_applies, box_location, centred_box, clean_mask,
                                  color_augmenter, crop_at, dynamic_zoom_in, find_split, is_pbr_split)
+from mrcnet.runtime.datasets import render_models_dir
 from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_fov
 from mrcnet.runtime.render import load_mesh
@@ -47,9 +49,6 @@ from mrcnet.runtime.render import load_mesh
 from . import targets as T
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODELS = "models"
-
 
 # ----------------------------------------------------------------------------------- objects
 @dataclass
@@ -83,17 +82,6 @@ def load_object_data(models_dir, infos: dict, obj_ids: Sequence[int], n_vertices
 
 
 # ------------------------------------------------------------------------------------ splits
-def models_for(models: str | Mapping[str, str] | None, split: str) -> str:
-    """The models folder of ``split``: ``models`` itself (a name under the dataset root or a path),
-    its entry for the split when it is a ``{split: folder}`` mapping (a split not in it: ``models``),
-    or ``models`` when None."""
-    if models is None:
-        return DEFAULT_MODELS
-    if isinstance(models, Mapping):
-        return str(models.get(split, DEFAULT_MODELS))
-    return str(models)
-
-
 def split_names(split: str | Sequence[str] | None) -> list[str] | None:
     """Split folder names from ``"a,b"`` or a list (order kept); None stays None (the default
     split). A one-line ValueError for an empty or repeated name."""
@@ -120,9 +108,10 @@ class TrainingSamples(Dataset):
     backgrounds: optional folder of background images (or a :class:`FolderBackgrounds`; default:
     images of the split); bg_prob,
     bg_rule (:data:`BG_RULES`), box_map_mode (:data:`BOX_MAP_MODES`), symmetry_sampling
-    (:data:`mrcnet.train.targets.SYMMETRY_SAMPLINGS`): see :mod:`mrcnet.data.samples`; models: the
-    models folder (name under root, or a path; or ``{split: folder}``, :func:`models_for`);
-    stream: the split's position when several are joined (a separate random stream), None alone.
+    (:data:`mrcnet.train.targets.SYMMETRY_SAMPLINGS`): see :mod:`mrcnet.data.samples`; models: a
+    models folder for every split (a name under root, or a path), else ``dataset``'s preset folder
+    for the split (:func:`mrcnet.runtime.datasets.render_models_dir`: T-LESS ``models_cad``), else
+    ``models``; stream: the split's position when several are joined (a separate random stream), None alone.
 
     ``__getitem__`` returns a dict of tensors (N = one sample):
     ``crops`` (4, S, S) f32 BGR/255 + box map; ``obj_index`` () i64 (0-based); ``obj_id`` () i64;
@@ -138,7 +127,7 @@ class TrainingSamples(Dataset):
                  n_vertices: int = 1000, label_cache: int = 4096, label_cache_dir=None, backgrounds=None,
                  bg_prob: float = BG_PROB, color_prob: float = COLOR_AUG_PROB, size: int = CROP_SIZE,
                  bg_rule: str = "official", box_map_mode: str = "centred", symmetry_sampling: str = "official",
-                 models: str | Mapping[str, str] | None = None, stream: int | None = None):
+                 models=None, dataset: str | None = None, stream: int | None = None):
         if bg_rule not in BG_RULES:
             raise ValueError(f"bg_rule {bg_rule!r} is not one of {BG_RULES}")
         if box_map_mode not in BOX_MAP_MODES:
@@ -151,7 +140,9 @@ class TrainingSamples(Dataset):
         self.root = Path(root)
         self.split = split or find_split(self.root)
         self.stream = None if stream is None else int(stream)
-        self.ds = bop.BopDataset(self.root, self.split, models=models_for(models, self.split))
+        # models: the split's render folder of the dataset preset (T-LESS models_cad), or the override
+        self.ds = bop.BopDataset(self.root, self.split,
+                                 models=str(render_models_dir(self.root, dataset, self.split, models).resolve()))
         self.obj_ids = [int(o) for o in (obj_ids if obj_ids is not None else self.ds.obj_ids)]
         missing = [o for o in self.obj_ids if o not in self.ds.models_info]
         if missing:
