@@ -18,7 +18,7 @@ from .formats.camera import Camera, CameraFileError, camera_matrix
 from .formats.files import OutputError, prepare_out_dir
 from .pipeline import Pipeline
 from .preprocess import InputError, check_camera
-from .runner import CSV_NAME, POSES_NAME, SUMMARY_NAME, RunConfig, RunError, make_renderer, run
+from .runner import CSV_NAME, POSES_NAME, STDOUT, SUMMARY_NAME, RunConfig, RunError, make_renderer, run
 from .video_io import FrameSource, SourceError
 
 
@@ -45,7 +45,8 @@ from .video_io import FrameSource, SourceError
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: default).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, allow_dash=True), default=Path("out/run"),
+              show_default=True, help="Output folder; '-': poses as JSON lines on stdout (no files; messages on stderr).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out: frames already in its poses.jsonl are skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 @click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
@@ -58,12 +59,21 @@ from .video_io import FrameSource, SourceError
               help="Most detections per network call (default: the backend's capacity: the TensorRT "
                    "profile's maximum, 8 for ONNX Runtime); a frame with more runs in chunks.")
 @click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
+@click.option("--realtime/--no-realtime", default=None,
+              help="Keep only the newest frame, drop (and count) those the pipeline cannot keep up with. "
+                   "Default: on for cameras, streams and GStreamer, off for files (--realtime plays a file at its frame rate).")
+@click.option("--pipeline/--no-pipeline", "pipelined", default=True, show_default=True,
+              help="Overlap reading, detection and preprocessing of the next frame with the networks and rendering "
+                   "of this one (threads); the poses are the same.")
+@click.option("--show", is_flag=True, help="Preview window of the overlay (q / Esc ends the run); without a display or "
+                                           "a GUI-capable OpenCV a one-line note, and the run goes on.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
          track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
-         max_frames, render_device, chunk_size, demo, quiet):
+         max_frames, render_device, chunk_size, demo, realtime, pipelined, show, quiet):
     """Estimate object poses in INPUT and write
-    OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv.
+    OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv
+    (--out -: the poses as JSON lines on stdout, nothing else).
 
     INPUT: a video file, a folder of images, a quoted glob ('frames/*.png'), a camera index (0 is
     /dev/video0), a stream URL (rtsp://, http(s)://, udp://) or a GStreamer pipeline ending in
@@ -83,11 +93,19 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                                "GStreamer pipeline), or use --demo")
     if resume and overwrite:
         raise click.UsageError("give either --resume or --overwrite, not both")
+    to_stdout = str(out_dir) == STDOUT
+    if to_stdout and (resume or overwrite or bop_csv):
+        raise click.UsageError("--out - writes poses to stdout and no files: --resume, --overwrite and --bop-csv "
+                               "need an output folder")
     model = model or M.DEMO_EXPORT_DIR
     try:
         source = FrameSource(input)
     except SourceError as e:
         raise click.UsageError(str(e))
+    if resume and source.live:
+        source.close()
+        raise click.UsageError(f"--resume: input {input} is a live source; a live stream cannot be resumed "
+                               "(its frames are not read again): use another --out or --overwrite")
     intrinsics = (fx, fy, cx, cy)
     if camera is not None and any(v is not None for v in intrinsics):
         raise click.UsageError("give either --camera or --fx/--fy/--cx/--cy, not both")
@@ -117,11 +135,12 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
     except DetectionError as e:
         raise click.UsageError(str(e))
     try:
-        prepare_out_dir(out_dir)
+        if not to_stdout:
+            prepare_out_dir(out_dir)
     except OutputError as e:
         raise click.UsageError(str(e))
     earlier = Path(out_dir) / POSES_NAME
-    if earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
+    if not to_stdout and earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
         raise click.UsageError(f"--out {out_dir}: holds {POSES_NAME} of an earlier run; use --resume to continue "
                                "it or --overwrite to replace it")
     if cam.fixed is not None:  # one K for all frames: check it against the frames before loading anything
@@ -157,8 +176,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.ClickException(str(e).splitlines()[0])
     try:
         config = RunConfig(track=track, track_min_score=track_min_score, track_patience=track_patience,
-                           bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video, max_frames=max_frames,
-                           progress=not quiet, resume=resume, overwrite=overwrite)
+                           bop_csv=bop_csv, scene_id=scene_id or 0, video=not (no_video or to_stdout),
+                           max_frames=max_frames,
+                           progress=not quiet, resume=resume, overwrite=overwrite, realtime=realtime,
+                           pipelined=pipelined, show=show)
         summary = run(source, pipe, cam, detect, out_dir, config)
     except (RunError, OutputError, SourceError) as e:  # SourceError: the overlay video cannot be written
         raise click.ClickException(str(e)) from None
@@ -167,9 +188,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         release = getattr(renderer, "release", None)
         if release:
             release()
-    click.echo(summary.format())
-    click.echo(f"wrote {out_dir}/{POSES_NAME}" + ("" if no_video else f", {out_dir}/overlay*.mp4")
-               + (f", {out_dir}/{CSV_NAME}" if bop_csv else "") + f", {out_dir}/{SUMMARY_NAME}")
+    click.echo(summary.format(), err=to_stdout)  # stdout carries only the poses with --out -
+    if not to_stdout:
+        click.echo(f"wrote {out_dir}/{POSES_NAME}" + ("" if no_video else f", {out_dir}/overlay*.mp4")
+                   + (f", {out_dir}/{CSV_NAME}" if bop_csv else "") + f", {out_dir}/{SUMMARY_NAME}")
     if summary.interrupted:
         sys.exit(143 if summary.signal == "SIGTERM" else 130)
     if summary.aborted:

@@ -1,39 +1,64 @@
 """The run loop of ``mrcnet-run`` as a library (no torch): frames -> pipeline -> poses.jsonl / BOP CSV
-/ overlay.mp4 / summary.json.
+/ overlay.mp4 / summary.json (or poses as JSON lines on stdout).
 
-:class:`RunConfig` holds a run's settings, :func:`run` does it and returns a :class:`RunSummary`
-(counts, latencies; ``format()`` is the report ``mrcnet-run`` prints). ``runtime/cli.py`` is the
-click command over it.
+:class:`RunConfig` holds a run's settings, :func:`run` does it and returns a
+:class:`~mrcnet.runtime.run_summary.RunSummary` (counts, latencies; ``format()`` is the report
+``mrcnet-run`` prints). ``runtime/cli.py`` is the click command over it.
+
+Each frame goes through three stages: *prepare* (undistort, camera check, detection, crops of the
+first chunk: :meth:`Pipeline.prepare`), *estimate* (networks and renderer: :meth:`Pipeline.finish`,
+tracking, overlay masks) and *emit* (records, CSV, overlay drawing, video, preview). Pipelined
+(default), the stages of consecutive frames overlap in threads (:mod:`mrcnet.runtime.stages`); the
+poses are those of the sequential order, frame by frame. With ``track``, detection and crops run in
+the estimate stage (the boxes come from the previous frame's poses).
+
+Real time (default for live sources: camera, stream, GStreamer; optional for files, which are then
+played at their frame rate): a reader thread keeps only the newest frame
+(:class:`~mrcnet.runtime.realtime.LatestFrameReader`); frames the pipeline could not take are
+dropped, counted (``summary.frames_dropped``) and noted in the next record (``"dropped"``). Records,
+detections and tracking use the index of the frame actually processed.
+
+``poses.jsonl`` record keys: ``frame`` (frame id), ``name``; then either ``error`` (not processed:
+why) or ``objects`` (pose dicts: obj_id, R, t mm, score, det_score, box), ``skipped`` (detections
+not run, with ``error``), ``timings_ms`` (per stage and total, ms), ``tracking`` (with ``track``:
+``detected``, ``lost``); ``dropped`` (real-time runs: frames dropped just before this one).
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from .pipeline import STAGES, Pipeline
-from .preprocess import InputError
 from .formats.camera import Camera
 from .formats.files import OutputError, atomic_write_text, prepare_out_dir
+from .formats.poses_jsonl import PosesFormatError, PosesJsonlStream, PosesJsonlWriter, read_poses_jsonl
 from .overlay import draw_frame, render_masks
-from .formats.poses_jsonl import PosesFormatError, PosesJsonlWriter, read_poses_jsonl
-from .signals import Terminated, sigterm_as_interrupt
+from .pipeline import FrameResult, Pipeline, PreparedFrame
+from .preprocess import InputError
+from .preview import Preview, preview_problem
+from .realtime import LatestFrameReader, RateMeter
+from .run_summary import RunSummary
+from .signals import Terminated, sigterm_as_interrupt, signals_set
+from .stages import run_stages
 from .tracking import Tracker
-from .video_io import BopCsvWriter, FrameSource, Undistorter, VideoWriter
+from .video_io import BopCsvWriter, Frame, FrameSource, Undistorter, VideoWriter
+
+__all__ = ["RunConfig", "RunError", "RunSummary", "run", "make_renderer", "STDOUT"]
 
 log = logging.getLogger("mrcnet.runtime")
-
 
 #: frames in a row that fail with an unexpected error (not a bad input) before the run stops
 MAX_CONSECUTIVE_ERRORS = 5
 POSES_NAME, CSV_NAME, VIDEO_NAME, SUMMARY_NAME = "poses.jsonl", "results.csv", "overlay.mp4", "summary.json"
+#: ``out_dir`` that sends the poses to stdout as JSON lines (and writes no files)
+STDOUT = "-"
 
 
 class RunError(RuntimeError):
@@ -42,67 +67,45 @@ class RunError(RuntimeError):
 
 
 @dataclass
-class RunSummary:
-    """What a run did: frame counts, per-stage latencies (ms lists), wall time (s).
+class RunConfig:
+    """Settings of one run (:func:`run`).
 
-    frames: frames read in this run; frames_failed: of them, unreadable or failed (reason in
-    poses.jsonl); resumed_frames: frames of an earlier run kept (``resume``); interrupted: stopped
-    by SIGINT / SIGTERM (``signal`` names it); aborted: why the run stopped early (repeated
-    failures), "" otherwise; input_stopped: why the input ended before its announced length.
+    track: after the first frame, boxes from the model projected at the previous pose
+    (:class:`~mrcnet.runtime.tracking.Tracker` with ``track_min_score`` / ``track_rel_drop`` /
+    ``track_patience``); bop_csv: also ``results.csv`` (BOP scene ``scene_id``); video: write
+    ``overlay.mp4``; max_frames: stop after this many frames (None: all); progress: a tqdm bar
+    (stderr); resume / overwrite: continue / replace the results of an earlier run in the
+    folder; max_consecutive_errors: failures in a row (not bad inputs) that stop the run.
+    realtime: keep only the newest frame, drop the others (None: for live sources only; a file
+    is then played at its frame rate); pipelined: overlap the stages of consecutive frames
+    (threads); show: a preview window (when possible, else a one-line note and the run goes on).
     """
 
-    frames: int = 0
-    frames_failed: int = 0
-    poses: int = 0
-    skipped_detections: int = 0
-    redetections: int = 0
-    interrupted: bool = False
-    wall_s: float = 0.0
-    stage_ms: dict = field(default_factory=lambda: {s: [] for s in (*STAGES, "total")})
-    backend: str = ""
-    resumed_frames: int = 0
-    signal: str = ""
-    aborted: str = ""
-    input_stopped: str = ""
-    renderer: str = ""
-
-    @property
-    def fps(self) -> float:
-        """End-to-end frames per second (reading, estimation, overlay and writing)."""
-        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
-
-    def percentiles(self) -> dict:
-        """{stage: (p50, p90) ms} over the frames that ran the network."""
-        return {s: (float(np.percentile(v, 50)), float(np.percentile(v, 90)))
-                for s, v in self.stage_ms.items() if v}
-
-    def to_dict(self) -> dict:
-        return {"frames": self.frames, "frames_failed": self.frames_failed, "poses": self.poses,
-                "skipped_detections": self.skipped_detections, "redetections": self.redetections,
-                "resumed_frames": self.resumed_frames, "interrupted": self.interrupted, "signal": self.signal,
-                "aborted": self.aborted, "input_stopped": self.input_stopped,
-                "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2), "backend": self.backend,
-                "renderer": self.renderer,
-                "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
-
-    def format(self) -> str:
-        lines = [f"{self.frames} frames ({self.frames_failed} unreadable or failed), {self.poses} poses, "
-                 f"{self.skipped_detections} skipped detections, backend {self.backend}, renderer {self.renderer}"
-                 + (f", {self.resumed_frames} frames resumed" if self.resumed_frames else "")
-                 + (f" - INTERRUPTED ({self.signal})" if self.interrupted else ""),
-                 f"end-to-end {self.fps:.2f} FPS ({self.wall_s:.1f} s)",
-                 f"{'stage':<12} {'p50 ms':>9} {'p90 ms':>9}"]
-        lines += [f"{s:<12} {a:9.2f} {b:9.2f}" for s, (a, b) in self.percentiles().items()]
-        if self.input_stopped:
-            lines.append(f"warning: {self.input_stopped}")
-        if self.aborted:
-            lines.append(f"STOPPED: {self.aborted}")
-        return "\n".join(lines)
+    track: bool = False
+    track_min_score: Optional[float] = None
+    track_rel_drop: float = 0.5
+    track_patience: int = 2
+    bop_csv: bool = False
+    scene_id: int = 0
+    video: bool = True
+    max_frames: Optional[int] = None
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS
+    realtime: Optional[bool] = None
+    pipelined: bool = True
+    show: bool = False
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _say(message: str) -> None:
+    """A message of the run on stderr (above the progress bar; stdout may carry the poses)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def _csv_rows_of(records: list, scene_id: int) -> list:
@@ -121,7 +124,7 @@ def make_renderer(device=None):
     device 0, the backends' GPU, else EGL device 0; an EGL index; "cuda:K"; "cpu"), its context
     created now; warns once (stderr) when it renders on the CPU of a GPU machine. RuntimeError
     with one line if unavailable."""
-    try:
+    try:  # the renderer (moderngl, EGL) is optional: only a run that renders needs it
         from .render import Renderer
         from .render.context import software_fallback_warning
     except ImportError as e:
@@ -138,179 +141,334 @@ def make_renderer(device=None):
 
 
 @dataclass
-class RunConfig:
-    """Settings of one run (:func:`run`).
+class _Work:
+    """One frame through the stages: frame, t_read (perf_counter s when read: latency start),
+    dropped (real time: frames dropped before it), K (3, 3) once checked, prep (crops made),
+    result, error ("" or why the frame has no result), failed (an unexpected failure, not a bad
+    input), proc_ms (ms spent on it in prepare + estimate, no queue waits), masks (overlay:
+    (P, H, W) bool or None), tracking (the record's ``tracking`` entry)."""
 
-    track: after the first frame, boxes from the model projected at the previous pose
-    (:class:`~mrcnet.runtime.tracking.Tracker` with ``track_min_score`` / ``track_rel_drop`` /
-    ``track_patience``); bop_csv: also ``results.csv`` (BOP scene ``scene_id``); video: write
-    ``overlay.mp4``; max_frames: stop after this many frames (None: all); progress: a tqdm bar
-    (stderr); resume / overwrite: continue / replace the results of an earlier run in the
-    folder; max_consecutive_errors: failures in a row (not bad inputs) that stop the run.
-    """
-
-    track: bool = False
-    track_min_score: Optional[float] = None
-    track_rel_drop: float = 0.5
-    track_patience: int = 2
-    bop_csv: bool = False
-    scene_id: int = 0
-    video: bool = True
-    max_frames: Optional[int] = None
-    progress: bool = True
-    resume: bool = False
-    overwrite: bool = False
-    max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS
+    frame: Frame
+    t_read: float
+    dropped: int = 0
+    K: Optional[np.ndarray] = None
+    prep: Optional[PreparedFrame] = None
+    result: Optional[FrameResult] = None
+    error: str = ""
+    failed: bool = False
+    proc_ms: float = 0.0
+    masks: Optional[np.ndarray] = None
+    tracking: Optional[dict] = None
 
 
-def run(source: FrameSource, pipeline: Pipeline, camera: Camera, detect: Callable, out_dir,
-        config: Optional[RunConfig] = None, **options) -> RunSummary:
-    """Estimate poses frame by frame and write ``out_dir/poses.jsonl`` (+ ``results.csv`` BOP
-    CSV, + ``overlay.mp4``, + ``summary.json``). detect: ``(frame_index, frame_bgr) ->
-    list[Detection]``; with ``track`` it is only called for the first frame and to re-detect.
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
 
-    A camera with distortion coefficients (``camera.dist``): every frame is undistorted first
-    (:class:`~mrcnet.runtime.video_io.Undistorter`, maps computed once, new camera matrix = K), so
-    detection, the pipeline and the overlay all work on the undistorted frame with K.
 
-    Every output is flushed per frame; Ctrl-C or SIGTERM stops after the current frame and keeps
-    the rest (videos finalised, ``summary.json`` written). An ``out_dir`` that already holds a
-    ``poses.jsonl`` raises :class:`RunError` unless ``resume`` (continue it: frames already in it
-    are skipped, a torn last line is dropped; the overlay of the new frames goes to
-    ``overlay.from-<frame>.mp4``) or ``overwrite``. A frame whose input is bad (camera, image) or
-    whose processing fails is recorded with its reason and the run goes on; after
-    ``max_consecutive_errors`` failures in a row that are not bad inputs (e.g. a backend that
-    fails every call) the run stops with ``summary.aborted`` set.
-    Settings: ``config`` (default :class:`RunConfig`), with ``options`` (RunConfig field names)
-    overriding it. Raises :class:`~mrcnet.runtime.formats.files.OutputError` when an output
-    cannot be written.
-    """
-    cfg = replace(config or RunConfig(), **options)
-    track, track_min_score, track_rel_drop, track_patience = (cfg.track, cfg.track_min_score, cfg.track_rel_drop,
-                                                              cfg.track_patience)
-    bop_csv, scene_id, video, max_frames, progress = cfg.bop_csv, cfg.scene_id, cfg.video, cfg.max_frames, cfg.progress
-    resume, overwrite, max_consecutive_errors = cfg.resume, cfg.overwrite, cfg.max_consecutive_errors
-    out = prepare_out_dir(out_dir)
-    poses_path = out / POSES_NAME
-    done: set = set()
-    records: list = []
-    if poses_path.is_file() and poses_path.stat().st_size > 0 and not overwrite:
-        if not resume:
-            raise RunError(f"--out {out}: holds {POSES_NAME} of an earlier run; use --resume to continue it "
+class _Outputs:
+    """The writers of a run: poses (file or stdout), BOP CSV, overlay video, preview; the
+    frames of an earlier run (``done``) when resuming. ``close()`` finalises all of them."""
+
+    def __init__(self, out_dir, cfg: RunConfig, source: FrameSource):
+        self.to_stdout = str(out_dir) == STDOUT
+        self.out = None if self.to_stdout else prepare_out_dir(out_dir)
+        self.done, records = self._earlier(cfg, source)
+        self.jsonl = self.csv = self.video = self.preview = None
+        if self.to_stdout:
+            self.jsonl = PosesJsonlStream(sys.stdout)
+        else:
+            self.jsonl = PosesJsonlWriter(self.out / POSES_NAME, append=bool(self.done))
+        self.records = records
+
+    def _earlier(self, cfg: RunConfig, source: FrameSource) -> tuple[set, list]:
+        """(frame ids, records) of an earlier run in the folder; RunError when there is one and
+        neither ``resume`` nor ``overwrite`` is set, or when it cannot be resumed."""
+        if self.to_stdout:
+            if cfg.resume or cfg.bop_csv or cfg.video:
+                raise RunError("--out -: poses go to stdout and no files are written: --resume, --bop-csv and "
+                               "the overlay video need an output folder")
+            return set(), []
+        if cfg.resume and getattr(source, "live", False):
+            raise RunError(f"--resume: input {source.name} is a live source; a live stream cannot be resumed "
+                           "(its frames are not read again): use another --out or --overwrite")
+        poses_path = self.out / POSES_NAME
+        if not (poses_path.is_file() and poses_path.stat().st_size > 0) or cfg.overwrite:
+            return set(), []
+        if not cfg.resume:
+            raise RunError(f"--out {self.out}: holds {POSES_NAME} of an earlier run; use --resume to continue it "
                            "or --overwrite to replace it")
         try:
             records = read_poses_jsonl(poses_path, repair=True)
         except PosesFormatError as e:
             raise RunError(f"--resume: {e}; use --overwrite to start afresh") from None
-        done = {int(r["frame"]) for r in records if "frame" in r}
-    meshes = pipeline.meshes
-    tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
-                      rel_drop=track_rel_drop, patience=track_patience) if track else None
-    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"), resumed_frames=len(done),
-                         renderer=getattr(pipeline.renderer, "description", "?"))
-    jsonl = PosesJsonlWriter(poses_path, append=bool(done))
-    csv = vw = None
-    total = len(source) - len(done) if max_frames is None else min(max(len(source) - len(done), 0) or max_frames,
-                                                                    max_frames)
-    bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True)
-    fps_ema = None
-    failures_in_row = 0
-    dist = getattr(camera, "dist", None)
-    undistorter = Undistorter(camera.fixed, dist) if dist is not None and camera.fixed is not None else None
-    t_start = time.perf_counter()
-    try:
-        with sigterm_as_interrupt():
-            csv = BopCsvWriter(out / CSV_NAME, scene_id,
-                               rows=_csv_rows_of([r for r in records if "objects" in r], scene_id)) if bop_csv else None
-            video_name = VIDEO_NAME if not done else f"overlay.from-{max(done) + 1}.mp4"
-            vw = VideoWriter(out / video_name, source.fps) if video else None
-            for frame in source:
-                if frame.index in done:
-                    continue
-                if max_frames is not None and summary.frames >= max_frames:
-                    break
-                summary.frames += 1
-                bar.update(1)
-                rec = {"frame": frame.index, "name": frame.name}
-                if frame.image is None:
-                    summary.frames_failed += 1
-                    rec["error"] = frame.error
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: skipped ({frame.error})")
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    if undistorter is not None:  # the pipeline sees a pinhole image with the camera's K
-                        frame.image = undistorter.undistort(frame.image)
-                    H, W = frame.image.shape[:2]
-                    K = camera.check_frame(frame.index, W, H)
-                    dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
-                    res = pipeline.estimate_frame(frame.image, K, dets)
-                    failures_in_row = 0
-                except InputError as e:
-                    summary.frames_failed += 1
-                    rec["error"] = str(e)
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: skipped ({e})")
-                    continue
-                except Exception as e:  # one failing frame (backend, renderer, detector) must not end the run
-                    summary.frames_failed += 1
-                    failures_in_row += 1
-                    rec["error"] = _first_line(e)
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: failed ({rec['error']})")
-                    if failures_in_row >= max_consecutive_errors:
-                        summary.aborted = (f"{failures_in_row} frames in a row failed (last: frame {frame.index}: "
-                                           f"{rec['error']})")
-                        break
-                    continue
-                frame_ms = (time.perf_counter() - t0) * 1000.0
-                if tracker:
-                    redetected = bool(tracker.detected)
-                    summary.redetections += int(redetected and frame.index > 0)
-                    tracker.update(res.poses, K, (W, H))
-                    rec["tracking"] = {"detected": redetected, "lost": [{"obj_id": o, "why": w} for o, w in tracker.lost]}
-                summary.poses += len(res.poses)
-                summary.skipped_detections += len(res.skipped)
-                for d, why in res.skipped:
-                    bar.write(f"frame {frame.index}: skipped detection "
-                              f"{d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
-                if res.poses:
-                    for s in summary.stage_ms:
-                        summary.stage_ms[s].append(res.timings.get(s, 0.0))
-                rec["objects"] = [p.to_dict() for p in res.poses]
-                rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
-                                  for d, why in res.skipped]
-                rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
-                jsonl.write(rec)
-                if csv:
-                    csv.write(frame.index, res.poses, frame_ms / 1000.0)
-                fps_now = 1000.0 / frame_ms if frame_ms > 0 else 0.0
-                fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
-                if vw:
-                    try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
-                        masks = render_masks(pipeline.renderer, res.poses, K, W, H)
-                    except Exception:
-                        masks = None
-                    vw.write(draw_frame(frame.image, res.poses, K, meshes, fps=fps_ema, masks=masks,
-                                        text=f"frame {frame.index}  {summary.backend}"))
-                bar.set_postfix(fps=f"{fps_ema:.1f}", poses=len(res.poses))
-            summary.input_stopped = getattr(source, "stopped_early", None) or ""
-    except KeyboardInterrupt as e:
-        summary.interrupted = True
-        summary.signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-    finally:
-        summary.wall_s = time.perf_counter() - t_start
-        bar.close()
-        jsonl.close()
-        for w in (csv, vw):
+        return {int(r["frame"]) for r in records if "frame" in r}, records
+
+    def open_files(self, cfg: RunConfig, fps: float) -> None:
+        """The CSV (with the resumed rows), the overlay video and the preview window."""
+        if cfg.bop_csv:
+            rows = _csv_rows_of([r for r in self.records if "objects" in r], cfg.scene_id)
+            self.csv = BopCsvWriter(self.out / CSV_NAME, cfg.scene_id, rows=rows)
+        if cfg.video:
+            name = VIDEO_NAME if not self.done else f"overlay.from-{max(self.done) + 1}.mp4"
+            self.video = VideoWriter(self.out / name, fps)
+        if cfg.show:
+            problem = preview_problem()
+            if problem:
+                _say(problem)
+            else:
+                self.preview = Preview()
+
+    def close(self) -> None:
+        for w in (self.jsonl, self.csv, self.video, self.preview):
             if w is not None:
                 w.close()
+
+    def write_summary(self, summary: RunSummary) -> Optional[OutputError]:
+        """Write ``summary.json`` (not for stdout runs); the OutputError when it cannot be written."""
+        if self.out is None:
+            return None
         try:
-            atomic_write_text(out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
-            summary_error = None
+            atomic_write_text(self.out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
         except OSError as e:
-            summary_error = OutputError(f"{out / SUMMARY_NAME}: cannot write ({e.strerror or e})")
+            return OutputError(f"{self.out / SUMMARY_NAME}: cannot write ({e.strerror or e})")
+        return None
+
+
+class _Run:
+    """The state of one run and its three stage functions (see the module docstring)."""
+
+    def __init__(self, source, pipeline, camera, detect, cfg: RunConfig, outputs: _Outputs):
+        self.source, self.pipeline, self.camera, self.detect, self.cfg, self.outs = (
+            source, pipeline, camera, detect, cfg, outputs)
+        self.realtime = bool(source.live if cfg.realtime is None else cfg.realtime)
+        self.tracker = Tracker({k: m.vertices for k, m in pipeline.meshes.items()}, detect,
+                               min_score=cfg.track_min_score, rel_drop=cfg.track_rel_drop,
+                               patience=cfg.track_patience) if cfg.track else None
+        dist = getattr(camera, "dist", None)
+        self.undistorter = Undistorter(camera.fixed, dist) if dist is not None and camera.fixed is not None else None
+        self.summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"), resumed_frames=len(outputs.done),
+                                  renderer=getattr(pipeline.renderer, "description", "?"), realtime=self.realtime,
+                                  pipelined=cfg.pipelined)
+        self.stop = threading.Event()
+        self.meter = RateMeter(1.0)
+        self.failures_in_row = 0
+        self.taken = 0  # frames handed to the stages (max_frames counts them)
+        self.bar = None
+
+    # ------------------------------------------------------------------ frames in
+    def frames(self):
+        """The frames to process as _Work (frames of a resumed run skipped; at most max_frames;
+        real time: the newest frame each time one is asked for)."""
+        frames = (f for f in self.source if f.index not in self.outs.done)
+        reader = None
+        if self.realtime:  # a file plays at its frame rate; a live source at its own
+            reader = LatestFrameReader(frames, pace_fps=None if self.source.live else self.source.fps)
+        try:
+            while not self.stop.is_set():
+                if self.cfg.max_frames is not None and self.taken >= self.cfg.max_frames:
+                    return
+                if reader is not None:
+                    taken = reader.take()
+                    if taken is None:
+                        return
+                    work = _Work(taken.frame, taken.t_read, taken.dropped)
+                else:
+                    frame = next(frames, None)
+                    if frame is None:
+                        return
+                    work = _Work(frame, time.perf_counter())
+                self.taken += 1
+                yield work
+        finally:
+            if reader is not None:
+                reader.close()  # the reader thread closes ``frames``
+            else:
+                frames.close()
+
+    # ------------------------------------------------------------------ stages
+    def prepare(self, w: _Work) -> _Work:
+        """Undistort, check the camera, detect and make the first chunk's crops (detection and
+        crops wait for the estimate stage when tracking)."""
+        t0 = time.perf_counter()
+        f = w.frame
+        if f.image is None:
+            w.error = f.error
+            return w
+        try:
+            if self.undistorter is not None:  # the pipeline sees a pinhole image with the camera's K
+                f.image = self.undistorter.undistort(f.image)
+            w.K = self.camera.check_frame(f.index, f.image.shape[1], f.image.shape[0])
+            if self.tracker is None:
+                w.prep = self.pipeline.prepare(f.image, w.K, self.detect(f.index, f.image))
+        except InputError as e:
+            w.error = str(e)
+        except Exception as e:  # one failing frame (detector, camera) must not end the run
+            w.error, w.failed = _first_line(e), True
+        w.proc_ms += _ms_since(t0)
+        return w
+
+    def estimate(self, w: _Work) -> _Work:
+        """Networks and renderer (the calling thread: it owns the GL context), tracking, and the
+        overlay's masks."""
+        self.poll_preview()
+        if w.error:
+            return w
+        t0 = time.perf_counter()
+        img = w.frame.image
+        try:
+            if w.prep is None:  # tracking: the boxes come from the previous frame's poses
+                w.prep = self.pipeline.prepare(img, w.K, self.tracker.detections(w.frame.index, img))
+            w.result = self.pipeline.finish(w.prep)
+            if self.tracker is not None:
+                detected = bool(self.tracker.detected)
+                self.tracker.update(w.result.poses, w.K, (img.shape[1], img.shape[0]))
+                w.tracking = {"detected": detected, "lost": [{"obj_id": o, "why": why} for o, why in self.tracker.lost]}
+        except InputError as e:
+            w.error = str(e)
+        except Exception as e:  # one failing frame (backend, renderer, detector) must not end the run
+            w.error, w.failed = _first_line(e), True
+        w.prep = None  # the crops are not needed any more
+        w.proc_ms += _ms_since(t0)
+        if w.result is not None and (self.outs.video or self.outs.preview):
+            try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
+                w.masks = render_masks(self.pipeline.renderer, w.result.poses, w.K, img.shape[1], img.shape[0])
+            except Exception:
+                w.masks = None
+        return w
+
+    def emit(self, w: _Work) -> None:
+        """The frame's record, CSV rows, overlay (video, preview) and counts."""
+        s, f = self.summary, w.frame
+        if s.aborted:  # frames in flight when the run was stopped
+            return
+        s.frames += 1
+        s.frames_dropped += w.dropped
+        self.bar.update(1)
+        rec = {"frame": f.index, "name": f.name}
+        if self.realtime:
+            rec["dropped"] = w.dropped
+        if w.error:
+            self._emit_failure(w, rec)
+            return
+        self.failures_in_row = 0
+        res = w.result
+        if w.tracking is not None:
+            s.redetections += int(w.tracking["detected"] and f.index > 0)
+            rec["tracking"] = w.tracking
+        s.poses += len(res.poses)
+        s.skipped_detections += len(res.skipped)
+        for d, why in res.skipped:
+            _say(f"frame {f.index}: skipped detection {d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
+        if res.poses:
+            for st in s.stage_ms:
+                s.stage_ms[st].append(res.timings.get(st, 0.0))
+        rec["objects"] = [p.to_dict() for p in res.poses]
+        rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
+                          for d, why in res.skipped]
+        rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
+        self.outs.jsonl.write(rec)
+        if self.outs.csv:
+            self.outs.csv.write(f.index, res.poses, w.proc_ms / 1000.0)
+        self.meter.tick(time.perf_counter() - w.t_read)
+        self._emit_overlay(w)
+        self.bar.set_postfix(fps=f"{self.meter.fps:.1f}", poses=len(res.poses))
+
+    def _emit_failure(self, w: _Work, rec: dict) -> None:
+        """Record a frame without a result; stop the run after too many failures in a row."""
+        s = self.summary
+        s.frames_failed += 1
+        rec["error"] = w.error
+        self.outs.jsonl.write(rec)
+        _say(f"frame {w.frame.index}: {'failed' if w.failed else 'skipped'} ({w.error})")
+        if not w.failed:
+            return
+        self.failures_in_row += 1
+        if self.failures_in_row >= self.cfg.max_consecutive_errors:
+            s.aborted = f"{self.failures_in_row} frames in a row failed (last: frame {w.frame.index}: {w.error})"
+            self.stop.set()
+
+    def _emit_overlay(self, w: _Work) -> None:
+        """Draw the frame's poses with the FPS and latency of the last second; to the video and
+        the preview."""
+        if not (self.outs.video or self.outs.preview):
+            return
+        text = f"{self.meter.latency_ms:.0f} ms  frame {w.frame.index}  {self.summary.backend}"
+        image = draw_frame(w.frame.image, w.result.poses, w.K, self.pipeline.meshes, fps=self.meter.fps,
+                           masks=w.masks, text=text)
+        if self.outs.video:
+            self.outs.video.write(image)
+        if self.outs.preview:
+            self.outs.preview.offer(image)
+
+    def poll_preview(self) -> None:
+        """Show the newest overlay (the window's thread); q / Esc in the window ends the run."""
+        p = self.outs.preview
+        if p is not None and not p.poll():
+            if not self.stop.is_set():
+                self.summary.input_stopped = "stopped from the preview window (q / Esc)"
+            self.stop.set()
+
+    # ------------------------------------------------------------------ the loop
+    def loop(self) -> None:
+        """All frames through the stages; the summary's interrupt / input fields set."""
+        total = None if self.realtime else len(self.source) - len(self.outs.done)
+        if self.cfg.max_frames is not None:
+            total = min(max(total or 0, 0) or self.cfg.max_frames, self.cfg.max_frames)
+        self.bar = tqdm(total=total or None, unit="frame", disable=not self.cfg.progress, dynamic_ncols=True,
+                        file=sys.stderr)
+        # pipelined: a signal stops the run after the frames in flight (a second one at once);
+        # sequential: it interrupts the current frame
+        signals = signals_set(self.stop) if self.cfg.pipelined else sigterm_as_interrupt()
+        try:
+            with signals as received:
+                self.outs.open_files(self.cfg, self.source.fps)
+                run_stages(self.frames(), self.prepare, self.estimate, self.emit, self.cfg.pipelined, self.stop)
+                self.poll_preview()
+                self.summary.input_stopped = (self.summary.input_stopped
+                                              or getattr(self.source, "stopped_early", None) or "")
+            if received:
+                self.summary.interrupted, self.summary.signal = True, received[0]
+        except KeyboardInterrupt as e:
+            self.summary.interrupted = True
+            self.summary.signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        finally:
+            self.bar.close()
+
+
+def run(source: FrameSource, pipeline: Pipeline, camera: Camera, detect: Callable, out_dir,
+        config: Optional[RunConfig] = None, **options) -> RunSummary:
+    """Estimate poses frame by frame and write ``out_dir/poses.jsonl`` (+ ``results.csv`` BOP
+    CSV, + ``overlay.mp4``, + ``summary.json``); ``out_dir`` ``"-"`` (:data:`STDOUT`): the
+    records go to stdout as JSON lines and no file is written. detect: ``(frame_index,
+    frame_bgr) -> list[Detection]``; with ``track`` it is only called for the first frame and to
+    re-detect. Settings: ``config`` (default :class:`RunConfig`), with ``options`` (RunConfig
+    field names) overriding it.
+
+    A camera with distortion coefficients (``camera.dist``): every frame is undistorted first
+    (:class:`~mrcnet.runtime.video_io.Undistorter`, maps computed once, new camera matrix = K), so
+    detection, the pipeline and the overlay all work on the undistorted frame with K.
+
+    Every output is flushed per frame; Ctrl-C or SIGTERM stops the run and keeps every finished
+    frame (videos finalised, ``summary.json`` written; pipelined, the frames already estimated are
+    written too). An ``out_dir`` that already holds a ``poses.jsonl`` raises :class:`RunError`
+    unless ``resume`` (continue it: frames already in it are skipped, a torn last line is dropped;
+    the overlay of the new frames goes to ``overlay.from-<frame>.mp4``; a live source cannot be
+    resumed: RunError) or ``overwrite``. A frame whose input is bad (camera, image) or whose
+    processing fails is recorded with its reason and the run goes on; after
+    ``max_consecutive_errors`` failures in a row that are not bad inputs (e.g. a backend that
+    fails every call) the run stops with ``summary.aborted`` set.
+    Raises :class:`~mrcnet.runtime.formats.files.OutputError` when an output cannot be written.
+    """
+    cfg = replace(config or RunConfig(), **options)
+    outs = _Outputs(out_dir, cfg, source)
+    r = _Run(source, pipeline, camera, detect, cfg, outs)
+    t_start = time.perf_counter()
+    try:
+        r.loop()
+    finally:
+        r.summary.wall_s = time.perf_counter() - t_start
+        outs.close()
+        summary_error = outs.write_summary(r.summary)
     if summary_error is not None:
         raise summary_error
-    return summary
+    return r.summary

@@ -249,7 +249,10 @@ def test_sigterm_is_handled_like_ctrl_c(export_dir, tmp_path):
         return one_box(i, img)
 
     old = signal.getsignal(signal.SIGTERM)
-    s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False)
+    # sequential: the signal interrupts frame 2 (pipelined runs finish the frames in flight:
+    # tests/test_realtime.py)
+    s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False,
+                   pipelined=False)
     assert signal.getsignal(signal.SIGTERM) == old  # restored
     assert s.interrupted and s.signal == "SIGTERM"
     assert json.loads((out / "summary.json").read_text())["signal"] == "SIGTERM"
