@@ -85,11 +85,15 @@ class LatestFrameReader:
                 self._ended = True
                 self._cond.notify_all()
 
-    def take(self) -> Optional[TakenFrame]:
+    def take(self, stop: Optional[threading.Event] = None) -> Optional[TakenFrame]:
         """The newest frame not taken yet (waits for one); None when the source has ended and
-        every frame was taken or dropped. Raises the reader's exception, if any, at the end."""
+        every frame was taken or dropped, or when ``stop`` is set while waiting (a stalled
+        stream does not hold up the end of a run). Raises the reader's exception, if any, at
+        the end."""
         with self._cond:
             while self._latest is None and not self._ended:
+                if stop is not None and stop.is_set():
+                    return None
                 self._cond.wait(0.1)
             if self._latest is None:
                 if self._error is not None:

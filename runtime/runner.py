@@ -240,7 +240,7 @@ class _Run:
     def __init__(self, source, pipeline, camera, detect, cfg: RunConfig, outputs: _Outputs):
         self.source, self.pipeline, self.camera, self.detect, self.cfg, self.outs = (
             source, pipeline, camera, detect, cfg, outputs)
-        self.realtime = bool(source.live if cfg.realtime is None else cfg.realtime)
+        self.realtime = bool(getattr(source, "live", False) if cfg.realtime is None else cfg.realtime)
         self.tracker = Tracker({k: m.vertices for k, m in pipeline.meshes.items()}, detect,
                                min_score=cfg.track_min_score, rel_drop=cfg.track_rel_drop,
                                patience=cfg.track_patience) if cfg.track else None
@@ -262,13 +262,13 @@ class _Run:
         frames = (f for f in self.source if f.index not in self.outs.done)
         reader = None
         if self.realtime:  # a file plays at its frame rate; a live source at its own
-            reader = LatestFrameReader(frames, pace_fps=None if self.source.live else self.source.fps)
+            reader = LatestFrameReader(frames, pace_fps=None if getattr(self.source, "live", False) else self.source.fps)
         try:
             while not self.stop.is_set():
                 if self.cfg.max_frames is not None and self.taken >= self.cfg.max_frames:
                     return
                 if reader is not None:
-                    taken = reader.take()
+                    taken = reader.take(self.stop)
                     if taken is None:
                         return
                     work = _Work(taken.frame, taken.t_read, taken.dropped)
