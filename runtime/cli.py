@@ -13,7 +13,7 @@ import click
 
 from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
-from .detections import DetectionError, JsonDetections, OnnxDetector, parse_class_map
+from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
 from .formats.camera import Camera, CameraFileError, camera_matrix
 from .formats.files import OutputError, prepare_out_dir
 from .pipeline import Pipeline
@@ -34,9 +34,14 @@ from .video_io import FrameSource, SourceError
 @click.option("--cx", type=float)
 @click.option("--cy", type=float)
 @click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame id).")
-@click.option("--detector", type=click.Path(path_type=Path), help="ONNX detector with YOLO-style outputs (boxes xyxy, scores, classes).")
-@click.option("--class-map", help="Detector class -> object id, e.g. 0:1,1:5 (default: class = object id).")
-@click.option("--det-min-score", type=float, default=None, help="Drop weaker detections (JSON: 0, detector: 0.25).")
+@click.option("--detector", type=click.Path(path_type=Path),
+              help="ONNX detector: an Ultralytics export (raw (1, 4+classes, anchors) output, or nms=True) or "
+                   "boxes/scores/classes outputs; runs on the pose networks' ONNX Runtime providers.")
+@click.option("--class-map", help="Detector class -> object id: 0:1,1:5 or the data.yaml of mrcnet-synth yolo "
+                                  "(default: obj_<id> class names in the detector, else class = object id).")
+@click.option("--det-min-score", type=float, default=None, help=f"Drop weaker detections (JSON: 0, detector: {DETECTOR_MIN_SCORE}).")
+@click.option("--det-iou", type=click.FloatRange(0, 1), default=None,
+              help=f"NMS IoU threshold of a raw Ultralytics detector output (default {NMS_IOU}).")
 @click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
 @click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
 @click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
@@ -68,7 +73,7 @@ from .video_io import FrameSource, SourceError
 @click.option("--show", is_flag=True, help="Preview window of the overlay (q / Esc ends the run); without a display or "
                                            "a GUI-capable OpenCV a one-line note, and the run goes on.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
+def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, det_iou, scene_id, track,
          track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
          max_frames, render_device, chunk_size, demo, realtime, pipelined, show, quiet):
     """Estimate object poses in INPUT and write
@@ -127,11 +132,8 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.UsageError("no detections: give --detections F or --detector F"
                                + (" (with --track: for the first frame and re-detection)" if track else ""))
     try:
-        if detections is not None:
-            detect = JsonDetections(detections, scene_id=scene_id, min_score=det_min_score or 0.0)
-        else:
-            detect = OnnxDetector(detector, parse_class_map(class_map),
-                                  score_threshold=0.25 if det_min_score is None else det_min_score)
+        detect = make_detector(detections, detector, class_map=class_map, min_score=det_min_score, iou=det_iou,
+                               scene_id=scene_id, backend=backend, threads=threads, export_dir=model)
     except DetectionError as e:
         raise click.UsageError(str(e))
     try:

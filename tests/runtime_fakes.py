@@ -262,3 +262,51 @@ class FakeLiveSource:
 
     def close(self):
         pass
+
+
+def ultralytics_model(pred, input_hw=(320, 320), names=None, dynamic=False, extra_output=None,
+                      half=False) -> onnx.ModelProto:
+    """An Ultralytics-layout detector graph that ignores the image and returns ``pred`` (its one
+    output ``output0``, e.g. (1, 4 + C, A) raw or (1, N, 6) NMS rows) plus 0 x the image mean, so the
+    input is wired. names: class names written as Ultralytics does (``names`` metadata); dynamic:
+    the input's H, W and the output's dimensions are symbolic (``imgsz`` metadata = input_hw); extra_output: a second
+    constant output (mask prototypes); half: float16 input and output (Ultralytics ``half=True``)."""
+    F = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    dt = np.float16 if half else np.float32
+    pred = np.asarray(pred, dt)
+    nodes = [_const("p0", pred), _const("zero", np.array(0.0, dt)),
+             helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["z"]),
+             helper.make_node("Add", ["p0", "z"], ["output0" if not dynamic else "p1"])]
+    if dynamic:  # the last dimension sliced at a run-time value, so ONNX Runtime cannot infer it
+        nodes += [helper.make_node("Shape", ["images"], ["ishape"], start=3),
+                  _const("s0", np.array([0], np.int64)), _const("ax", np.array([pred.ndim - 1], np.int64)),
+                  helper.make_node("Mul", ["ishape", "ishape"], ["iend"]),
+                  helper.make_node("Slice", ["p1", "s0", "iend", "ax"], ["output0"])]
+    shape = ["batch", "rows", "cols"] if dynamic else list(pred.shape)
+    outputs = [helper.make_tensor_value_info("output0", F, shape)]
+    if extra_output is not None:
+        extra = np.asarray(extra_output, np.float32)
+        nodes.append(_const("output1", extra))
+        outputs.append(helper.make_tensor_value_info("output1", F, list(extra.shape)))
+    in_shape = [1, 3, "height", "width"] if dynamic else [1, 3, *input_hw]
+    g = helper.make_graph(nodes, "fake_ultralytics", [helper.make_tensor_value_info("images", F, in_shape)], outputs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    meta = {"names": str(dict(enumerate(names))), "task": "detect"} if names is not None else {}
+    if dynamic:
+        meta["imgsz"] = str(list(input_hw))
+    for key, value in meta.items():
+        prop = m.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(m)
+    return m
+
+
+def raw_prediction(anchors, n_classes: int, n_anchors: int) -> np.ndarray:
+    """(1, 4 + C, A) Ultralytics raw output from ``[(cx, cy, w, h, class, score), ...]`` (input
+    pixels); the other anchors score 0."""
+    p = np.zeros((1, 4 + n_classes, n_anchors), np.float32)
+    for i, (cx, cy, w, h, c, s) in enumerate(anchors):
+        p[0, :4, i] = cx, cy, w, h
+        p[0, 4 + int(c), i] = s
+    return p
