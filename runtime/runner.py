@@ -185,8 +185,8 @@ class _Outputs:
         neither ``resume`` nor ``overwrite`` is set, or when it cannot be resumed."""
         if self.to_stdout:
             if cfg.resume or cfg.bop_csv or cfg.video:
-                raise RunError("--out -: poses go to stdout and no files are written: --resume, --bop-csv and "
-                               "the overlay video need an output folder")
+                raise RunError("out_dir '-' (poses to stdout) writes no files: resume, bop_csv and video "
+                               "need an output folder")
             return set(), []
         if cfg.resume and getattr(source, "live", False):
             raise RunError(f"--resume: input {source.name} is a live source; a live stream cannot be resumed "
