@@ -22,6 +22,49 @@ from .runner import CSV_NAME, POSES_NAME, STDOUT, SUMMARY_NAME, RunConfig, RunEr
 from .video_io import FrameSource, SourceError
 
 
+def _camera(camera, intrinsics) -> Camera:
+    """The Camera of ``--camera FILE`` or of ``--fx --fy --cx --cy`` (pixels); UsageError (one line)."""
+    if camera is not None and any(v is not None for v in intrinsics):
+        raise click.UsageError("give either --camera or --fx/--fy/--cx/--cy, not both")
+    try:
+        if camera is not None:
+            return Camera.load(camera)
+        if all(v is not None for v in intrinsics):
+            return Camera(check_camera(camera_matrix(*intrinsics), "--fx/--fy/--cx/--cy"), source="--fx/--fy/--cx/--cy")
+    except (CameraFileError, InputError) as e:
+        raise click.UsageError(str(e))
+    raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
+
+
+def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> tuple[Pipeline, object]:
+    """(Pipeline, renderer) of the export ``model`` on ``backend``; UsageError / ClickException
+    (one line) for a stale demo export, a bad manifest or a backend / renderer that cannot start."""
+    if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
+        problem = M.demo_export_problem(model)
+        if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():
+            raise click.UsageError(f"{problem}; re-export it: mrcnet-export --out {M.DEMO_EXPORT_DIR}")
+    try:
+        man = M.load_manifest(model)
+    except M.ManifestError as e:
+        hint = (f" (export the shipped demo model first: mrcnet-export --out {M.DEMO_EXPORT_DIR})"
+                if Path(model) == M.DEMO_EXPORT_DIR else "")
+        raise click.UsageError(str(e) + hint)
+    try:
+        be = create_backend(man, backend, threads=threads, precision=precision, max_detections=chunk_size)
+    except BackendError as e:
+        raise click.ClickException(str(e))
+    problem = M.precision_problem(getattr(be, "name", ""), precision)
+    if problem:
+        be.close()
+        raise click.UsageError(problem)
+    try:
+        renderer = make_renderer(render_device)
+        return Pipeline(be, man, renderer, max_detections=chunk_size), renderer
+    except (RuntimeError, ValueError) as e:
+        be.close()
+        raise click.ClickException(str(e).splitlines()[0])
+
+
 # ------------------------------------------------------------------------------------- click
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("input", required=False)
@@ -111,21 +154,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         source.close()
         raise click.UsageError(f"--resume: input {input} is a live source; a live stream cannot be resumed "
                                "(its frames are not read again): use another --out or --overwrite")
-    intrinsics = (fx, fy, cx, cy)
-    if camera is not None and any(v is not None for v in intrinsics):
-        raise click.UsageError("give either --camera or --fx/--fy/--cx/--cy, not both")
-    if camera is not None:
-        try:
-            cam = Camera.load(camera)
-        except CameraFileError as e:
-            raise click.UsageError(str(e))
-    elif all(v is not None for v in intrinsics):
-        try:
-            cam = Camera(check_camera(camera_matrix(fx, fy, cx, cy), "--fx/--fy/--cx/--cy"), source="--fx/--fy/--cx/--cy")
-        except InputError as e:
-            raise click.UsageError(str(e))
-    else:
-        raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
+    cam = _camera(camera, (fx, fy, cx, cy))
     if detections is not None and detector is not None:
         raise click.UsageError("give either --detections or --detector, not both")
     if detections is None and detector is None:
@@ -152,30 +181,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                 cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
             except InputError as e:
                 raise click.UsageError(str(e))
-    if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
-        problem = M.demo_export_problem(model)
-        if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():
-            raise click.UsageError(f"{problem}; re-export it: mrcnet-export --out {M.DEMO_EXPORT_DIR}")
-    try:
-        man = M.load_manifest(model)
-    except M.ManifestError as e:
-        hint = (f" (export the shipped demo model first: mrcnet-export --out {M.DEMO_EXPORT_DIR})"
-                if Path(model) == M.DEMO_EXPORT_DIR else "")
-        raise click.UsageError(str(e) + hint)
-    try:
-        be = create_backend(man, backend, threads=threads, precision=precision, max_detections=chunk_size)
-    except BackendError as e:
-        raise click.ClickException(str(e))
-    problem = M.precision_problem(getattr(be, "name", ""), precision)
-    if problem:
-        be.close()
-        raise click.UsageError(problem)
-    try:
-        renderer = make_renderer(render_device)
-        pipe = Pipeline(be, man, renderer, max_detections=chunk_size)
-    except (RuntimeError, ValueError) as e:
-        be.close()
-        raise click.ClickException(str(e).splitlines()[0])
+    pipe, renderer = _pipeline(model, backend, threads, precision, chunk_size, render_device)
     try:
         config = RunConfig(track=track, track_min_score=track_min_score, track_patience=track_patience,
                            bop_csv=bop_csv, scene_id=scene_id or 0, video=not (no_video or to_stdout),
