@@ -190,6 +190,29 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
                f"{s['detections']} detections, {s['seconds']:.1f} s = {s['frames_per_s']:.2f} frames/s")
 
 
+@main.command(help="Write a synthetic look-alike of an official BOP dataset (tless, lmo, ycbv, itodd): its "
+                   "models folders, test split layout, targets and a BOP'22 detections file, under OUT (use it "
+                   "as $BOP_PATH).")
+@click.option("--dataset", type=click.Choice(["tless", "lmo", "ycbv", "itodd"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder playing $BOP_PATH.")
+@click.option("--images", "-n", type=click.IntRange(min=1), default=2, show_default=True, help="Test images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+def lookalike(dataset, out, images, seed, device):
+    from mrcnet.runtime.render import Renderer
+
+    from . import bop
+    from .lookalike import write_lookalike
+
+    _out_dir(out)
+    try:
+        r = write_lookalike(dataset, out, n_images=images, seed=seed, renderer=Renderer(_device(device)))
+    except (ValueError, bop.BopFormatError, OutputError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{r['root']}: split {r['split']}" + (f" (no ground truth; val: {r['val']})" if r["val"] else "")
+               + f", targets {r['targets']}, detections {r['detections']}")
+
+
 @main.command(help="Write a YOLO-format detection dataset (images/, labels/, data.yaml) from a BOP split, "
                     "for training a 2D detector with Ultralytics (docs/LIVE.md).")
 @click.option("--scenes", type=click.Path(exists=True, file_okay=False), required=True,
