@@ -11,6 +11,7 @@ Expected pipeline output: R = Rz_k^T, t = d * fx_roi * K^-1 (box centre, 1).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ sys.meta_path.insert(0, _BlockTorch())
 
 from mrcnet.runtime.preprocess import box_loc_from_masks, box_map
 from mrcnet.runtime.render.renderer import RenderResult
+from mrcnet.runtime.video_io import Frame
 from mrcnet.testing import box_mesh, write_box_ply, write_ply  # noqa: F401  (write_ply: for the tests)
 
 D0, D_STEP = 0.5, 0.1
@@ -213,6 +215,53 @@ def detector_model(boxes, scores, classes, input_hw=(320, 320), with_num=False) 
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(m)
     return m
+
+
+class SlowBackend:
+    """A backend that sleeps ``delay_s`` seconds in every classifier call (a pipeline slower than
+    the frames arrive), otherwise the wrapped backend."""
+
+    def __init__(self, be, delay_s: float):
+        self.be, self.delay_s = be, float(delay_s)
+        self.name = be.name
+        self.classifier_outputs, self.regressor_outputs = be.classifier_outputs, be.regressor_outputs
+        self.max_crops = getattr(be, "max_crops", None)
+
+    def run_classifier(self, feeds, fetch=None):
+        time.sleep(self.delay_s)
+        return self.be.run_classifier(feeds, fetch)
+
+    def run_regressor(self, feeds, fetch=None):
+        return self.be.run_regressor(feeds, fetch)
+
+    def close(self):
+        self.be.close()
+
+
+class FakeLiveSource:
+    """A live source without a camera: ``images`` (list of (H, W, 3) uint8) delivered at ``fps``
+    frames per second (the reader waits for each like for a camera), then the stream ends.
+    Has the FrameSource attributes a run reads (live, fps, name, len 0, stopped_early)."""
+
+    live = True
+    stopped_early = None
+
+    def __init__(self, images, fps: float = 30.0, name: str = "fake-camera"):
+        self.images, self.fps, self.name = list(images), float(fps), name
+
+    def __len__(self):
+        return 0
+
+    def __iter__(self):
+        t0 = time.perf_counter()
+        for i, img in enumerate(self.images):
+            wait = t0 + i / self.fps - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            yield Frame(i, f"frame {i}", img.copy())
+
+    def close(self):
+        pass
 
 
 def ultralytics_model(pred, input_hw=(320, 320), names=None, dynamic=False, extra_output=None,
