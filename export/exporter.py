@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
+from mrcnet.runtime.geometry import TTA_GROUP
 
 from .manifest import (
     CLASSIFIER_ONNX,
@@ -229,7 +230,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         idx = [list(meta["obj_ids"]).index(i) for i in keep]
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
-    model.set_bn_group(4)
+    model.set_bn_group(TTA_GROUP)
     optimize_for_export(model)
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
@@ -242,7 +243,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
-        crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
+        crop_size=model.cfg.crop_size, bn_group=TTA_GROUP, project_version=__version__,
         checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
@@ -250,7 +251,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     res.n_params = {"checkpoint": int(n_full), "exported_model": int(sum(p.numel() for p in model.parameters())),
                     **{g: onnx_param_count(p) for g, p in paths.items()}}
 
-    n_crop = 4 * max(1, parity_detections)
+    n_crop = TTA_GROUP * max(1, parity_detections)
     feeds = example_inputs(len(keep), n_crop, seed=1, crop_size=model.cfg.crop_size)
     res.parity["onnxruntime_fp32"] = onnx_parity(model, paths, feeds)
     say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mrcnet.runtime.backends import OnnxRuntimeBackend, compare_backends, rel_err, run_backend  # noqa: F401  (rel_err: re-exported)
 from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.geometry import TTA_GROUP
 
 from .manifest import (
     CLASSIFIER_INPUTS,
@@ -70,9 +71,9 @@ class RegressorGraph(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- inputs
-def example_inputs(n_obj: int, n: int = 4, obj_index: Sequence[int] | None = None, seed: int = 0,
+def example_inputs(n_obj: int, n: int = TTA_GROUP, obj_index: Sequence[int] | None = None, seed: int = 0,
                    crop_size: int = 256) -> dict[str, np.ndarray]:
-    """Plausible classifier inputs (numpy, the graph dtypes) for ``n`` crops (multiple of 4).
+    """Plausible classifier inputs (numpy, the graph dtypes) for ``n`` crops (a multiple of ``TTA_GROUP``, 4).
 
     crops: uniform BGR noise + a box map (1 inside a box around the centre); obj_index: given, or
     detection g uses object ``g % n_obj``; fov (N,3) small offsets and a size ratio; K_roi (N,3,3)
@@ -88,7 +89,7 @@ def example_inputs(n_obj: int, n: int = 4, obj_index: Sequence[int] | None = Non
     render[:, 3] = 0.0
     render[:, 3, s // 5: 4 * s // 5, s // 5: 4 * s // 5] = 1.0
     if obj_index is None:
-        obj_index = [(i // 4) % n_obj for i in range(n)]
+        obj_index = [(i // TTA_GROUP) % n_obj for i in range(n)]
     obj = np.asarray(obj_index, dtype=np.int64)
     if obj.shape != (n,):
         raise ValueError(f"obj_index: expected {n} entries, got {obj.shape}")

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 
 from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
 FORMAT = "mrcnet-edge"
@@ -146,7 +147,7 @@ def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
     return preset.name, preset.obj_ids, preset.depth_range  # type: ignore[return-value]
 
 
-def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = 4):
+def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = TTA_GROUP):
     """A model (eval mode) built around the tensors of a model-format state dict, without a random
     initialisation (built on the meta device, then the tensors assigned); the number of objects
     is read from ``sd``. Raises :class:`CheckpointError` on any key or shape mismatch."""
@@ -188,7 +189,7 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
 
 
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
-                    bn_group: int = 4, obj_ids=None):
+                    bn_group: int = TTA_GROUP, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
 
     path: ``.pth`` file; dataset: dataset preset name (depth range, object ids) - required for an

@@ -15,6 +15,7 @@ import torch
 
 from mrcnet.model.subset import subset_model
 from mrcnet.runtime.backends import Backend, BackendError
+from mrcnet.runtime.geometry import TTA_GROUP
 
 _INT_INPUTS = ("obj_index",)
 
@@ -54,9 +55,9 @@ class TorchBackend(Backend):
         return cls(model, device)
 
     def _probe(self) -> tuple[list[str], list[str]]:
-        """Output names of both stages from one tiny forward pass (4 crops)."""
+        """Output names of both stages from one tiny forward pass (one TTA group)."""
         s = self.model.cfg.crop_size
-        n = 4
+        n = TTA_GROUP
         K = torch.tensor([[700.0, 0, s / 2], [0, 700.0, s / 2], [0, 0, 1]]).expand(n, 3, 3).contiguous()
         feeds = {"crops": torch.rand(n, 4, s, s), "obj_index": torch.zeros(n, dtype=torch.int64),
                  "fov": torch.tensor([[0.0, 0.0, 0.3]]).expand(n, 3).contiguous(), "K_roi": K}

@@ -54,6 +54,8 @@ from mrcnet.runtime.formats.bop import (  # noqa: F401  (the formats' one owner;
     save_test_targets,
 )
 from mrcnet.runtime.formats.files import atomic_open  # noqa: F401  (re-exported)
+from mrcnet.runtime.preprocess import mask_extent
+from mrcnet.runtime.rotations import rotation_about_axis  # also re-exported: bop.rotation_about_axis
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: visib_fract threshold of the targets derived from the annotations when no targets file exists
 TARGETS_MIN_VISIB = 0.1
-
-
-
-def rotation_about_axis(angle: float, axis) -> np.ndarray:
-    """(3, 3) rotation by ``angle`` radians about ``axis`` (any length), right-hand rule."""
-    a = np.asarray(axis, dtype=np.float64).reshape(3)
-    a = a / np.linalg.norm(a)
-    c, s = np.cos(angle), np.sin(angle)
-    K = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return c * np.eye(3) + s * K + (1.0 - c) * np.outer(a, a)
 
 
 def symmetry_transforms(info, max_sym_disc_step: float = 0.01) -> list[dict]:
@@ -201,13 +193,13 @@ def save_mask(path, mask: np.ndarray) -> None:
 
 
 def bbox_from_mask(mask: np.ndarray, offset: Sequence[int] = (0, 0)) -> list[int]:
-    """BOP box ``[x, y, w, h]`` of a mask (``w = x_max - x_min`` as ``misc.calc_2d_bbox``),
+    """BOP box ``[x, y, w, h]`` of a mask (``w = x_max - x_min`` as ``misc.calc_2d_bbox``; the extent of
+    :func:`mrcnet.runtime.preprocess.mask_extent`),
     ``[-1, -1, -1, -1]`` when empty. ``offset`` (ox, oy) is subtracted from the pixel indices."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    x0, y0, x1, y1 = (int(v) for v in mask_extent(mask))
+    if x0 < 0:
         return [-1, -1, -1, -1]
-    x0, y0 = int(xs.min()) - int(offset[0]), int(ys.min()) - int(offset[1])
-    return [x0, y0, int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+    return [x0 - int(offset[0]), y0 - int(offset[1]), x1 - x0, y1 - y0]
 
 
 

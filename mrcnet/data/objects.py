@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from mrcnet.runtime.rotations import random_rotation
+
 from . import bop
 
 log = logging.getLogger(__name__)
@@ -384,15 +386,6 @@ def write_objects(out_dir, count: int, seed: int = 0, families: list[str] | None
 # --------------------------------------------------------------------------------------------
 # Symmetry check by rendering.
 # --------------------------------------------------------------------------------------------
-
-def random_rotation(rng) -> np.ndarray:
-    """Uniformly distributed (3, 3) rotation."""
-    q = rng.normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()

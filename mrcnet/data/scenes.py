@@ -38,6 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mrcnet.runtime.rotations import random_rotation
+
 from . import bop
 from .backgrounds import background_source, pixel_noise
 from .layout import DISTRACTOR_ID0, TABLE_ID, coco_box, full_silhouette, jitter_box, look_at, place_on_table
@@ -130,11 +132,6 @@ class SceneConfig:
 # Sampling.
 # --------------------------------------------------------------------------------------------
 
-def _random_rotation(rng) -> np.ndarray:
-    from .objects import random_rotation
-    return random_rotation(rng)
-
-
 def _hsv_colour(rng, sat=(0.0, 0.5), val=(0.35, 0.95)) -> tuple:
     """RGB in [0, 1] from a random hue, saturation and value."""
     import colorsys
@@ -175,7 +172,7 @@ def place_objects(rng, spheres: Sequence[tuple], K: np.ndarray, width: int, heig
     for centre, radius in spheres:
         pose = None
         for _ in range(tries):
-            R = _random_rotation(rng)
+            R = random_rotation(rng)
             z = rng.uniform(*depth_range)
             u, v = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
             p = Kinv @ np.array([u, v, 1.0]) * z  # where the sphere centre goes

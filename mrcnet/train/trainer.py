@@ -38,6 +38,7 @@ from mrcnet.checkpoint import read_checkpoint_file
 from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
+from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.presets import get_dataset
 from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
@@ -255,7 +256,7 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
     from mrcnet.runtime.preprocess import prepare_detection
 
     group = model.bn_group
-    model.set_bn_group(4)
+    model.set_bn_group(TTA_GROUP)
     errs: dict[int, list] = {}
     items = _whole_images(ds.items, max_instances)
     rows: list[dict] = []
@@ -268,9 +269,9 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
             image = rec.load_image("bgr")
             box = jittered_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
                                  box_jitter)
-            cb = prepare_detection(image, rec.K, box, 4, "training", model.cfg.crop_size)
+            cb = prepare_detection(image, rec.K, box, TTA_GROUP, "training", model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
-            idx += [ds.cls[inst.obj_id]] * 4
+            idx += [ds.cls[inst.obj_id]] * TTA_GROUP
             gts.append(inst)
         f = lambda a: torch.from_numpy(np.concatenate(a)).float().to(device)
         crops_t, K_t, fov_t, Rz_t = f(crops), f(K_roi), f(fov), f(Rz)
