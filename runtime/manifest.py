@@ -24,6 +24,7 @@ import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipp
 from .formats.files import atomic_write_text, sha256_file
 from .geometry import TTA_GROUP, BinSpec
 from .preprocess import BOX_RULES, FOV_VARIANTS
+from .render.mesh import load_mesh
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -151,8 +152,6 @@ class Manifest:
 
     def load_meshes(self, obj_ids=None) -> dict:
         """Load the BOP models (``runtime.render.mesh.Mesh``) of ``obj_ids`` (default all)."""
-        from .render.mesh import load_mesh
-
         out = {}
         for oid in self.obj_ids if obj_ids is None else obj_ids:
             p = self.model_path(oid)
