@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from mrcnet.runtime.formats.bop import (  # noqa: F401  (the formats' one owner; re-exported)
@@ -107,17 +108,11 @@ def symmetry_transforms(info, max_sym_disc_step: float = 0.01) -> list[dict]:
 # Images, depth, masks.
 # --------------------------------------------------------------------------------------------
 
-def _cv2():
-    import cv2  # local import: keeps ``import mrcnet.data.bop`` light
-    return cv2
-
-
 def _imread(path, flag: str, what: str) -> np.ndarray:
     """``cv2.imread(path, cv2.<flag>)``; a missing or undecodable file raises BopFormatError."""
     path = Path(path)
     if not path.is_file():
         raise BopFormatError(f"{path}: file not found")
-    cv2 = _cv2()
     im = cv2.imread(str(path), getattr(cv2, flag))
     if im is None:
         raise BopFormatError(f"{path}: cannot decode {what}")
@@ -146,7 +141,6 @@ def load_image(path, order: str = "bgr") -> np.ndarray:
 
 def save_image(path, im: np.ndarray, order: str = "bgr", jpg_quality: int = 95) -> None:
     """Write an (H, W[, 3]) image atomically (format from the extension: png, jpg, tif)."""
-    cv2 = _cv2()
     path = Path(path)
     im = np.asarray(im)
     if im.ndim == 3 and order == "rgb":

@@ -62,6 +62,7 @@ from mrcnet.data.layout import jitter_box  # the synthetic detections' jitter ru
 from mrcnet.runtime.geometry import TTA_GROUP, BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
                                       crop_fov, crop_transform, warp_crop)
+from mrcnet.runtime.render import load_mesh
 from mrcnet.train import targets as T
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def jittered_box(bbox_xywh, width: int, height: int, key: Sequence[int], box_jit
 def color_augmenter(p: float = COLOR_AUG_PROB):
     """The official imgaug recipe with albumentations, applied as a whole with probability p to
     uint8 BGR crops (``mask`` follows the coarse dropout)."""
-    import albumentations as A
+    import albumentations as A  # albumentations: slow to import (about 1.5 s), only with colour augmentation on
 
     return A.Compose(
         [
@@ -187,8 +188,6 @@ def load_object_data(models_dir, infos: dict, obj_ids: Sequence[int], n_vertices
                      symmetry_sampling: str = "official") -> dict[int, ObjectData]:
     """``{obj_id: ObjectData}`` from ``models_dir/obj_XXXXXX.ply`` and the models_info entries
     (symmetries sampled by :func:`mrcnet.train.targets.symmetry_tensors`)."""
-    from mrcnet.runtime.render import load_mesh
-
     out = {}
     for oid in obj_ids:
         path = Path(models_dir) / f"obj_{int(oid):06d}.ply"

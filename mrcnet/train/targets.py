@@ -80,7 +80,7 @@ def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 
     vertices sit on its pin gets labels blind to a roll about the pin's axis).
     vertices (V, 3) mm, faces (F, 3) int.
     """
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when sampling mesh surfaces
 
     mesh = trimesh.Trimesh(np.asarray(vertices, np.float64).reshape(-1, 3), np.asarray(faces).reshape(-1, 3),
                            process=False)
