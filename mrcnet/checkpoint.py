@@ -27,8 +27,11 @@ from typing import Any, Mapping
 
 import torch
 
+from mrcnet.geometry import BinTables
+from mrcnet.model import MRCNet, ModelConfig, get_config
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.preprocess import BOX_RULES, FOV_VARIANTS
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
 FORMAT = "mrcnet-edge"
@@ -151,9 +154,6 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="pape
     """A model (eval mode) built around the tensors of a model-format state dict, without a random
     initialisation (built on the meta device, then the tensors assigned); the number of objects
     is read from ``sd``. Raises :class:`CheckpointError` on any key or shape mismatch."""
-    from mrcnet.geometry import BinTables
-    from mrcnet.model import MRCNet, get_config
-
     cfg = get_config(cfg)
     if N_OBJ_KEY not in sd:
         raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
@@ -202,8 +202,6 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
     """
-    from mrcnet.model import ModelConfig, get_config
-
     ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
@@ -248,8 +246,6 @@ def checkpoint_box_rule(meta: Mapping, source: str) -> str:
     """How detections become crop squares for a checkpoint (``mrcnet.runtime.preprocess.BOX_RULES``):
     its metadata's ``box_rule`` if any, else ``'official'`` for an official checkpoint (bit-parity
     with the official results needs the official truncation and caps) and ``'clip'`` otherwise."""
-    from mrcnet.runtime.preprocess import BOX_RULES
-
     rule = str(meta.get("box_rule") or ("official" if source == "official" else "clip"))
     if rule not in BOX_RULES:
         raise CheckpointError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
@@ -300,8 +296,6 @@ def normalise_fov_variant(name: str) -> str:
     """The fov variant in the runtime's vocabulary (``mrcnet.runtime.preprocess.FOV_VARIANTS``):
     ``'inference'`` (the official inference, offsets from the box centre) or ``'training'``;
     ``'official'`` (older project checkpoints) means ``'inference'``."""
-    from mrcnet.runtime.preprocess import FOV_VARIANTS
-
     name = {"official": "inference"}.get(str(name), str(name))
     if name not in FOV_VARIANTS:
         raise CheckpointError(f"unknown fov variant {name!r}; expected one of {FOV_VARIANTS}")

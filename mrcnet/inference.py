@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from mrcnet.checkpoint import load_checkpoint
 from mrcnet.model.subset import subset_model
 from mrcnet.runtime.backends import Backend, BackendError
 from mrcnet.runtime.geometry import TTA_GROUP
@@ -43,8 +44,6 @@ class TorchBackend(Backend):
     def from_checkpoint(cls, path, dataset: Optional[str] = None, object_ids=None, device: str = "cpu") -> "TorchBackend":
         """A checkpoint (official or project), optionally reduced to ``object_ids`` (BOP ids) the
         way ``mrcnet-export --object-ids`` does, so ``obj_index`` means the same as in the export."""
-        from mrcnet.checkpoint import load_checkpoint
-
         model = load_checkpoint(path, dataset=dataset, device=device)
         if object_ids is not None:
             ids = list(model.meta["obj_ids"])

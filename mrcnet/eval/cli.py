@@ -5,6 +5,12 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
+from mrcnet.runtime.render import MeshError, RenderContextError
+
+from .bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, format_markdown, write_report
+
 
 def split_options(f):
     """``--split`` and ``--split-type`` (the split folder ``<split>[_<split_type>]``): shared by
@@ -36,13 +42,6 @@ def split_options(f):
 def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .bop_eval import (Bop19Params, EvalError, default_vsd_delta, evaluate_bop19,
-                           format_markdown, write_report)
-
     if vsd_delta is None:
         vsd_delta = default_vsd_delta(data_dir)
     params = Bop19Params(visib_gt_min=visib_gt_min, vsd_delta=vsd_delta)

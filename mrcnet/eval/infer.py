@@ -37,6 +37,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.data import bop
+from mrcnet.runtime.backends import BackendError, create_backend
+from mrcnet.runtime.detections import Detection
+from mrcnet.runtime.formats.bop import RESULTS_HEADER, format_result_row, load_bop_results
+from mrcnet.runtime.formats.files import check_out_file
+from mrcnet.runtime.geometry import rotation_angle_deg
+from mrcnet.runtime.manifest import ManifestError, build_manifest, load_manifest, precision_problem
+from mrcnet.runtime.pipeline import Pipeline, STAGES
+from mrcnet.runtime.preprocess import InputError
+from mrcnet.runtime.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +77,7 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     The fov variant is put in the runtime's words (:func:`mrcnet.checkpoint.normalise_fov_variant`);
     ``n_rot`` = ``bn_group`` = the model's BatchNorm group (4 = one TTA group per detection).
     """
-    from mrcnet.checkpoint import normalise_fov_variant
-    from mrcnet.runtime.manifest import build_manifest
+    from mrcnet.checkpoint import normalise_fov_variant  # imports torch; an export directory is evaluated torch-free
 
     meta = dict(getattr(torch_model, "meta", None) or {})
     obj_ids = meta.get("obj_ids") or list(range(1, torch_model.n_obj + 1))
@@ -103,8 +114,8 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         if backend not in (None, "torch"):
             raise InferError(f"--model {path}: a checkpoint runs on --backend torch only; "
                              f"export it (mrcnet-export) to run on {backend}")
-        from mrcnet.checkpoint import CheckpointError
-        from mrcnet.inference import TorchBackend
+        from mrcnet.checkpoint import CheckpointError  # torch-backed, as above
+        from mrcnet.inference import TorchBackend  # torch-backed, as above
 
         try:
             be = TorchBackend.from_checkpoint(path, dataset=dataset, device=device)
@@ -114,8 +125,6 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
             raise InferError(f"--model {path}: a checkpoint needs the dataset's models folder for rendering")
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
-    from mrcnet.runtime.backends import BackendError, create_backend
-    from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
         raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
@@ -141,8 +150,6 @@ def select_detections(rec, targets: Sequence[dict], detections: Optional[Sequenc
     ``visib_fract``; instances with an empty box are not used).
     Returns ([Detection (box xyxy px)], [(obj_id, missing count)]).
     """
-    from mrcnet.runtime.detections import Detection
-
     out, missing = [], []
     for t in targets:
         oid, n = int(t["obj_id"]), int(t["inst_count"])
@@ -227,8 +234,6 @@ class ResumableResultsWriter:
     """
 
     def __init__(self, path, settings: dict, resume: bool = True):
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.progress = self.path.with_name(self.path.name + PROGRESS_SUFFIX)
@@ -253,8 +258,6 @@ class ResumableResultsWriter:
     def _read_progress(self) -> Optional[int]:
         """Finished images of the previous run (into ``done``) and the CSV size after the last one;
         None when the log is unreadable or inconsistent (the run starts afresh)."""
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         lines = self.progress.read_text(encoding="utf8").splitlines()
         try:
             head = json.loads(lines[0])["settings"]
@@ -281,8 +284,6 @@ class ResumableResultsWriter:
     def write_image(self, scene_id: int, im_id: int, rows: Sequence[dict]) -> None:
         """Append the rows (``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time s}``) of one
         image, flush, then record the image as done."""
-        from mrcnet.runtime.formats.bop import format_result_row
-
         if rows:
             self._csv.write("".join(format_result_row(r) + "\n" for r in rows).encode("ascii"))
         self._csv.flush()
@@ -328,13 +329,6 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     backend is left open.
     Returns :class:`InferSummary`; raises :class:`InferError` / ``BopFormatError`` naming the input.
     """
-    from tqdm import tqdm
-
-    from mrcnet.data import bop
-    from mrcnet.runtime.formats.files import check_out_file
-    from mrcnet.runtime.pipeline import STAGES, Pipeline
-    from mrcnet.runtime.preprocess import InputError
-
     say = report or (lambda msg: log.warning("%s", msg))
     t_start = time.perf_counter()
     root = Path(data_dir)
@@ -368,7 +362,6 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 "targets": None if targets is None else str(Path(targets).resolve())}
     summary = InferSummary(out=str(out), backend=be.name, model=str(model), unknown_targets=unknown)
     if renderer is None:
-        from mrcnet.runtime.render import Renderer
         renderer = Renderer()
     pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
     writer = ResumableResultsWriter(out, settings, resume=resume)
@@ -430,9 +423,6 @@ def compare_results(reference, other, max_deg: float = 1.0, max_mm: float = 1.0)
     with rotation angle < max_deg degrees and translation distance < max_mm mm), "rot_deg"
     {median, max}, "trans_mm" {median, max}}``.
     """
-    from mrcnet.runtime.formats.bop import load_bop_results
-    from mrcnet.runtime.geometry import rotation_angle_deg
-
     def keyed(rows):
         out: dict = {}
         for r in rows:

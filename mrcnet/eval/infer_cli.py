@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
+from mrcnet.runtime.render import MeshError, RenderContextError
+
 from .cli import split_options
+from .infer import InferError, infer_split, is_checkpoint
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,12 +43,6 @@ from .cli import split_options
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
          threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .infer import InferError, infer_split, is_checkpoint
-
     if out is None:
         kind = backend or ("torch" if is_checkpoint(model) else "auto")
         out = Path(data_dir) / "results" / f"mrcnet_{split}_{kind}.csv"
