@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet import __version__
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
 from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+from mrcnet.runtime.preprocess import BOX_RULES
+from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render.mesh import MeshError, load_mesh
 
 from .manifest import (
     CLASSIFIER_ONNX,
@@ -29,6 +34,7 @@ from .manifest import (
     sha256_file,
     write_manifest,
 )
+from .tensorrt import EngineBuildError, TensorRTUnavailable, build_engines, check_precision, check_tensorrt
 
 BACKENDS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -40,15 +46,11 @@ class ExportError(RuntimeError):
 
 def default_checkpoint() -> Path:
     """The shipped demo model's checkpoint (``mrcnet.runtime.manifest.DEMO_CHECKPOINT``)."""
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
-
     return DEMO_CHECKPOINT
 
 
 def default_models_dir() -> Path:
     """The shipped demo's BOP models (``mrcnet.runtime.manifest.DEMO_MODELS``)."""
-    from mrcnet.runtime.manifest import DEMO_MODELS
-
     return DEMO_MODELS
 
 
@@ -75,6 +77,7 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
     its BOP ids).
     """
+    # torch-backed: importing the exporter stays torch-free (mrcnet-export --engines-only)
     from mrcnet.checkpoint import CheckpointError, CheckpointFileError, load_checkpoint
 
     path = Path(checkpoint)
@@ -102,8 +105,6 @@ def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
     """The models folder holds a valid ``obj_XXXXXX.ply`` for each of ``obj_ids``: each mesh is
     loaded (:func:`mrcnet.runtime.render.mesh.load_mesh`), so one without faces, with NaN vertices
     or with bad face indices raises ExportError here, not later on the device."""
-    from mrcnet.runtime.render.mesh import MeshError, load_mesh
-
     src = Path(models_dir)
     if not src.is_dir():
         raise ExportError(f"--models: folder not found: {src}")
@@ -173,9 +174,9 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
     checkpoints). Raises :class:`ExportError` (one line).
     """
-    from mrcnet import __version__
-    from mrcnet.checkpoint import normalise_fov_variant
+    from mrcnet.checkpoint import normalise_fov_variant  # torch-backed, as in load_model
 
+    # torch-backed, as in load_model
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
     from .optimize import optimize_for_export
     from mrcnet.model.subset import SubsetError, resolve_object_ids, subset_model
@@ -188,7 +189,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
-    from mrcnet.runtime.preprocess import BOX_RULES
 
     if box_rule is not None and box_rule not in BOX_RULES:
         raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
@@ -201,7 +201,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(str(e)) from None
     trt_missing = None
     if backend == "tensorrt":  # without TensorRT the precision graphs are written, engines built on the target
-        from .tensorrt import EngineBuildError, TensorRTUnavailable, check_precision, check_tensorrt
 
         try:
             check_precision(precision, check_tensorrt())
@@ -210,8 +209,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         except EngineBuildError as e:
             raise ExportError(str(e)) from None
     if dataset is not None:
-        from mrcnet.runtime.presets import get_dataset
-
         try:
             get_dataset(dataset)
         except KeyError as e:
@@ -259,6 +256,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     extras = {}
     if backend == "onnx" and precision == "int8":
+        # imports onnx (the train extra): importing the exporter must not (--engines-only on a Jetson)
         from .quantize import calibration_feeds, quantize_graphs, quant_agreement
 
         calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
@@ -271,8 +269,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         extras["onnx_fp32"] = {"classifier": CLASSIFIER_ONNX, "regressor": REGRESSOR_ONNX}
         extras["calibration"] = calib.describe()
     elif backend == "tensorrt":
-        from .tensorrt import EngineBuildError, build_engines
-
         graphs = {"fp32": paths}
         if precision != "fp32":
             graphs[precision], res.parity[f"onnxruntime_{precision}_graph"], calib = precision_graphs(
@@ -313,10 +309,11 @@ def precision_graphs(model, manifest, paths, precision: str, feeds, out_dir, *, 
     float32 stand-in that rounds to float16 at the same points (ONNX Runtime CPU lacks float16
     kernels), on ``feeds``. int8: calibration crops (``calib_data`` or synthetic renderings) and
     TensorRT-style symmetric QDQ (``<graph>.trt-int8.onnx``), checked on the held-out detections."""
-    from .quantize import calibration_feeds, quant_agreement, quantize_graphs
+    from .quantize import calibration_feeds, quant_agreement, quantize_graphs  # imports onnx, as above
 
     say = progress or (lambda msg: None)
     if precision == "fp16":
+        # onnx: the train extra (this module is imported on a Jetson for --engines-only)
         from .fp16 import convert_graphs
 
         out = convert_graphs(paths)
