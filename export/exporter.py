@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mrcnet import __version__
+from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
@@ -52,6 +53,32 @@ def default_checkpoint() -> Path:
 def default_models_dir() -> Path:
     """The shipped demo's BOP models (``mrcnet.runtime.manifest.DEMO_MODELS``)."""
     return DEMO_MODELS
+
+
+#: the dataset whose default checkpoint is the shipped demo model (the others: the official layout)
+DEMO_DATASET = "synth"
+
+
+def official_checkpoint(dataset: str, cwd=None) -> Path:
+    """``chkpt_<dataset>/<dataset>.pth`` relative to ``cwd`` (default: the working directory), where
+    the official README puts the released weights; :class:`ExportError` (one line: where it looked,
+    what to pass) when it is not there."""
+    path = Path("." if cwd is None else cwd) / f"chkpt_{dataset}" / f"{dataset}.pth"
+    if not path.is_file():
+        raise ExportError(f"--checkpoint not given and no {path} (the official layout chkpt_{dataset}/{dataset}.pth "
+                          f"in {Path(path.parent.parent).resolve()}); pass --checkpoint FILE")
+    return path
+
+
+def dataset_models_dir(dataset: str, env=None) -> Path:
+    """The models folder the dataset renders with in the BOP root (``$BOP_PATH/<dataset>/``, the
+    preset's folder, e.g. T-LESS ``models_cad``: :func:`mrcnet.runtime.datasets.render_models_dir`);
+    :class:`ExportError` (one line: where it looked, what to pass) when it is not there."""
+    try:
+        return render_models_dir(find_dataset(dataset, env=env), dataset, None)
+    except DatasetPathError as e:
+        raise ExportError(f"--models not given and no {dataset} models (looked in {', '.join(e.looked)}); pass "
+                          f"--models DIR, or set {BOP_PATH_ENV} to the folder holding {dataset}/") from None
 
 
 @dataclass
