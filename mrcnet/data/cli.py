@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
+from mrcnet.runtime.render import Renderer
+
+from . import bop
+from . import objects as objs
+from .lookalike import write_lookalike
+from .scenes import SceneConfig, default_image_size, default_K, generate_scenes
+from .video import generate_video
+from .yolo import write_yolo_dataset
 
 
 def _device(value):
@@ -20,8 +29,6 @@ def _device(value):
 def _camera(width, height, fx, fy, cx, cy):
     """(width, height, K (3, 3)) from the options; defaults from the ``synth`` preset and
     ``scenes.default_K``."""
-    from .scenes import default_image_size, default_K
-
     if width is None or height is None:
         dw, dh = default_image_size()
         width, height = width or dw, height or dh
@@ -73,8 +80,6 @@ def main():
               help="Render each part at R and R*S for its declared symmetries S and compare masks.")
 @click.option("--device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
 def objects(count, out, seed, families, check, device):
-    from . import objects as objs
-
     _out_dir(out)
     t0 = time.perf_counter()
     fams = [f.strip() for f in families.split(",")] if families else None
@@ -84,9 +89,6 @@ def objects(count, out, seed, families, check, device):
         raise click.ClickException(str(e))
     all_ious: list = []
     if check:
-        from pathlib import Path
-
-        from mrcnet.runtime.render import Renderer
         r = Renderer(_device(device))
         for p in parts:
             r.add_object(p.obj_id, Path(out) / "models" / f"obj_{p.obj_id:06d}.ply")
@@ -132,11 +134,6 @@ def objects(count, out, seed, families, check, device):
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
            distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .scenes import SceneConfig, generate_scenes
-
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
@@ -173,11 +170,6 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
 @click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
           backgrounds, seed, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .video import generate_video
-
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     try:
@@ -199,11 +191,6 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 def lookalike(dataset, out, images, seed, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .lookalike import write_lookalike
-
     _out_dir(out)
     try:
         r = write_lookalike(dataset, out, n_images=images, seed=seed, renderer=Renderer(_device(device)))
@@ -229,9 +216,6 @@ def lookalike(dataset, out, images, seed, device):
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def yolo(scenes, out, split, models, min_visib, val_fraction, obj_ids, overwrite, quiet):
-    from . import bop
-    from .yolo import write_yolo_dataset
-
     try:
         ids = [int(v) for v in obj_ids.split(",") if v.strip()] if obj_ids else None
     except ValueError:
