@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 
 from mrcnet.data.bop import BopDataset, BopFormatError, scene_dirs, split_folders
+from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (docs/MODEL.md §5), one place
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.pipeline import render_inputs
 from mrcnet.runtime.preprocess import mask_box_xyxy, prepare_detection
@@ -112,9 +113,6 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
         raise CalibrationError(f"--calib-data: {e}") from None
-    # the training rule (docs/MODEL.md §5), one place; mrcnet.data.samples imports torch (this module must not)
-    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT
-
     wanted = set(int(i) for i in obj_ids)
     rows = [(rec, inst) for rec, inst in ds.instances(MIN_VISIB_FRACT) if inst.obj_id in wanted
             and inst.info is not None and inst.info.get("bbox_visib") is not None
