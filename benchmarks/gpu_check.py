@@ -153,7 +153,7 @@ def _clip_poses(model, device: str, frames: int):
 def step_torch_clip(ctx) -> dict:
     _torch(ctx)
     from mrcnet.checkpoint import load_checkpoint
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
+    from mrcnet.runtime.assets import DEMO_CHECKPOINT
 
     dev = ctx["device"]
     cpu, s_cpu = _clip_poses(load_checkpoint(DEMO_CHECKPOINT, device="cpu"), "cpu", ctx["frames"])
@@ -172,7 +172,7 @@ def step_torch_clip(ctx) -> dict:
 
 def step_fps(ctx) -> dict:
     _torch(ctx)
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+    from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
 
     rows = {}
     n = ctx["fps_frames"]

@@ -13,7 +13,7 @@ import time
 import click
 import numpy as np
 
-from mrcnet.runtime.manifest import DEMO_MODELS
+from mrcnet.runtime.assets import DEMO_MODELS
 from mrcnet.runtime.render import Renderer, load_mesh
 from mrcnet.runtime.render.renderer import _network_input, _render_result
 

@@ -19,25 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
-
+# the demo's paths (mrcnet.runtime.assets); also importable from here, as before
+from .assets import (DEMO_CAMERA, DEMO_CHECKPOINT, DEMO_CLIP,  # noqa: F401
+                     DEMO_DETECTIONS, DEMO_DIR, DEMO_EXPORT_DIR, DEMO_MODELS)
 from .formats.files import atomic_write_text, sha256_file
 from .geometry import BinSpec
 from .preprocess import BOX_RULES, FOV_VARIANTS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# The shipped demo (one place for its paths): the demo model's checkpoint and its objects' BOP
-# models, the demo clip (the layout of mrcnet.data.video.generate_video) with camera and detections.
-# The checkpoint is exported once (`mrcnet-export`, torch) into DEMO_EXPORT_DIR, which
-# `mrcnet-run --demo` and the `--model` default read (torch-free).
-DEMO_DIR = Path(_mrcnet_pkg.__file__).resolve().parent / "assets" / "demo"  # source tree and wheels alike
-DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
-DEMO_MODELS = DEMO_DIR / "models"
-DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
-DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
-DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
-DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
 
 
 def demo_export_problem(export_dir=None) -> str | None:
@@ -55,6 +45,7 @@ def demo_export_problem(export_dir=None) -> str | None:
     if have != sha256_file(DEMO_CHECKPOINT):
         return f"{d} was exported from another checkpoint than the shipped {DEMO_CHECKPOINT.name}"
     return None
+
 
 # Names of the graph interface (docs/ARCHITECTURE.md "Network graph names").
 CLASSIFIER_INPUTS = ("crops", "obj_index", "fov", "K_roi")

@@ -263,7 +263,7 @@ def trt_export(tmp_path_factory):
     from mrcnet.export.onnx_export import export_onnx
     from mrcnet.export.optimize import optimize_for_export
     from mrcnet.export.quantize import calibration_feeds, quantize_graphs
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+    from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
 
     model = load_checkpoint(DEMO_CHECKPOINT)
     model.set_bn_group(4)
