@@ -161,7 +161,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
                       parity_detections: int = 2, progress: Callable[[str], None] | None = None,
-                      box_rule: str | None = None) -> ExportResult:
+                      box_rule: str | None = None, crops_per_detection: int = 4) -> ExportResult:
     """Export a checkpoint to ``out_dir`` (see the module docstring).
 
     dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
@@ -170,7 +170,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     max_detections: TensorRT profile maximum (N = 4 x detections); calib_data: BOP dataset root
     (or split folder) for int8 calibration crops; box_rule: how the runtime turns detection boxes
     into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
-    checkpoints). Raises :class:`ExportError` (one line).
+    checkpoints); crops_per_detection: the TTA group (4 in-plane rotations, the BatchNorm group of
+    a detection; 1 = one crop per detection, ONNX only). Raises :class:`ExportError` (one line).
     """
     from mrcnet import __version__
     from mrcnet.checkpoint import normalise_fov_variant
@@ -193,6 +194,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
         raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+    if crops_per_detection not in (1, 4) or (crops_per_detection != 4 and backend != "onnx"):
+        raise ExportError(f"crops_per_detection: {crops_per_detection} is not 4 (or 1 with the onnx backend)")
     out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
     try:
         prepare_out_dir(out)
@@ -229,7 +232,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         idx = [list(meta["obj_ids"]).index(i) for i in keep]
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
-    model.set_bn_group(4)
+    model.set_bn_group(crops_per_detection)
     optimize_for_export(model)
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
@@ -242,7 +245,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
-        crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
+        crop_size=model.cfg.crop_size, bn_group=crops_per_detection, n_rot=crops_per_detection,
+        project_version=__version__,
         checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
@@ -250,7 +254,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     res.n_params = {"checkpoint": int(n_full), "exported_model": int(sum(p.numel() for p in model.parameters())),
                     **{g: onnx_param_count(p) for g, p in paths.items()}}
 
-    n_crop = 4 * max(1, parity_detections)
+    n_crop = crops_per_detection * max(1, parity_detections)
     feeds = example_inputs(len(keep), n_crop, seed=1, crop_size=model.cfg.crop_size)
     res.parity["onnxruntime_fp32"] = onnx_parity(model, paths, feeds)
     say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"
