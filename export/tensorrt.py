@@ -46,8 +46,9 @@ import numpy as np
 
 from mrcnet.runtime import trt_compat
 from mrcnet.runtime.formats.files import atomic_copy
+from mrcnet.runtime.manifest import Manifest, ManifestError, load_manifest
 
-from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
+from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, write_manifest
 
 GRAPHS = ("classifier", "regressor")
 WORKSPACE_BYTES = 8 << 30
@@ -428,14 +429,14 @@ def compare_with_ort(onnx_paths: Mapping[str, Path], engine_paths: Mapping[str, 
         ref.close()
 
 
-def precision_graphs(export_dir, raw: Mapping) -> dict[str, dict[str, Path]]:
+def precision_graphs(manifest: Manifest) -> dict[str, dict[str, Path]]:
     """{precision: {graph: path}} of an export directory's manifest (``fp32`` from ``onnx_fp32`` or
     the graph entries; the others from ``precision_graphs``), files that exist only."""
-    out_dir = Path(export_dir)
-    fp32 = raw.get("onnx_fp32") or {g: raw[g]["onnx"] for g in GRAPHS}
-    out = {"fp32": {g: out_dir / fp32[g] for g in GRAPHS}}
-    for prec, files in (raw.get("precision_graphs") or {}).items():
-        paths = {g: out_dir / files[g] for g in GRAPHS if g in files}
+    fp32 = manifest.extra.get("onnx_fp32") or {"classifier": manifest.classifier.onnx,
+                                                "regressor": manifest.regressor.onnx}
+    out = {"fp32": {g: manifest.path(fp32[g]) for g in GRAPHS}}
+    for prec, files in manifest.precision_graphs.items():
+        paths = {g: manifest.path(files[g]) for g in GRAPHS if g in files}
         if len(paths) == len(GRAPHS) and all(p.is_file() for p in paths.values()):
             out[prec] = paths
     return out
@@ -448,18 +449,14 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     export holds (:func:`build_plan`); int8 needs the TensorRT int8 graphs written by ``mrcnet-export
     --backend tensorrt --precision int8`` (calibration runs the PyTorch model). Updates the
     directory's manifest atomically; returns its new engines entry."""
-    from mrcnet.runtime.manifest import ManifestError, load_manifest
-
     out = Path(export_dir)
     try:
-        load_manifest(out)
+        manifest = load_manifest(out)  # one read: unknown keys travel in manifest.extra
     except ManifestError as e:
         raise ValueError(str(e)) from None
-    raw = json.loads((out / "manifest.json").read_text())
-    graphs = precision_graphs(out, raw)
+    graphs = precision_graphs(manifest)
     build_plan(f"{trt_compat.SUPPORTED_TRT_MAJORS[0]}.{trt_compat.MIN_TRT_10_MINOR}", precision, list(graphs))
     entry, _ = build_engines(graphs, out, precision=precision, max_detections=max_detections, progress=progress)
-    raw.setdefault("engines", {})[precision] = entry
-    update_file_records(out, raw)  # the new engines' sizes and hashes
-    atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
+    manifest.engines[precision] = entry
+    write_manifest(out, manifest)  # the new engines' sizes and hashes recorded
     return entry

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -100,6 +100,8 @@ class Manifest:
     written by the exporter; :func:`load_manifest` checks them (a damaged file is refused).
     precision_graphs: precision ("fp16" | "int8") -> {"classifier": file, "regressor": file}, the
     TensorRT precision graphs engines are built from.
+    extra: every other key of the JSON as read (``onnx_fp32``, ``parity``, ``calibration``...): the
+    runtime does not use them; :meth:`to_dict` writes them back, so a read-modify-write keeps them.
     root: the export directory (absolute), not stored in the JSON.
     """
 
@@ -122,6 +124,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     precision_graphs: dict[str, dict[str, str]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     root: Path = Path(".")
 
     # ---------------------------------------------------------------- paths
@@ -154,10 +157,13 @@ class Manifest:
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
+        """The JSON form: the fields, then the ``extra`` keys (a field wins over an extra key)."""
         d = asdict(self)
         d.pop("root")
+        extra = d.pop("extra")
         d["bins"] = {"n_side": self.bins.n_side, "n_depth": self.bins.n_depth, "n_cells": self.bins.n_cells}
         d["depth_range"] = list(self.depth_range)
+        d.update({k: v for k, v in extra.items() if k not in d})
         return d
 
     def save(self, directory) -> Path:
@@ -195,6 +201,7 @@ class Manifest:
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
                 files={str(k): dict(v) for k, v in (d.get("files") or {}).items()},
                 precision_graphs={str(k): dict(v) for k, v in (d.get("precision_graphs") or {}).items()},
+                extra={k: v for k, v in d.items() if k not in _FIELDS},
                 root=Path(root).resolve(),
             )
         except ManifestError:
@@ -232,6 +239,9 @@ class Manifest:
         for n in SCORE_OUTPUTS:
             if n not in self.classifier.outputs and n not in self.regressor.outputs:
                 raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
+
+
+_FIELDS = frozenset(f.name for f in fields(Manifest))
 
 
 def precision_problem(backend_name: str, precision) -> str | None:

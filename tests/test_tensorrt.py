@@ -190,9 +190,9 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     for name in ("classifier.onnx", "regressor.onnx", "classifier.fp16.onnx", "regressor.fp16.onnx"):
         (tmp_path / name).write_bytes(name.encode())
     monkeypatch.setattr("mrcnet.runtime.manifest.Manifest.validate", lambda self: None, raising=False)
-    monkeypatch.setattr("mrcnet.runtime.manifest.load_manifest", lambda d: man)
     write_manifest(tmp_path, man, precision_graphs={"fp16": {"classifier": "classifier.fp16.onnx",
-                                                             "regressor": "regressor.fp16.onnx"}})
+                                                             "regressor": "regressor.fp16.onnx"}},
+                   parity={"onnxruntime_fp32": {"max": 1e-6}})
     trt = fake_tensorrt(version)
     monkeypatch.setattr(T, "_import_trt", lambda: trt)
     monkeypatch.setattr(T, "gpu_info", lambda: {"name": "Orin", "compute_capability": "8.7"})
@@ -203,6 +203,9 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     assert entry["graph"] == "fp16" and entry["strongly_typed"] and entry["tensorrt"] == version
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert raw["engines"]["fp16"]["classifier"] == "engines/classifier.fp16.engine"
+    # one read of the manifest, written back whole: keys the runtime does not parse are kept
+    assert raw["parity"] == {"onnxruntime_fp32": {"max": 1e-6}} and "fp16" in raw["precision_graphs"]
+    assert raw["files"]["engines/classifier.fp16.engine"]["bytes"] == len(b"ENGINE")
     from mrcnet.export.manifest import sha256_file  # the runtime's load check compares the fp32 graph
 
     key = json.loads((tmp_path / "engines" / "classifier.fp16.json").read_text())["key"]
