@@ -279,14 +279,14 @@ def test_cli_objects_scenes_video(tmp_path):
     r = run.invoke(main, ["objects", "--count", "2", "--out", str(tmp_path), "--seed", "1"])
     assert r.exit_code == 0, r.output
     assert "wrote 2 objects" in r.output and "worst mask IoU" in r.output
-    args = ["scenes", "--models", str(tmp_path / "models"), "--out", str(tmp_path), "--images", "2",
+    args = ["scenes", "--models", str(tmp_path / "models"), "--out", str(tmp_path), "--count", "2",
             "--width", "96", "--height", "64", "--objects-per-image", "1", "2", "--seed", "1"]
     r = run.invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "2 images (2 rendered, 0 resumed)" in r.output and "images/s" in r.output
     r = run.invoke(main, args[:-2] + ["--seed", "2"])
     assert r.exit_code != 0 and "other settings (seed)" in r.output
-    r = run.invoke(main, ["video", "--models", str(tmp_path), "--out", str(tmp_path / "clip"), "--frames", "2",
+    r = run.invoke(main, ["video", "--models", str(tmp_path), "--out", str(tmp_path / "clip"), "-n", "2",
                           "--width", "96", "--height", "64"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "clip" / "video.mp4").is_file() and "frames/s" in r.output

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from mrcnet.runtime.cliopts import deprecated_alias
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
 
@@ -71,7 +72,8 @@ def main():
 @click.option("--families", default=None, help="Comma-separated part families to cycle through.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Render each part at R and R*S for its declared symmetries S and compare masks.")
-@click.option("--device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def objects(count, out, seed, families, check, device):
     from . import objects as objs
 
@@ -110,7 +112,8 @@ def objects(count, out, seed, families, check, device):
 @click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
               help="Models folder (or a dataset folder with models/).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder.")
-@click.option("--images", "-n", type=click.IntRange(min=1), required=True)
+@click.option("--count", "-n", "images", type=click.IntRange(min=1), default=None, help="Images to render.")
+@deprecated_alias("--images", "--count", "images", type=click.IntRange(min=1))
 @_camera_options
 @click.option("--depth-range", type=(float, float), default=(300.0, 800.0), show_default=True,
               help="Camera z of object centres, mm.")
@@ -128,7 +131,8 @@ def objects(count, out, seed, families, check, device):
                    "table seen from above at 20-70 deg elevation (bin picking, the demo clip).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a split made with other settings.")
-@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
            distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
@@ -137,6 +141,8 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     from . import bop
     from .scenes import SceneConfig, generate_scenes
 
+    if images is None:
+        raise click.UsageError("Missing option '--count' / '-n' (images to render).")
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
@@ -162,15 +168,18 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
 @click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
               help="Models folder (or a dataset folder with models/).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--frames", "-n", type=click.IntRange(min=1), default=90, show_default=True)
+@click.option("--count", "-n", "frames", type=click.IntRange(min=1), default=90, show_default=True, help="Frames to render.")
+@deprecated_alias("--frames", "--count", "frames", type=click.IntRange(min=1))
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @_camera_options
-@click.option("--objects", "n_objects", type=click.IntRange(min=1), default=None,
+@click.option("--instances", "n_objects", type=click.IntRange(min=1), default=None,
               help="Instances on the table (default: one of each object).")
+@deprecated_alias("--objects", "--instances", "n_objects", type=click.IntRange(min=1))
 @click.option("--box-jitter", type=float, default=0.0, show_default=True)
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
           backgrounds, seed, device):
     from mrcnet.runtime.render import Renderer

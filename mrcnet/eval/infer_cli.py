@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.cliopts import deprecated_alias
+
 from .cli import split_options
 
 
@@ -24,8 +26,9 @@ from .cli import split_options
               help="BOP'22 detections (.json/.json.gz) [default: ground-truth boxes, bbox_visib].")
 @click.option("--targets", default=None, type=click.Path(dir_okay=False),
               help="Targets file [default: DATA/test_targets_bop19.json, else from the annotations].")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Results CSV [default: DATA/results/mrcnet_<split>_<backend>.csv].")
+@click.option("--results", "out", default=None, type=click.Path(dir_okay=False),
+              help="Results CSV to write [default: DATA/results/mrcnet_<split>_<backend>.csv].")
+@deprecated_alias("--out", "--results", "out", type=click.Path(dir_okay=False))
 @click.option("--dataset", default=None, help="Dataset preset of an official checkpoint (tless, lmo, ...).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for a checkpoint (cpu, cuda:0).")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
@@ -34,7 +37,8 @@ from .cli import split_options
               help="Continue an interrupted run with the same settings.")
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the run summary as JSON here.")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "no_progress", is_flag=True, help="No progress bar.")
+@deprecated_alias("--no-progress", "--quiet", "no_progress", is_flag=True)
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
          threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
