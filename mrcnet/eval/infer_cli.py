@@ -52,6 +52,7 @@ def main(data_dir, split, split_type, model, backend, precision, detections, tar
         kind = backend or ("torch" if is_checkpoint(model) else "auto")
         out = Path(data_dir) / "results" / f"mrcnet_{split}_{kind}.csv"
     try:
+        check_out_file(out, "--results")  # named by this command's flag (infer_split's check says "--out")
         if summary_path:
             check_out_file(summary_path, "--summary")
         s = infer_split(data_dir, model, out, split=split, split_type=split_type, backend=backend,
