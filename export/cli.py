@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.cliopts import cli_message
+
 from .exporter import BACKENDS, PRECISIONS, ExportError, ExportResult, default_checkpoint, default_models_dir
+
+
+#: export_checkpoint's parameters -> this command's flags (where they differ from --<name>)
+FLAGS = {"models_dir": "--models", "out_dir": "--out"}
 
 
 def _fmt_bytes(n: int) -> str:
@@ -80,12 +86,13 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
         try:
             entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
         except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
-            click.echo(f"mrcnet-export: error: {e}", err=True)
+            click.echo(f"mrcnet-export: error: {cli_message(e, FLAGS)}", err=True)
             sys.exit(2)
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
     from .exporter import export_checkpoint  # torch from here on (--engines-only above runs without it)
     from mrcnet.model.subset import SubsetError, parse_object_ids
+    from .quantize import CalibrationError
 
     try:
         ids = parse_object_ids(object_ids)
@@ -98,8 +105,8 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
                                 backend=backend, precision=precision, max_detections=max_detections,
                                 calib_data=calib_data, calib_split=calib_split, calib_count=calib_count,
                                 progress=progress, box_rule=box_rule)
-    except (ExportError, SubsetError) as e:
-        click.echo(f"mrcnet-export: error: {e}", err=True)
+    except (ExportError, SubsetError, CalibrationError) as e:
+        click.echo(f"mrcnet-export: error: {cli_message(e, FLAGS)}", err=True)
         sys.exit(2)
     for line in summary_lines(res) + res.notes:
         click.echo(line)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
 
 from .manifest import (
@@ -35,6 +36,21 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 class ExportError(RuntimeError):
     """A user-facing export failure: one line naming the input (checkpoint, objects, models...)."""
+
+
+class ExportParameterError(ExportError, ParameterError):
+    """An ExportError about one parameter of :func:`export_checkpoint` (``param``; ``mrcnet-export``
+    names it by its flag)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
+
+
+def as_export_error(e: Exception) -> ExportError:
+    """``e`` as an ExportError, keeping the parameter it names (an ExportParameterError then)."""
+    if isinstance(e, ParameterError):
+        return ExportParameterError(e.param, e.detail, e.value)
+    return ExportError(str(e))
 
 
 def default_checkpoint() -> Path:
@@ -78,23 +94,25 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise ExportError(f"--checkpoint: file not found: {path}")
+        raise ExportParameterError("checkpoint", f"file not found: {path}")
     try:
         return load_checkpoint(path, dataset=dataset)
     except CheckpointFileError as e:
-        raise ExportError(f"--{e}") from None
+        raise ExportParameterError("checkpoint", e.detail, path) from None
     except CheckpointError as e:
         first_error = str(e)
     except Exception as e:  # anything else from a non-checkpoint file: one line, even for an empty message
         text = str(e).strip()
-        raise ExportError(f"--checkpoint {path}: cannot load ({text.splitlines()[0][:200] if text else type(e).__name__})") from None
+        why = text.splitlines()[0][:200] if text else type(e).__name__
+        raise ExportParameterError("checkpoint", f"cannot load ({why})", path) from None
     if object_ids is None or dataset is None:
-        hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
-        raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
+        hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs {object_ids})"
+        raise ExportParameterError("checkpoint", f"{first_error}{hint}", path)
     try:
         return load_checkpoint(path, dataset=dataset, obj_ids=list(object_ids))
-    except CheckpointError as e:  # in the CLI's words: obj_ids is --object-ids
-        raise ExportError(f"--checkpoint {path}: {first_error}; {str(e).replace('obj_ids', '--object-ids')}") from None
+    except CheckpointError as e:  # load_checkpoint's obj_ids is this function's object_ids
+        second = str(e).replace("obj_ids", "{object_ids}")
+        raise ExportParameterError("checkpoint", f"{first_error}; {second}", path) from None
 
 
 def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
@@ -105,16 +123,16 @@ def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
 
     src = Path(models_dir)
     if not src.is_dir():
-        raise ExportError(f"--models: folder not found: {src}")
+        raise ExportParameterError("models_dir", f"folder not found: {src}")
     names = [f"obj_{int(i):06d}.ply" for i in obj_ids]
     missing = [n for n in names if not (src / n).is_file()]
     if missing:
-        raise ExportError(f"--models {src}: missing {', '.join(missing)}")
+        raise ExportParameterError("models_dir", f"missing {', '.join(missing)}", src)
     for n in names:
         try:
             load_mesh(src / n)
         except MeshError as e:
-            raise ExportError(f"--models: {e}") from None
+            raise ExportParameterError("models_dir", str(e)) from None
     return src
 
 
@@ -146,14 +164,14 @@ def check_export_dir(out_dir) -> Path:
     export would overwrite its ``models/``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a folder")
+        raise ExportParameterError("out_dir", "exists and is not a folder", out)
     if not out.is_dir():
         return out
     foreign = sorted(p.name for p in out.iterdir()
                      if not (p.name in EXPORT_ENTRIES or p.suffix == ".onnx" or p.name.startswith(".")))
     if foreign:
-        raise ExportError(f"--out {out}: not an export directory (holds {', '.join(foreign[:3])}"
-                          f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        raise ExportParameterError("out_dir", f"not an export directory (holds {', '.join(foreign[:3])}"
+                                   f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder", out)
     return out
 
 
@@ -183,19 +201,19 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     if backend not in BACKENDS:
-        raise ExportError(f"--backend: {backend!r} is not one of {BACKENDS}")
+        raise ExportParameterError("backend", f"{backend!r} is not one of {BACKENDS}")
     if precision not in PRECISIONS:
-        raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
+        raise ExportParameterError("precision", f"{precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
-        raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
+        raise ExportParameterError("precision", "needs {backend} tensorrt (ONNX Runtime CPU graphs are fp32 or int8)", "fp16")
     from mrcnet.runtime.preprocess import BOX_RULES
 
     if box_rule is not None and box_rule not in BOX_RULES:
-        raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
+        raise ExportParameterError("box_rule", f"{box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
-        raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+        raise ExportParameterError("max_detections", "must be >= 1", max_detections)
     if crops_per_detection not in (1, 4) or (crops_per_detection != 4 and backend != "onnx"):
-        raise ExportError(f"crops_per_detection: {crops_per_detection} is not 4 (or 1 with the onnx backend)")
+        raise ExportParameterError("crops_per_detection", "must be 4 (or 1 with {backend} onnx)", crops_per_detection)
     out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
     try:
         prepare_out_dir(out)
@@ -210,14 +228,14 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         except TensorRTUnavailable as e:
             trt_missing = str(e).split(": ", 1)[-1]
         except EngineBuildError as e:
-            raise ExportError(str(e)) from None
+            raise as_export_error(e) from None
     if dataset is not None:
         from mrcnet.runtime.presets import get_dataset
 
         try:
             get_dataset(dataset)
         except KeyError as e:
-            raise ExportError(f"--dataset: {e.args[0]}") from None
+            raise ExportParameterError("dataset", str(e.args[0])) from None
 
     ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     say(f"loading {ckpt_path}")
@@ -226,7 +244,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     try:
         keep = resolve_object_ids(object_ids, meta["obj_ids"])
     except SubsetError as e:
-        raise ExportError(str(e)) from None
+        raise ExportParameterError(e.param, e.detail, e.value) from None
     n_full = sum(p.numel() for p in model.parameters())
     if keep != list(meta["obj_ids"]):
         idx = [list(meta["obj_ids"]).index(i) for i in keep]
@@ -293,7 +311,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                 entry, parity = build_engines(graphs, out, precision=precision, max_detections=max_detections,
                                               check_feeds=feeds, progress=say)
             except (EngineBuildError, ValueError) as e:
-                raise ExportError(str(e)) from None
+                raise as_export_error(e) from None
             manifest.engines[precision] = entry
             res.engines[precision] = entry
             res.parity[f"tensorrt_{precision}"] = parity

@@ -40,6 +40,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mrcnet.runtime.errors import ParameterError
+
 from .manifest import CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS, REGRESSOR_INPUTS
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,13 @@ GROUP = 4
 
 class CalibrationError(RuntimeError):
     """No usable calibration data (one line naming the input)."""
+
+
+class CalibrationParameterError(CalibrationError, ParameterError):
+    """A CalibrationError about one parameter (``calib_data``, ``calib_split``)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 @dataclass
@@ -78,7 +87,7 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
     """(dataset root, split folder name) of ``root`` (a dataset root or a split folder)."""
     if split:
         if not (root / split).is_dir():
-            raise CalibrationError(f"--calib-split: {root / split} not found")
+            raise CalibrationParameterError("calib_split", f"{root / split} not found")
         return root, split
     from mrcnet.data.bop import scene_dirs, split_folders
 
@@ -87,7 +96,7 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
     prefer = ("test_primesense", "test", "val", "train_real", "train_pbr", "train")
     cands = split_folders(root)
     if not cands:
-        raise CalibrationError(f"--calib-data {root}: no BOP split folder (with scene folders) found")
+        raise CalibrationParameterError("calib_data", "no BOP split folder (with scene folders) found", root)
     cands.sort(key=lambda n: prefer.index(n) if n in prefer else len(prefer))
     return root, cands[0]
 
@@ -99,7 +108,7 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
 
     root = Path(calib_data)
     if not root.is_dir():
-        raise CalibrationError(f"--calib-data: folder not found: {root}")
+        raise CalibrationParameterError("calib_data", f"folder not found: {root}")
     root, split_name = _find_split(root, split)
     models = "models"
     if not (root / "models" / "models_info.json").is_file() and models_dir is not None:
@@ -107,7 +116,7 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
     try:
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
-        raise CalibrationError(f"--calib-data: {e}") from None
+        raise CalibrationParameterError("calib_data", str(e)) from None
     from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (docs/MODEL.md §5), one place
 
     wanted = set(int(i) for i in obj_ids)
@@ -115,7 +124,7 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
             and inst.info is not None and inst.info.get("bbox_visib") is not None
             and min(inst.info["bbox_visib"][2:]) > MIN_BOX_PX]
     if not rows:
-        raise CalibrationError(f"--calib-data {root / split_name}: no visible instance of objects {sorted(wanted)}")
+        raise CalibrationParameterError("calib_data", f"no visible instance of objects {sorted(wanted)}", root / split_name)
     pick = np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))
     out, cache = [], {}
     for i in pick:

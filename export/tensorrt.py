@@ -45,6 +45,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mrcnet.runtime import trt_compat
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_copy
 from mrcnet.runtime.manifest import Manifest, ManifestError, load_manifest
 
@@ -65,16 +66,32 @@ class TensorRTUnavailable(RuntimeError):
     """TensorRT is not installed (or too old) or no CUDA GPU is visible (one-line message)."""
 
 
+class NoTensorRTHere(TensorRTUnavailable, ParameterError):
+    """TensorRTUnavailable for ``backend="tensorrt"``: no TensorRT or no GPU on this machine."""
+
+    def __init__(self, detail: str, param: str = "backend", value="tensorrt"):
+        ParameterError.__init__(self, param, detail, value)
+
+    __reduce__ = ParameterError.__reduce__
+
+
 class EngineBuildError(RuntimeError):
     """An engine could not be built (one line: the node, the memory, the precision, the graph)."""
+
+
+class PrecisionUnsupported(EngineBuildError, ParameterError):
+    """EngineBuildError for a ``precision`` the GPU has no support for."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 def _import_trt():
     try:
         import tensorrt as trt  # heavy, optional: only where engines are built
     except ImportError:
-        raise TensorRTUnavailable(
-            "--backend tensorrt: TensorRT is not installed (pip install 'mrcnet-edge[gpu]' on x86-64; JetPack's on "
+        raise NoTensorRTHere(
+            "TensorRT is not installed (pip install 'mrcnet-edge[gpu]' on x86-64; JetPack's on "
             "Jetson)") from None
     try:
         trt_compat.check_trt_version(trt)
@@ -104,7 +121,7 @@ def gpu_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         line = ""
     if not line:
-        raise TensorRTUnavailable("--backend tensorrt: no CUDA GPU found (a TensorRT engine is built on the GPU that runs it)")
+        raise NoTensorRTHere("no CUDA GPU found (a TensorRT engine is built on the GPU that runs it)")
     name, cc = [s.strip() for s in line.split(",")[:2]]
     return {"name": name, "compute_capability": cc}
 
@@ -126,9 +143,9 @@ def check_precision(precision: str, env: Mapping) -> None:
     except ValueError:
         return
     if cc < need:
-        raise EngineBuildError(f"--precision {precision}: {env['name']} (compute capability "
-                               f"{env['compute_capability']}) has no {precision} support in TensorRT "
-                               f"(needs {need[0]}.{need[1]}+): use {'fp16' if precision == 'int8' else 'fp32'}")
+        raise PrecisionUnsupported("precision", f"{env['name']} (compute capability {env['compute_capability']}) has "
+                                   f"no {precision} support in TensorRT (needs {need[0]}.{need[1]}+): use "
+                                   f"{'fp16' if precision == 'int8' else 'fp32'}", precision)
 
 
 @dataclass(frozen=True)
@@ -151,7 +168,7 @@ def build_plan(trt_version: str, precision: str, graphs: Sequence[str]) -> Build
     m = re.match(r"(\d+)", str(trt_version))
     major = int(m.group(1)) if m else 0
     if precision not in ("fp32", "fp16", "int8"):
-        raise ValueError(f"--precision: {precision!r} is not one of fp32, fp16, int8")
+        raise ParameterError("precision", f"{precision!r} is not one of fp32, fp16, int8")
     if precision == "fp32":
         return BuildPlan("fp32", major >= 11, clear_flags=("TF32",))
     if precision in graphs:
@@ -159,11 +176,13 @@ def build_plan(trt_version: str, precision: str, graphs: Sequence[str]) -> Build
             return BuildPlan(precision, True)
         return BuildPlan("int8", False, set_flags=("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_fp32=True)
     if precision == "int8":
-        raise ValueError("--precision int8: the export has no TensorRT int8 graphs (classifier.trt-int8.onnx): "
-                         "export with --backend tensorrt --precision int8 (calibration runs the PyTorch model)")
+        raise ParameterError("precision", "the export has no TensorRT int8 graphs (classifier.trt-int8.onnx): "
+                             "export with mrcnet-export --backend tensorrt --precision int8 (calibration runs the "
+                             "PyTorch model)", "int8")
     if major >= 11:
-        raise ValueError(f"--precision fp16: TensorRT {trt_version} takes precision from the graph and the export "
-                         "has no fp16 graphs (classifier.fp16.onnx): export with --backend tensorrt --precision fp16")
+        raise ParameterError("precision", f"TensorRT {trt_version} takes precision from the graph and the export "
+                             "has no fp16 graphs (classifier.fp16.onnx): export with mrcnet-export --backend "
+                             "tensorrt --precision fp16", "fp16")
     return BuildPlan("fp32", False, set_flags=("FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_fp32=True)
 
 

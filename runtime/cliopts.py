@@ -41,9 +41,10 @@ def flag(param: str, flags: Optional[Mapping[str, str]] = None) -> str:
 
 
 def cli_message(error: BaseException, flags: Optional[Mapping[str, str]] = None) -> str:
-    """One line for the user: a :class:`ParameterError` as ``"--flag: detail"``, anything else as is."""
+    """One line for the user: a :class:`ParameterError` as ``"--flag[ value]: detail"``, anything
+    else as is."""
     if isinstance(error, ParameterError):
-        return f"{flag(error.param, flags)}: {error.detail}"
+        return error.render(lambda name: flag(name, flags))
     return str(error)
 
 

@@ -151,3 +151,47 @@ def test_no_progress_is_a_hidden_alias_of_quiet(tmp_path, capsys, script):
     assert "--no-progress is deprecated; use --quiet" in capsys.readouterr().err
     assert _parse(cmd, req + ["-q"])["no_progress"] is True
     assert "--no-progress" not in cmd.get_help(click.Context(cmd))
+
+
+def _library_files():
+    """The library modules: everything under mrcnet/, export/, runtime/ but the console scripts."""
+    for folder in ("mrcnet", "export", "runtime"):
+        for p in sorted((ROOT / folder).rglob("*.py")):
+            if p.name in ("cli.py", "infer_cli.py", "cliopts.py") or p.name == "clip_eval.py":
+                continue  # click commands (clip_eval.py holds mrcnet-eval-clip's command)
+            yield p
+
+
+def test_library_errors_name_parameters_not_flags():
+    """No ``raise X("--flag ...")`` in library code: errors name the parameter
+    (:class:`ParameterError`), the CLIs write it as their flag (:func:`cli_message`)."""
+    import ast
+
+    bad = []
+    for p in _library_files():
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args):
+                continue
+            first = node.exc.args[0]
+            if isinstance(first, ast.JoinedStr):
+                first = first.values[0] if first.values else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.startswith("--"):
+                bad.append(f"{p.relative_to(ROOT)}:{node.lineno}: {first.value[:50]!r}")
+    assert not bad, "library errors that name CLI flags:\n" + "\n".join(bad)
+
+
+def test_export_errors_reach_the_user_as_flags(tmp_path):
+    """mrcnet-export writes export_checkpoint's parameter errors with its flags."""
+    from click.testing import CliRunner
+
+    def run(*args):
+        r = CliRunner().invoke(SCRIPTS["mrcnet-export"], ["--out", str(tmp_path / "o"), "-q", *args])
+        assert r.exit_code == 2, r.output
+        return r.output.strip().splitlines()[-1]
+
+    assert run("--checkpoint", str(tmp_path / "none.pth"), "--object-ids", "5,x") == \
+        "mrcnet-export: error: --object-ids: 'x' is not an integer object id"
+    assert run("--checkpoint", str(tmp_path / "none.pth")).startswith("mrcnet-export: error: --checkpoint: file not found")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert run("--checkpoint", str(tmp_path / "empty.pth")) == \
+        f"mrcnet-export: error: --checkpoint {tmp_path / 'empty.pth'}: empty file (0 bytes)"

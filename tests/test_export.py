@@ -326,7 +326,10 @@ def test_cli_engines_only(small_ckpt, tmp_path):
         check_tensorrt()
     except TensorRTUnavailable as e:
         r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
-        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"mrcnet-export: error: {e}"
+        from mrcnet.runtime.cliopts import cli_message
+
+        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"mrcnet-export: error: {cli_message(e)}"
+        assert cli_message(e).startswith("--backend tensorrt: ")
     else:
         r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
         assert r.exit_code == 0, r.output

@@ -38,6 +38,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from mrcnet.runtime.errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -48,6 +50,14 @@ PARTIAL_SUFFIX = ".partial"
 
 class InferError(ValueError):
     """Unusable inference input (model, backend, dataset, detections); the message names it."""
+
+
+class InferParameterError(InferError, ParameterError):
+    """An InferError about one parameter (``model``, ``backend``, ``data_dir``; ``mrcnet-infer``
+    names it by its flag)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -95,30 +105,30 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
     threads: ONNX Runtime intra-op threads (0 = default). Raises :class:`InferError` (one line).
     """
     if backend is not None and backend not in BACKENDS:
-        raise InferError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        raise InferParameterError("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
     path = Path(model)
     if not path.exists():
-        raise InferError(f"--model: not found: {path} (expected a .pth checkpoint or an export directory)")
+        raise InferParameterError("model", f"not found: {path} (expected a .pth checkpoint or an export directory)")
     if is_checkpoint(path):
         if backend not in (None, "torch"):
-            raise InferError(f"--model {path}: a checkpoint runs on --backend torch only; "
-                             f"export it (mrcnet-export) to run on {backend}")
+            raise InferParameterError("model", "a checkpoint runs on {backend} torch only; "
+                                      f"export it (mrcnet-export) to run on {backend}", path)
         from mrcnet.checkpoint import CheckpointError
         from mrcnet.inference import TorchBackend
 
         try:
             be = TorchBackend.from_checkpoint(path, dataset=dataset, device=device)
         except CheckpointError as e:
-            raise InferError(f"--model {path}: {e}") from None
+            raise InferParameterError("model", str(e), path) from None
         if models_root is None:
-            raise InferError(f"--model {path}: a checkpoint needs the dataset's models folder for rendering")
+            raise InferParameterError("model", "a checkpoint needs the dataset's models folder for rendering", path)
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
     from mrcnet.runtime.backends import BackendError, create_backend
     from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
-        raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
+        raise InferParameterError("model", "{backend} torch needs a .pth checkpoint, not an export directory", path)
     try:
         man = load_manifest(path)
         be = create_backend(man, backend or "auto", threads=threads, precision=precision)
@@ -339,7 +349,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     t_start = time.perf_counter()
     root = Path(data_dir)
     if not root.is_dir():
-        raise InferError(f"--data: dataset folder not found: {root}")
+        raise InferParameterError("data_dir", f"dataset folder not found: {root}")
     check_out_file(out)
     ds = bop.BopDataset(root, split, split_type=split_type)
     target_list = ds.targets(targets)
@@ -352,7 +362,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
             say(f"{tpath}: {len(unknown)} target image(s) are not in {ds.split_dir} (first: scene {unknown[0][0]} "
                 f"image {unknown[0][1]}); they count as misses")
     if not target_list:
-        raise InferError(f"--data {root}: split {bop.split_dirname(split, split_type)} has no targets")
+        raise InferParameterError("data_dir", f"split {bop.split_dirname(split, split_type)} has no targets", root)
     grouped_dets = None
     if detections is not None:
         grouped_dets = bop.group_detections(bop.load_detections(detections))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mrcnet.runtime.cliopts import deprecated_alias
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 
 from .cli import split_options
 
@@ -60,7 +60,7 @@ def main(data_dir, split, split_type, model, backend, precision, detections, tar
                         threads=threads, precision=precision, resume=resume, progress=not no_progress,
                         report=lambda msg: click.echo(msg, err=True))
     except (InferError, BopFormatError, MeshError, RenderContextError, OutputError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(cli_message(e, {"data_dir": "--data"})) from None
     for line in s.lines():
         click.echo(line)
     if summary_path:

@@ -11,7 +11,7 @@ import sys
 import click
 
 from mrcnet.data.samples import BG_PROB, BG_RULES, BOX_MAP_MODES
-from mrcnet.runtime.cliopts import deprecated_alias
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 from mrcnet.runtime.formats.files import OutputError
 
 from .trainer import TrainConfig, TrainingInterrupted, train
@@ -83,7 +83,7 @@ def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, 
     try:
         res = train(cfg)
     except (ValueError, FileNotFoundError, KeyError, OutputError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(cli_message(e)) from None
     except TrainingInterrupted as e:
         click.echo(f"mrcnet-train: {e}", err=True)
         sys.exit(143 if e.signal == "SIGTERM" else 130)

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mrcnet.checkpoint import read_checkpoint_file
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
 from mrcnet.model import CondConv2d, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
@@ -393,7 +394,7 @@ def train(cfg: TrainConfig) -> dict:
     resume_ck = None  # checkpoint files are read before the (slow) data set set-up: fail fast
     if cfg.resume:
         if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
+            raise ParameterError("resume", f"no checkpoint {ckpt_path}")
         resume_ck = read_checkpoint_file(ckpt_path, "--resume")
     if cfg.init:
         read_checkpoint_file(cfg.init, "--init")
@@ -416,7 +417,7 @@ def train(cfg: TrainConfig) -> dict:
 
         model = load_checkpoint(cfg.init, dataset=cfg.dataset, preset=cfg.preset, device="cpu")
         if model.n_obj != len(obj_ids):
-            raise ValueError(f"--init {cfg.init}: checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}")
+            raise ParameterError("init", f"checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}", cfg.init)
     else:
         model = build_model(len(obj_ids), preset.depth_range, mcfg)
     model.set_bn_group(cfg.bn_group)
@@ -438,8 +439,9 @@ def train(cfg: TrainConfig) -> dict:
         old = ck.get("train_config", {})
         diff = [k for k in RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
         if diff:
-            raise ValueError(f"--resume {ckpt_path}: settings differ from the checkpoint's: "
-                             + ", ".join(f"{k}={asdict(cfg)[k]!r} (was {old[k]!r})" for k in diff))
+            raise ParameterError("resume", "settings differ from the checkpoint's: "
+                                 + ", ".join(f"{k}={asdict(cfg)[k]!r} (was {old[k]!r})" for k in diff),
+                                 ckpt_path)
         model.load_state_dict(ck["network"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
