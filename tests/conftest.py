@@ -10,6 +10,21 @@ DATA = pathlib.Path(__file__).parent / "data"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
+@pytest.fixture(scope="module")
+def renderer():
+    """A fresh ``mrcnet.runtime.render.Renderer`` per test module (EGL; Mesa llvmpipe without a GPU),
+    released after the module; skips the module's tests where no EGL exists. A module that needs
+    objects in it extends this fixture under the same name (``def renderer(renderer): ...``)."""
+    from mrcnet.runtime.render import RenderContextError, Renderer
+
+    try:
+        r = Renderer()
+    except RenderContextError as e:  # pragma: no cover - no EGL at all
+        pytest.skip(f"no EGL renderer: {e}")
+    yield r
+    r.release()
+
+
 @pytest.fixture(scope="session")
 def demo_export(tmp_path_factory):
     """The shipped demo checkpoint exported by ``mrcnet-export`` with its defaults (once per session)."""

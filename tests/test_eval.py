@@ -37,10 +37,11 @@ GT = {
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    from mrcnet.runtime.render import Mesh, Renderer
+def renderer(renderer):
+    """conftest's renderer holding the two cuboids."""
+    from mrcnet.runtime.render import Mesh
 
-    r = Renderer()
+    r = renderer
     mesh = Mesh.from_arrays(*box_mesh())
     for obj_id in (1, 2):
         r.add_object(obj_id, mesh)

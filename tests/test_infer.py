@@ -29,13 +29,6 @@ def assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    from mrcnet.runtime.render import Renderer
-
-    return Renderer()
-
-
-@pytest.fixture(scope="module")
 def torch_csv(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "torch.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.checkpoint),

@@ -12,18 +12,11 @@ import pytest
 
 from mrcnet.data import bop, objects, scenes
 from mrcnet.data.scenes import SceneConfig, generate_scenes
-from mrcnet.runtime.render import Renderer, load_mesh
+from mrcnet.runtime.render import load_mesh
 
 W, H = 160, 120
 CFG = dict(width=W, height=H, objects_per_image=(2, 3), distractors_per_image=(1, 1),
            images_per_scene=2, depth_range=(250.0, 450.0))
-
-
-@pytest.fixture(scope="module")
-def renderer():
-    r = Renderer()
-    yield r
-    r.release()
 
 
 @pytest.fixture(scope="module")
