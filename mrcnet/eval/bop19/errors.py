@@ -29,34 +29,36 @@ def instances_of(truth: ImageTruth, obj_id: int) -> list[int]:
     return [g for g, o in enumerate(truth.obj_ids) if o == obj_id]
 
 
-def mssd_errors(ests: list[dict], truth: ImageTruth, obj_id: int, valid: np.ndarray,
-                model: EvalModel) -> np.ndarray:
-    """(E, G_obj, 1) MSSD / diameter (inf: invalid instance or centres a diameter apart)."""
+def pair_errors(ests: list[dict], truth: ImageTruth, obj_id: int, valid: np.ndarray, error) -> np.ndarray:
+    """(E, G_obj, 1) ``error(estimate, instance)`` of every estimate and valid instance of the
+    object (inf for the instances that are not valid: they are never matched)."""
     g_idx = instances_of(truth, obj_id)
-    insts = truth.instances
     e = np.full((len(ests), len(g_idx), 1), np.inf)
     for i, est in enumerate(ests):
         for j, g in enumerate(g_idx):
-            if not valid[g]:
-                continue  # never matched: its error does not matter
-            if np.linalg.norm(est["t"] - insts[g].t) >= model.diameter:
-                continue  # bop_toolkit: spheres do not overlap -> inf
-            e[i, j, 0] = pe.mssd(est["R"], est["t"], insts[g].R, insts[g].t, model.pts, model.syms)
-    return e / model.diameter
+            if valid[g]:
+                e[i, j, 0] = error(est, truth.instances[g])
+    return e
+
+
+def mssd_errors(ests: list[dict], truth: ImageTruth, obj_id: int, valid: np.ndarray,
+                model: EvalModel) -> np.ndarray:
+    """(E, G_obj, 1) MSSD / diameter (inf: invalid instance or centres a diameter apart)."""
+    def error(est, inst):
+        if np.linalg.norm(est["t"] - inst.t) >= model.diameter:
+            return np.inf  # bop_toolkit: spheres do not overlap -> inf
+        return pe.mssd(est["R"], est["t"], inst.R, inst.t, model.pts, model.syms)
+
+    return pair_errors(ests, truth, obj_id, valid, error) / model.diameter
 
 
 def mspd_errors(ests: list[dict], truth: ImageTruth, obj_id: int, valid: np.ndarray,
                 model: EvalModel) -> np.ndarray:
     """(E, G_obj, 1) MSPD in px scaled to a 640 px wide image (inf: invalid instance)."""
-    g_idx = instances_of(truth, obj_id)
-    insts = truth.instances
-    e = np.full((len(ests), len(g_idx), 1), np.inf)
-    for i, est in enumerate(ests):
-        for j, g in enumerate(g_idx):
-            if valid[g]:
-                e[i, j, 0] = pe.mspd(est["R"], est["t"], insts[g].R, insts[g].t, truth.K,
-                                     model.pts, model.syms)
-    return e * (MSPD_REF_WIDTH / truth.width)
+    def error(est, inst):
+        return pe.mspd(est["R"], est["t"], inst.R, inst.t, truth.K, model.pts, model.syms)
+
+    return pair_errors(ests, truth, obj_id, valid, error) * (MSPD_REF_WIDTH / truth.width)
 
 
 def nearest_rotation(R: np.ndarray) -> np.ndarray:
