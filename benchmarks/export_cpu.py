@@ -25,10 +25,8 @@ import numpy as np
 import onnx
 import torch
 
-from mrcnet.export.manifest import build_manifest
-from mrcnet.export.onnx_export import example_inputs, export_onnx, ort_session, rel_err, run_ort, run_torch
-from mrcnet.export.optimize import optimize_for_export
-from mrcnet.export.quantize import calibration_feeds, quant_agreement, quantize_graphs
+from mrcnet.export import (build_manifest, calibration_feeds, example_inputs, export_onnx, optimize_for_export,
+                           ort_session, quant_agreement, quantize_graphs, rel_err, run_ort, run_torch)
 from mrcnet.model import build_model
 
 

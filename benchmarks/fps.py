@@ -53,8 +53,7 @@ from mrcnet.checkpoint import CheckpointError, load_checkpoint
 from mrcnet.data.scenes import default_K
 from mrcnet.eval.infer import checkpoint_manifest
 from mrcnet.export import example_inputs
-from mrcnet.model import build_model
-from mrcnet.model.mrcnet import STAGE2_FEATURES
+from mrcnet.model import STAGE2_FEATURES, build_model
 from mrcnet.runtime.backends import compare_backends
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.manifest import ManifestError, load_manifest

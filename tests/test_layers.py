@@ -166,3 +166,26 @@ def test_no_module_level_import_cycles():
 ])
 def test_relative_imports_resolve(module, is_pkg, src, expected):
     assert _resolve(module, is_pkg, ast.parse(src).body[0]) == expected
+
+
+def test_benchmarks_use_public_apis():
+    """(d) benchmarks/ import the exporter through its package API (``mrcnet.export``, no module of
+    it), import no private (underscore) project name, and never extend ``sys.path``."""
+    bad = []
+    for mod, (path, _) in MODULES.items():
+        if not _within(mod, "benchmarks"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mrcnet"):
+                if node.module.startswith(EXPORT + "."):
+                    bad.append(f"{path.name}:{node.lineno}: from {node.module} (use `from {EXPORT} import ...`)")
+                bad += [f"{path.name}:{node.lineno}: private name {a.name}" for a in node.names
+                        if a.name.startswith("_")]
+                if any(part.startswith("_") for part in node.module.split(".")):
+                    bad.append(f"{path.name}:{node.lineno}: private module {node.module}")
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append") and \
+                    isinstance(node.value, ast.Attribute) and node.value.attr == "path" and \
+                    isinstance(node.value.value, ast.Name) and node.value.value.id == "sys":
+                bad.append(f"{path.name}:{node.lineno}: sys.path.{node.attr}")
+    assert not bad, "benchmarks reaching past the public APIs:\n" + "\n".join(bad)
