@@ -6,8 +6,12 @@ import sys
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-DATA = pathlib.Path(__file__).parent / "data"
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+TESTS = pathlib.Path(__file__).resolve().parent  # the helper modules (infer_fixtures, trt_fakes, ...) live here
+ROOT = TESTS.parent  # the repository
+DATA = TESTS / "data"
+BENCHMARKS = ROOT / "benchmarks"  # the benchmark scripts, imported by their tests as top-level modules
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(BENCHMARKS))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """benchmarks/fps.py and benchmarks/parity.py end to end on tiny settings: their JSON, markdown
 and PNG are written and hold the figures of the backends that ran."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from click.testing import CliRunner  # noqa: E402
 
 from infer_fixtures import tiny_assets  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fps  # noqa: E402
 import ort_options  # noqa: E402
 import parity  # noqa: E402

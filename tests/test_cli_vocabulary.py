@@ -5,7 +5,6 @@ subcommands included; :data:`mrcnet.runtime.cliopts.VOCABULARY`): ``--object-ids
 deprecated aliases that still work."""
 import configparser
 import importlib
-from pathlib import Path
 
 import click
 import pytest
@@ -15,7 +14,7 @@ pytest.importorskip("torch")
 from mrcnet.runtime.cliopts import RETIRED, cli_message, flag  # noqa: E402
 from mrcnet.runtime.errors import ParameterError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 
 
 def _console_scripts() -> dict:

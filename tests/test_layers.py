@@ -11,11 +11,10 @@ Layers (a lower layer never imports a higher one)::
 
 import ast
 import configparser
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 RUNTIME = "mrcnet.runtime"
 EXPORT = "mrcnet.export"
 

@@ -3,8 +3,6 @@ the fp16 graph's float32 stand-in, ``ort-trt-int8``) on the tiny split: skipped 
 export lacks the graphs, measured against torch when it has them."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +13,6 @@ from click.testing import CliRunner  # noqa: E402
 
 from infer_fixtures import tiny_assets  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import parity  # noqa: E402
 
 pytestmark = pytest.mark.slow

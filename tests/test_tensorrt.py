@@ -231,7 +231,7 @@ def test_engines_only_cli_imports_no_torch(tmp_path, version):
         (out / f"{g}.fp16.onnx").write_bytes((out / f"{g}.onnx").read_bytes())
     raw["precision_graphs"] = {"fp16": {g: f"{g}.fp16.onnx" for g in ("classifier", "regressor")}}
     (out / "manifest.json").write_text(json.dumps(raw))
-    tests = Path(__file__).resolve().parent
+    from conftest import TESTS as tests
     script = F.BLOCK_TORCH + textwrap.dedent(f"""
         sys.path.insert(0, {str(tests)!r})
         from trt_fakes import fake_tensorrt
