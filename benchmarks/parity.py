@@ -39,6 +39,7 @@ from mrcnet.eval.bop_eval import Bop19Params, EvalError, default_vsd_delta, eval
 from mrcnet.eval.infer import InferError, compare_results, infer_split
 from mrcnet.export import convert_graphs
 from mrcnet.runtime.backends import OnnxRuntimeBackend, ort_providers
+from mrcnet.runtime.datasets import DatasetPathError, render_models_dir
 from mrcnet.runtime.manifest import ManifestError, load_manifest
 from mrcnet.runtime.render import Renderer
 
@@ -193,7 +194,10 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
             model = load_checkpoint(checkpoint)
             model_desc = str(checkpoint)
         if export_dir is None:
-            models_dir = BopDataset(data_dir, split).models_dir
+            try:
+                models_dir = render_models_dir(data_dir, None, split)  # the split's render models (T-LESS models_cad)
+            except DatasetPathError as e:
+                raise BenchError(str(e)) from None
             export = export_for_benchmark(checkpoint, tmp, models_dir, int8=int8 and "ort-int8" in keys,
                                           tensorrt_precisions=needed_precisions(keys), calib_count=32, say=say)
         else:

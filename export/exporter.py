@@ -67,6 +67,34 @@ def default_models_dir() -> Path:
     return DEMO_MODELS
 
 
+#: the dataset whose default checkpoint is the shipped demo model (the others: the official layout)
+DEMO_DATASET = "synth"
+
+
+def official_checkpoint(dataset: str, cwd=None) -> Path:
+    """``chkpt_<dataset>/<dataset>.pth`` relative to ``cwd`` (default: the working directory), where
+    the official README puts the released weights; :class:`ExportError` (one line: where it looked,
+    what to pass) when it is not there."""
+    path = Path("." if cwd is None else cwd) / f"chkpt_{dataset}" / f"{dataset}.pth"
+    if not path.is_file():
+        raise ExportParameterError("checkpoint", f"not given and no {path} (the official layout chkpt_{dataset}/"
+                                   f"{dataset}.pth in {Path(path.parent.parent).resolve()}); pass {{checkpoint}} FILE")
+    return path
+
+
+def dataset_models_dir(dataset: str, env=None) -> Path:
+    """The models folder the dataset renders with in the BOP root (``$BOP_PATH/<dataset>/``, the
+    preset's folder, e.g. T-LESS ``models_cad``: :func:`mrcnet.runtime.datasets.render_models_dir`);
+    :class:`ExportError` (one line: where it looked, what to pass) when it is not there."""
+    from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
+
+    try:
+        return render_models_dir(find_dataset(dataset, env=env), dataset, None)
+    except DatasetPathError as e:
+        raise ExportParameterError("models_dir", f"not given and no {dataset} models (looked in {', '.join(e.looked)}); "
+                                   f"pass {{models_dir}} DIR, or set {BOP_PATH_ENV} to the folder holding {dataset}/") from None
+
+
 @dataclass
 class ExportResult:
     """What :func:`export_checkpoint` wrote and measured."""

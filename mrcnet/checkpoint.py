@@ -11,7 +11,10 @@ Official format (``tless.pth`` ...): ``{'network': state_dict, 'optimizer', 'sch
 Every other key must match a parameter of the model by name and shape. Official checkpoints carry
 no metadata: the preset is ``paper``, the number of objects is read from the per-object decoder,
 the dataset (for the depth range and object ids) is the argument, or the only dataset preset with
-that many objects.
+that many objects. A checkpoint with the official trainer's decoder count for its dataset (LM-O:
+15, ``DatasetPreset.official_decoders``) keeps the first ``n_objects`` decoders (the dataset's
+objects in ``obj_ids`` order, as the official inference maps them) and drops the others, which
+were never trained (:func:`keep_decoders`; said in one logged line and in ``meta['note']``).
 
 Project format: ``{'network': state_dict, 'meta': {...}}`` (plus optional training state) with
 ``meta`` = ``format``, ``version``, ``preset``, ``config`` (the full :class:`ModelConfig`),
@@ -22,6 +25,7 @@ Both load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
@@ -31,12 +35,16 @@ from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
+log = logging.getLogger(__name__)
+
 FORMAT = "mrcnet-edge"
 VERSION = 1
 #: official keys the model does not use (an unused 3-channel 7x7 stem and its BatchNorm)
 DROPPED_PREFIXES = ("backbone.base_model.0.", "backbone.base_model.1.")
 #: a per-object decoder tensor: its leading dimension is the number of objects
 N_OBJ_KEY = "backbone.decoder.conv_last.weights"
+#: the per-object tensors (weights and biases of the conditional convolutions): leading dim = objects
+DECODER_PREFIX = "backbone.decoder."
 
 
 class CheckpointError(ValueError):
@@ -105,6 +113,23 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
     for k, v in ours.items():
         if k not in sd:
             raise CheckpointError(f"checkpoint lacks key {k!r} (model shape {_shape(v)})")
+
+
+def keep_decoders(sd: Mapping[str, torch.Tensor], n_keep: int) -> dict[str, torch.Tensor]:
+    """``sd`` with the per-object decoder tensors (``backbone.decoder.*``, leading dimension = number
+    of objects) cut to their first ``n_keep`` objects; every other tensor as it is."""
+    return {k: (v[:n_keep] if k.startswith(DECODER_PREFIX) else v) for k, v in sd.items()}
+
+
+def official_decoder_dataset(dataset, n_obj: int):
+    """The dataset preset whose official trainer builds ``n_obj`` decoders for fewer objects (LM-O:
+    15 for 8), or None: ``dataset`` when given (None unless its ``official_decoders`` is ``n_obj``),
+    else the only preset with that official decoder count."""
+    if dataset is not None:
+        p = get_dataset(dataset)
+        return p if p.official_decoders == n_obj and p.n_objects != n_obj else None
+    matches = [p for p in DATASETS.values() if p.official_decoders == n_obj and p.n_objects != n_obj]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
@@ -206,17 +231,26 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
     """
-    from mrcnet.model import ModelConfig, get_config
-
     ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
+    return model_from_checkpoint(ckpt, dataset=dataset, preset=preset, device=device, bn_group=bn_group,
+                                 obj_ids=obj_ids, name=os.fspath(path))
+
+
+def model_from_checkpoint(ckpt: Mapping, dataset: str | None = None, preset=None, device="cpu",
+                          bn_group: int = 4, obj_ids=None, name: str = "checkpoint"):
+    """:func:`load_checkpoint` on a checkpoint dict already read (``{'network': state_dict, ...}``
+    or a bare state dict); ``name`` is used in messages. Meta-device tensors give a meta-device
+    model (``device='meta'``): every key and shape checked without the memory."""
+    from mrcnet.model import ModelConfig, get_config
+
     if "network" in ckpt:
         sd = ckpt["network"]
     elif N_OBJ_KEY in ckpt:
         sd = ckpt  # a bare state dict
     else:
-        raise CheckpointError(f"{os.fspath(path)}: no 'network' entry (keys: {sorted(ckpt)[:8]})")
+        raise CheckpointError(f"{name}: no 'network' entry (keys: {sorted(ckpt)[:8]})")
     meta = dict(ckpt.get("meta") or {})
     source = "project" if meta.get("format") == FORMAT else "official"
     if source == "official":
@@ -224,6 +258,15 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     if N_OBJ_KEY not in sd:
         raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
     n_obj = int(sd[N_OBJ_KEY].shape[0])
+    note = None
+    wide = official_decoder_dataset(dataset, n_obj) if source == "official" and obj_ids is None else None
+    if wide is not None:
+        sd = keep_decoders(sd, wide.n_objects)
+        note = (f"{name}: {n_obj} decoders (the official {wide.name} trainer's count); decoders 0-"
+                f"{wide.n_objects - 1} are objects {list(wide.obj_ids)}, decoders {wide.n_objects}-{n_obj - 1} "
+                f"(never trained) dropped")
+        log.warning("%s", note)
+        dataset, n_obj = wide.name, wide.n_objects
 
     if preset is not None:
         cfg = get_config(preset)
@@ -245,6 +288,8 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         "box_rule": checkpoint_box_rule(meta, source),
         "n_obj": n_obj,
     }
+    if note:
+        model.meta["note"] = note
     return model
 
 

@@ -32,7 +32,7 @@ def assets(tmp_path_factory):
 def torch_csv(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "torch.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.checkpoint),
-                                              "--results", str(out), "-q"])
+                                              "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert "backend torch-cpu" in res.output
     return out
@@ -42,7 +42,7 @@ def torch_csv(assets, tmp_path_factory):
 def ort_csv(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("ort") / "ort.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.export),
-                                              "--backend", "onnxruntime", "--results", str(out), "-q"])
+                                              "--backend", "onnxruntime", "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert "backend onnxruntime" in res.output
     return out
@@ -80,7 +80,7 @@ def test_mrcnet_eval_reads_the_csvs(assets, torch_csv, ort_csv, tmp_path):
     scores = {}
     for name, path in (("torch", torch_csv), ("ort", ort_csv)):
         res = CliRunner().invoke(eval_cli.main, ["--data", str(assets.data), "--results", str(path),
-                                                 "--results", str(tmp_path / name), "-q"])
+                                                 "--out", str(tmp_path / name), "-q"])
         assert res.exit_code == 0, res.output
         s = json.loads((tmp_path / name / "scores_bop19.json").read_text())
         assert 0.0 <= s["AR"] <= 1.0
@@ -123,7 +123,7 @@ def test_gt_boxes_vs_detections(assets, ort_csv, tmp_path):
     bop.save_detections(det_file, [d for d in dets if not (d["image_id"] == dropped["im_id"]
                                                             and d["category_id"] == dropped["obj_id"])])
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.export),
-                                              "--detections", str(det_file), "--results", str(out), "-q",
+                                              "--detections", str(det_file), "--out", str(out), "-q",
                                               "--no-resume"])
     assert res.exit_code == 0, res.output
     assert "1 target instance(s) had no detection" in res.output
@@ -156,7 +156,7 @@ def test_corrupt_image_is_skipped_with_message(assets, ort_csv, tmp_path):
     bad.write_bytes(b"not a png at all")
     out = tmp_path / "bad.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(data), "--model", str(assets.export),
-                                                              "--results", str(out), "-q"])
+                                                              "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output + res.stderr
     assert "skipped scene 0 image 1" in res.stderr and "000001.png" in res.stderr
     assert "1 image(s) skipped" in res.stdout

@@ -59,6 +59,7 @@ from torch.utils.data import Dataset
 from mrcnet.data import bop
 from mrcnet.data.backgrounds import FolderBackgrounds
 from mrcnet.data.layout import jitter_box  # the synthetic detections' jitter rule (mrcnet-synth --box-jitter)
+from mrcnet.runtime.datasets import render_models_dir
 from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
                                       crop_fov, crop_transform, warp_crop)
@@ -241,7 +242,8 @@ class TrainingSamples(Dataset):
                  obj_ids: Sequence[int] | None = None, augment: bool = True, seed: int = 0,
                  n_vertices: int = 1000, label_cache: int = 4096, label_cache_dir=None, backgrounds=None,
                  bg_prob: float = BG_PROB, color_prob: float = COLOR_AUG_PROB, size: int = CROP_SIZE,
-                 bg_rule: str = "official", box_map_mode: str = "centred", symmetry_sampling: str = "official"):
+                 bg_rule: str = "official", box_map_mode: str = "centred", symmetry_sampling: str = "official",
+                 models=None, dataset: str | None = None):
         if bg_rule not in BG_RULES:
             raise ValueError(f"bg_rule {bg_rule!r} is not one of {BG_RULES}")
         if box_map_mode not in BOX_MAP_MODES:
@@ -250,7 +252,9 @@ class TrainingSamples(Dataset):
             raise ValueError(f"bg_prob {bg_prob} is not a probability in [0, 1]")
         self.root = Path(root)
         self.split = split or find_split(self.root)
-        self.ds = bop.BopDataset(self.root, self.split)
+        # models: the split's render folder of the dataset preset (T-LESS models_cad), or the override
+        self.ds = bop.BopDataset(self.root, self.split,
+                                 models=str(render_models_dir(self.root, dataset, self.split, models).resolve()))
         self.obj_ids = [int(o) for o in (obj_ids if obj_ids is not None else self.ds.obj_ids)]
         missing = [o for o in self.obj_ids if o not in self.ds.models_info]
         if missing:

@@ -73,7 +73,8 @@ def evaluate_image(key, inputs: load.EvalInputs, metrics, renderer, params: Bop1
 
 def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[str] = None,
                    targets=None, params: Bop19Params = Bop19Params(),
-                   metrics: Sequence[str] = METRICS, renderer=None, progress: bool = False) -> dict:
+                   metrics: Sequence[str] = METRICS, renderer=None, progress: bool = False,
+                   models=None) -> dict:
     """Evaluate a BOP'19 results CSV on a BOP split.
 
     Args:
@@ -88,6 +89,9 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
         renderer: a ``mrcnet.runtime.render.Renderer`` (created when None and VSD is asked, and
             then released on return or on an error).
         progress: tqdm progress bar over the images.
+        models: the models folder of the errors (name inside ``data_dir`` or a path); default
+            ``models_eval`` when the dataset has it, else ``models``
+            (:func:`mrcnet.runtime.datasets.eval_models_dir`).
     Returns:
         dict: ``AR``, ``AR_VSD``, ``AR_MSSD``, ``AR_MSPD`` (in [0, 1]), ``recalls`` (per metric:
         VSD as [tau][threshold], others [threshold]), ``per_object`` (``{obj_id: {AR, AR_VSD,
@@ -99,7 +103,7 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
         EvalError / mrcnet.data.bop.BopFormatError: unusable inputs, naming the file.
     """
     metrics = check_metrics(metrics)
-    inputs = load.load_inputs(data_dir, results, split, split_type, targets, params)
+    inputs = load.load_inputs(data_dir, results, split, split_type, targets, params, models)
     th = thresholds(params)
     tally = scores.Tally(th)
     keys = sorted(inputs.per_image)
@@ -109,8 +113,8 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
     ds = inputs.dataset
     return scores.report(
         tally, metrics, params,
-        inputs={"data": str(Path(data_dir)), "split": ds.split_dir.name, "results": str(results),
-                "targets": inputs.targets_source, "models": str(ds.models_dir)},
+        inputs={"data": str(inputs.root), "split": ds.split_dir.name, "results": str(results),
+                "targets": inputs.targets_source, "models": str(inputs.models_dir)},
         counts={"images": len(keys), "targets": len(inputs.targets),
                 "instances_to_find": int(sum(tally.n_valid.values())),
                 "estimates_in_file": len(inputs.rows),

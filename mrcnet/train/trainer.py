@@ -82,6 +82,7 @@ class TrainConfig:
     bg_prob: float = 0.8  # background replacement probability for the instances bg_rule selects
     bg_rule: str = "official"  # mrcnet.data.samples.BG_RULES
     backgrounds: str | None = None  # folder of background images (default: images of the split)
+    models: str | None = None  # models folder (name in data, or path); default: the dataset preset's for the split
     box_map_mode: str = "centred"  # mrcnet.data.samples.BOX_MAP_MODES
     val_box_jitter: float = 0.0  # > 0: also validate with jittered boxes (a share of the box size)
     augment: bool = True  # zoom-in, in-plane rotation, colour and background (False: plain crops)
@@ -406,7 +407,8 @@ def train(cfg: TrainConfig) -> dict:
                          augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
                          color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
-                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
+                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode,
+                         models=cfg.models, dataset=cfg.dataset)
     obj_ids = ds.obj_ids
     sampler = BlockSampler(ds, cfg.batch_size, world, rank, cfg.seed)
     steps_per_epoch = sampler.steps

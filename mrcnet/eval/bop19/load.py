@@ -2,7 +2,8 @@
 
 - Targets: ``test_targets_bop19.json`` (``{scene_id, im_id, obj_id, inst_count}``) of the split, or
   derived from the annotations when the file is absent (instances with ``visib_fract >= 0.1``).
-- Models: the vertices of ``models_eval/`` when the dataset has it, else ``models/`` (mm), with
+- Models: the vertices of ``models_eval/`` when the dataset has it, else ``models/`` (or the
+  ``models`` argument, ``mrcnet-eval --models``; :func:`mrcnet.runtime.datasets.eval_models_dir`) (mm), with
   the symmetries of ``models_info.json`` (continuous ones sampled every ``max_sym_disc_step``).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from mrcnet.data import bop
 from mrcnet.eval import pose_errors as pe
+from mrcnet.runtime.datasets import DatasetPathError, eval_models_dir, find_dataset
 from mrcnet.runtime.render import load_mesh
 
 from .params import Bop19Params, EvalError
@@ -39,6 +41,8 @@ class EvalInputs:
     """Everything read before the per-image loop."""
 
     dataset: bop.BopDataset
+    root: Path  # the dataset folder as found (a bare name looked up in $BOP_PATH)
+    models_dir: Path  # the models folder of the errors, as found (for the report)
     targets: list  # [{scene_id, im_id, obj_id, inst_count}]
     targets_source: str  # the targets file, or how they were derived
     per_image: dict  # {(scene_id, im_id): {obj_id: inst_count}}
@@ -60,18 +64,16 @@ class ImageTruth:
     height: int  # px
 
 
-def models_name(root: Path) -> str:
-    """The models folder of the evaluation, relative to the dataset folder (as ``BopDataset``
-    takes it): ``models_eval`` when the dataset has it, else ``models``."""
-    return "models_eval" if (root / "models_eval" / "models_info.json").is_file() else "models"
-
-
-def open_dataset(data_dir, split: str, split_type: Optional[str]) -> bop.BopDataset:
-    """The split of a dataset folder, strict (EvalError when the folder is missing)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise EvalError(f"dataset folder not found: {root}")
-    return bop.BopDataset(root, split, split_type=split_type, models=models_name(root), strict=True)
+def open_dataset(data_dir, split: str, split_type: Optional[str], models=None) -> tuple[bop.BopDataset, Path, Path]:
+    """(the split of the dataset, strict; the dataset folder; the models folder of the errors), both
+    folders as found (EvalError when one is missing)."""
+    try:
+        root = find_dataset(data_dir)
+        models_dir = eval_models_dir(root, models)
+    except DatasetPathError as e:
+        raise EvalError(str(e)) from None
+    ds = bop.BopDataset(root, split, split_type=split_type, models=str(models_dir.resolve()), strict=True)
+    return ds, root, models_dir
 
 
 def load_targets(ds: bop.BopDataset, targets_path) -> tuple[list[dict], str]:
@@ -154,13 +156,14 @@ def load_models(ds: bop.BopDataset, obj_ids, max_sym_disc_step: float) -> dict:
 
 
 def load_inputs(data_dir, results, split: str, split_type: Optional[str], targets,
-                params: Bop19Params) -> EvalInputs:
+                params: Bop19Params, models=None) -> EvalInputs:
     """Dataset, targets, results and target models, checked (EvalError naming the file)."""
-    ds = open_dataset(data_dir, split, split_type)
+    ds, root, models_dir = open_dataset(data_dir, split, split_type, models)
     target_list, source = load_targets(ds, targets)
     rows, groups = load_estimates(results)
-    models = load_models(ds, {t["obj_id"] for t in target_list}, params.max_sym_disc_step)
-    return EvalInputs(ds, target_list, source, targets_per_image(target_list), rows, groups, models)
+    obj_models = load_models(ds, {t["obj_id"] for t in target_list}, params.max_sym_disc_step)
+    return EvalInputs(ds, root, models_dir, target_list, source, targets_per_image(target_list), rows, groups,
+                      obj_models)
 
 
 def load_image_truth(ds: bop.BopDataset, scene_id: int, im_id: int, with_depth: bool) -> ImageTruth:
