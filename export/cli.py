@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 
 from mrcnet.runtime.cliopts import cli_message
+from mrcnet.runtime.assets import DEMO_EXPORT_DIR
 
 from .exporter import (BACKENDS, DEMO_DATASET, PRECISIONS, ExportError, ExportResult, dataset_models_dir,
-                       default_checkpoint, default_models_dir, official_checkpoint)
+                       default_checkpoint, default_models_dir, export_checkpoint, official_checkpoint)
+from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
 
 
 #: export_checkpoint's parameters -> this command's flags (where they differ from --<name>)
@@ -82,12 +84,8 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
     if out_dir is None:
         if checkpoint is not None:
             raise click.UsageError("missing --out DIR (the export directory to write)")
-        from mrcnet.runtime.manifest import DEMO_EXPORT_DIR
-
         out_dir = Path(f"export_{dataset.lower()}") if official else DEMO_EXPORT_DIR
     if engines_only:
-        from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
-
         try:
             entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
         except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
@@ -95,7 +93,7 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
             sys.exit(2)
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
-    from .exporter import export_checkpoint  # torch from here on (--engines-only above runs without it)
+    # imports torch (--engines-only above runs without it)
     from mrcnet.model.subset import SubsetError, parse_object_ids
     from .quantize import CalibrationError
 

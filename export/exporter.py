@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet import __version__
+from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
 from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
+from mrcnet.runtime.preprocess import BOX_RULES
+from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render.mesh import MeshError, load_mesh
 
 from .manifest import (
     CLASSIFIER_ONNX,
@@ -29,6 +36,7 @@ from .manifest import (
     sha256_file,
     write_manifest,
 )
+from .tensorrt import EngineBuildError, TensorRTUnavailable, build_engines, check_precision, check_tensorrt
 
 BACKENDS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -55,15 +63,11 @@ def as_export_error(e: Exception) -> ExportError:
 
 def default_checkpoint() -> Path:
     """The shipped demo model's checkpoint (``mrcnet.runtime.manifest.DEMO_CHECKPOINT``)."""
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
-
     return DEMO_CHECKPOINT
 
 
 def default_models_dir() -> Path:
     """The shipped demo's BOP models (``mrcnet.runtime.manifest.DEMO_MODELS``)."""
-    from mrcnet.runtime.manifest import DEMO_MODELS
-
     return DEMO_MODELS
 
 
@@ -86,8 +90,6 @@ def dataset_models_dir(dataset: str, env=None) -> Path:
     """The models folder the dataset renders with in the BOP root (``$BOP_PATH/<dataset>/``, the
     preset's folder, e.g. T-LESS ``models_cad``: :func:`mrcnet.runtime.datasets.render_models_dir`);
     :class:`ExportError` (one line: where it looked, what to pass) when it is not there."""
-    from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
-
     try:
         return render_models_dir(find_dataset(dataset, env=env), dataset, None)
     except DatasetPathError as e:
@@ -118,6 +120,7 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
     its BOP ids).
     """
+    # torch-backed: importing the exporter stays torch-free (mrcnet-export --engines-only)
     from mrcnet.checkpoint import CheckpointError, CheckpointFileError, load_checkpoint
 
     path = Path(checkpoint)
@@ -147,8 +150,6 @@ def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
     """The models folder holds a valid ``obj_XXXXXX.ply`` for each of ``obj_ids``: each mesh is
     loaded (:func:`mrcnet.runtime.render.mesh.load_mesh`), so one without faces, with NaN vertices
     or with bad face indices raises ExportError here, not later on the device."""
-    from mrcnet.runtime.render.mesh import MeshError, load_mesh
-
     src = Path(models_dir)
     if not src.is_dir():
         raise ExportParameterError("models_dir", f"folder not found: {src}")
@@ -207,7 +208,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
                       parity_detections: int = 2, progress: Callable[[str], None] | None = None,
-                      box_rule: str | None = None, crops_per_detection: int = 4) -> ExportResult:
+                      box_rule: str | None = None, crops_per_detection: int = TTA_GROUP) -> ExportResult:
     """Export a checkpoint to ``out_dir`` (see the module docstring).
 
     dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
@@ -219,9 +220,9 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     checkpoints); crops_per_detection: the TTA group (4 in-plane rotations, the BatchNorm group of
     a detection; 1 = one crop per detection, ONNX only). Raises :class:`ExportError` (one line).
     """
-    from mrcnet import __version__
-    from mrcnet.checkpoint import normalise_fov_variant
+    from mrcnet.checkpoint import normalise_fov_variant  # torch-backed, as in load_model
 
+    # torch-backed, as in load_model
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
     from .optimize import optimize_for_export
     from mrcnet.model.subset import SubsetError, resolve_object_ids, subset_model
@@ -234,14 +235,14 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportParameterError("precision", f"{precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
         raise ExportParameterError("precision", "needs {backend} tensorrt (ONNX Runtime CPU graphs are fp32 or int8)", "fp16")
-    from mrcnet.runtime.preprocess import BOX_RULES
 
     if box_rule is not None and box_rule not in BOX_RULES:
         raise ExportParameterError("box_rule", f"{box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
         raise ExportParameterError("max_detections", "must be >= 1", max_detections)
-    if crops_per_detection not in (1, 4) or (crops_per_detection != 4 and backend != "onnx"):
-        raise ExportParameterError("crops_per_detection", "must be 4 (or 1 with {backend} onnx)", crops_per_detection)
+    if crops_per_detection not in (1, TTA_GROUP) or (crops_per_detection != TTA_GROUP and backend != "onnx"):
+        raise ExportParameterError("crops_per_detection", f"must be {TTA_GROUP} (or 1 with {{backend}} onnx)",
+                                   crops_per_detection)
     out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
     try:
         prepare_out_dir(out)
@@ -249,7 +250,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(str(e)) from None
     trt_missing = None
     if backend == "tensorrt":  # without TensorRT the precision graphs are written, engines built on the target
-        from .tensorrt import EngineBuildError, TensorRTUnavailable, check_precision, check_tensorrt
 
         try:
             check_precision(precision, check_tensorrt())
@@ -258,8 +258,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         except EngineBuildError as e:
             raise as_export_error(e) from None
     if dataset is not None:
-        from mrcnet.runtime.presets import get_dataset
-
         try:
             get_dataset(dataset)
         except KeyError as e:
@@ -308,6 +306,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     extras = {}
     if backend == "onnx" and precision == "int8":
+        # imports onnx (the train extra): importing the exporter must not (--engines-only on a Jetson)
         from .quantize import calibration_feeds, quantize_graphs, quant_agreement
 
         calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
@@ -320,8 +319,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         extras["onnx_fp32"] = {"classifier": CLASSIFIER_ONNX, "regressor": REGRESSOR_ONNX}
         extras["calibration"] = calib.describe()
     elif backend == "tensorrt":
-        from .tensorrt import EngineBuildError, build_engines
-
         graphs = {"fp32": paths}
         if precision != "fp32":
             graphs[precision], res.parity[f"onnxruntime_{precision}_graph"], calib = precision_graphs(
@@ -362,10 +359,11 @@ def precision_graphs(model, manifest, paths, precision: str, feeds, out_dir, *, 
     float32 stand-in that rounds to float16 at the same points (ONNX Runtime CPU lacks float16
     kernels), on ``feeds``. int8: calibration crops (``calib_data`` or synthetic renderings) and
     TensorRT-style symmetric QDQ (``<graph>.trt-int8.onnx``), checked on the held-out detections."""
-    from .quantize import calibration_feeds, quant_agreement, quantize_graphs
+    from .quantize import calibration_feeds, quant_agreement, quantize_graphs  # imports onnx, as above
 
     say = progress or (lambda msg: None)
     if precision == "fp16":
+        # onnx: the train extra (this module is imported on a Jetson for --engines-only)
         from .fp16 import convert_graphs
 
         out = convert_graphs(paths)

@@ -26,6 +26,7 @@ Torch-free; needs the ``onnx`` package.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

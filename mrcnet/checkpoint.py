@@ -31,8 +31,12 @@ from typing import Any, Mapping
 
 import torch
 
+from mrcnet.geometry import BinTables
+from mrcnet.model import MRCNet, ModelConfig, get_config
 from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.preprocess import BOX_RULES, FOV_VARIANTS
 from mrcnet.runtime.presets import DATASETS, get_dataset
 
 log = logging.getLogger(__name__)
@@ -172,13 +176,10 @@ def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
     return preset.name, preset.obj_ids, preset.depth_range  # type: ignore[return-value]
 
 
-def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = 4):
+def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = TTA_GROUP):
     """A model (eval mode) built around the tensors of a model-format state dict, without a random
     initialisation (built on the meta device, then the tensors assigned); the number of objects
     is read from ``sd``. Raises :class:`CheckpointError` on any key or shape mismatch."""
-    from mrcnet.geometry import BinTables
-    from mrcnet.model import MRCNet, get_config
-
     cfg = get_config(cfg)
     if N_OBJ_KEY not in sd:
         raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
@@ -218,7 +219,7 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
 
 
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
-                    bn_group: int = 4, obj_ids=None):
+                    bn_group: int = TTA_GROUP, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
 
     path: ``.pth`` file; dataset: dataset preset name (depth range, object ids) - required for an
@@ -243,8 +244,6 @@ def model_from_checkpoint(ckpt: Mapping, dataset: str | None = None, preset=None
     """:func:`load_checkpoint` on a checkpoint dict already read (``{'network': state_dict, ...}``
     or a bare state dict); ``name`` is used in messages. Meta-device tensors give a meta-device
     model (``device='meta'``): every key and shape checked without the memory."""
-    from mrcnet.model import ModelConfig, get_config
-
     if "network" in ckpt:
         sd = ckpt["network"]
     elif N_OBJ_KEY in ckpt:
@@ -297,8 +296,6 @@ def checkpoint_box_rule(meta: Mapping, source: str) -> str:
     """How detections become crop squares for a checkpoint (``mrcnet.runtime.preprocess.BOX_RULES``):
     its metadata's ``box_rule`` if any, else ``'official'`` for an official checkpoint (bit-parity
     with the official results needs the official truncation and caps) and ``'clip'`` otherwise."""
-    from mrcnet.runtime.preprocess import BOX_RULES
-
     rule = str(meta.get("box_rule") or ("official" if source == "official" else "clip"))
     if rule not in BOX_RULES:
         raise CheckpointError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
@@ -349,8 +346,6 @@ def normalise_fov_variant(name: str) -> str:
     """The fov variant in the runtime's vocabulary (``mrcnet.runtime.preprocess.FOV_VARIANTS``):
     ``'inference'`` (the official inference, offsets from the box centre) or ``'training'``;
     ``'official'`` (older project checkpoints) means ``'inference'``."""
-    from mrcnet.runtime.preprocess import FOV_VARIANTS
-
     name = {"official": "inference"}.get(str(name), str(name))
     if name not in FOV_VARIANTS:
         raise CheckpointError(f"unknown fov variant {name!r}; expected one of {FOV_VARIANTS}")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
+from mrcnet.runtime.render import Renderer
+
+from . import bop
+from . import objects as objs
+from .lookalike import write_lookalike
+from .scenes import SceneConfig, default_image_size, default_K, generate_scenes
+from .video import generate_video
+from .yolo import write_yolo_dataset
 
 
 def _device(value):
@@ -21,8 +30,6 @@ def _device(value):
 def _camera(width, height, fx, fy, cx, cy):
     """(width, height, K (3, 3)) from the options; defaults from the ``synth`` preset and
     ``scenes.default_K``."""
-    from .scenes import default_image_size, default_K
-
     if width is None or height is None:
         dw, dh = default_image_size()
         width, height = width or dw, height or dh
@@ -75,8 +82,6 @@ def main():
 @click.option("--render-device", "device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
 @deprecated_alias("--device", "--render-device", "device")
 def objects(count, out, seed, families, check, device):
-    from . import objects as objs
-
     _out_dir(out)
     t0 = time.perf_counter()
     fams = [f.strip() for f in families.split(",")] if families else None
@@ -86,9 +91,6 @@ def objects(count, out, seed, families, check, device):
         raise click.ClickException(str(e))
     all_ious: list = []
     if check:
-        from pathlib import Path
-
-        from mrcnet.runtime.render import Renderer
         r = Renderer(_device(device))
         for p in parts:
             r.add_object(p.obj_id, Path(out) / "models" / f"obj_{p.obj_id:06d}.ply")
@@ -136,11 +138,6 @@ def objects(count, out, seed, families, check, device):
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
            distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .scenes import SceneConfig, generate_scenes
-
     if images is None:
         raise click.UsageError("Missing option '--count' / '-n' (images to render).")
     width, height, K = _camera(width, height, fx, fy, cx, cy)
@@ -182,11 +179,6 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
 @deprecated_alias("--device", "--render-device", "device")
 def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
           backgrounds, seed, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .video import generate_video
-
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     try:
@@ -210,11 +202,6 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
 @click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 @deprecated_alias("--device", "--render-device", "device")
 def lookalike(dataset, out, images, seed, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .lookalike import write_lookalike
-
     _out_dir(out)
     try:
         r = write_lookalike(dataset, out, n_images=images, seed=seed, renderer=Renderer(_device(device)))
@@ -241,9 +228,6 @@ def lookalike(dataset, out, images, seed, device):
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def yolo(scenes, out, split, models, min_visib, val_fraction, obj_ids, overwrite, quiet):
-    from . import bop
-    from .yolo import write_yolo_dataset
-
     try:
         ids = [int(v) for v in obj_ids.split(",") if v.strip()] if obj_ids else None
     except ValueError:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render import Renderer
 
 from . import bop, objects, scenes
 
@@ -64,7 +65,6 @@ def write_lookalike(dataset: str, out, n_images: int = 2, seed: int = 0, objects
     if root.exists():
         raise ValueError(f"{root}: already exists; remove it or pick another folder")
     if renderer is None:
-        from mrcnet.runtime.render import Renderer
         renderer = Renderer()
     with tempfile.TemporaryDirectory(dir=out if out.is_dir() else None) as tmp:
         tmp = Path(tmp)

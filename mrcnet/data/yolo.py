@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 import yaml
+from tqdm import tqdm
 
 from mrcnet.runtime.detectors.base import DATA_YAML_OBJ_IDS
 from mrcnet.runtime.errors import ParameterError
@@ -100,8 +101,6 @@ def write_yolo_dataset(scenes, out, *, split: str | None = None, models: str = "
     :raises bop.BopFormatError: a malformed split (one line naming the file), a scene without
         ``scene_gt_info.json``.
     """
-    from tqdm import tqdm
-
     if not 0.0 <= val_fraction < 1.0:
         raise ParameterError("val_fraction", "expected 0 <= fraction < 1", val_fraction)
     t0 = time.perf_counter()

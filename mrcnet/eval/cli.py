@@ -6,6 +6,12 @@ from pathlib import Path
 import click
 
 from mrcnet.runtime.cliopts import deprecated_alias
+from mrcnet.runtime.datasets import DatasetPathError, find_dataset
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
+from mrcnet.runtime.render import MeshError, RenderContextError
+
+from .bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, format_markdown, write_report
 
 
 def split_options(f):
@@ -43,14 +49,6 @@ def split_options(f):
 def main(data_dir, split, split_type, results, out_dir, targets, models, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""
-    from mrcnet.runtime.datasets import DatasetPathError, find_dataset
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .bop_eval import (Bop19Params, EvalError, default_vsd_delta, evaluate_bop19,
-                           format_markdown, write_report)
-
     try:
         data_dir = find_dataset(data_dir)
     except DatasetPathError as e:

@@ -37,9 +37,21 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from mrcnet.runtime.datasets import DatasetPathError, find_dataset, render_models_dir
+from mrcnet.data import bop
+from mrcnet.runtime.backends import BackendError, create_backend
+from mrcnet.runtime.datasets import DatasetPathError, dataset_name, find_dataset, render_models_dir
+from mrcnet.runtime.detections import Detection
 from mrcnet.runtime.errors import ParameterError
+from mrcnet.runtime.formats.bop import (DEFAULT_METHOD, RESULTS_HEADER, bop_results_name, format_result_row,
+                                       load_bop_results)
+from mrcnet.runtime.formats.files import check_out_file
+from mrcnet.runtime.geometry import rotation_angle_deg
+from mrcnet.runtime.manifest import ManifestError, build_manifest, load_manifest, precision_problem
+from mrcnet.runtime.pipeline import Pipeline, STAGES
+from mrcnet.runtime.preprocess import InputError
+from mrcnet.runtime.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +88,7 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     The fov variant is put in the runtime's words (:func:`mrcnet.checkpoint.normalise_fov_variant`);
     ``n_rot`` = ``bn_group`` = the model's BatchNorm group (4 = one TTA group per detection).
     """
-    from mrcnet.checkpoint import normalise_fov_variant
-    from mrcnet.runtime.manifest import build_manifest
+    from mrcnet.checkpoint import normalise_fov_variant  # imports torch; an export directory is evaluated torch-free
 
     meta = dict(getattr(torch_model, "meta", None) or {})
     obj_ids = meta.get("obj_ids") or list(range(1, torch_model.n_obj + 1))
@@ -114,8 +125,8 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         if backend not in (None, "torch"):
             raise InferParameterError("model", "a checkpoint runs on {backend} torch only; "
                                       f"export it (mrcnet-export) to run on {backend}", path)
-        from mrcnet.checkpoint import CheckpointError
-        from mrcnet.inference import TorchBackend
+        from mrcnet.checkpoint import CheckpointError  # torch-backed, as above
+        from mrcnet.inference import TorchBackend  # torch-backed, as above
 
         try:
             be = TorchBackend.from_checkpoint(path, dataset=dataset, device=device)
@@ -125,8 +136,6 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
             raise InferParameterError("model", "a checkpoint needs the dataset's models folder for rendering", path)
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
-    from mrcnet.runtime.backends import BackendError, create_backend
-    from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
         raise InferParameterError("model", "{backend} torch needs a .pth checkpoint, not an export directory", path)
@@ -150,14 +159,10 @@ def results_path(out, data_root, model, split: str, dataset: Optional[str] = Non
     T-LESS's ``test_primesense`` results ``tless-test``, also when ``split`` is the whole folder name). The dataset: ``dataset``, else
     the data folder's name when it names a preset, else an export's manifest dataset, else the
     folder's name. Raises :class:`InferError` for a name BOP cannot parse."""
-    from mrcnet.runtime.datasets import dataset_name
-    from mrcnet.runtime.formats.bop import DEFAULT_METHOD, bop_results_name
-
     if out is not None and Path(out).suffix.lower() == ".csv":
         return Path(out)
     name = dataset_name(data_root, dataset)
     if name is None and Path(model).is_dir():
-        from mrcnet.runtime.manifest import ManifestError, load_manifest
         try:
             name = load_manifest(model).dataset or None
         except ManifestError:
@@ -183,8 +188,6 @@ def select_detections(rec, targets: Sequence[dict], detections: Optional[Sequenc
     detection of its objects; BOP's evaluation keeps the best-scored estimates).
     Returns ([Detection (box xyxy px)], [(obj_id, missing count)]).
     """
-    from mrcnet.runtime.detections import Detection
-
     out, missing = [], []
     for t in targets:
         oid, n = int(t["obj_id"]), int(t["inst_count"])
@@ -269,8 +272,6 @@ class ResumableResultsWriter:
     """
 
     def __init__(self, path, settings: dict, resume: bool = True):
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.progress = self.path.with_name(self.path.name + PROGRESS_SUFFIX)
@@ -295,8 +296,6 @@ class ResumableResultsWriter:
     def _read_progress(self) -> Optional[int]:
         """Finished images of the previous run (into ``done``) and the CSV size after the last one;
         None when the log is unreadable or inconsistent (the run starts afresh)."""
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         lines = self.progress.read_text(encoding="utf8").splitlines()
         try:
             head = json.loads(lines[0])["settings"]
@@ -323,8 +322,6 @@ class ResumableResultsWriter:
     def write_image(self, scene_id: int, im_id: int, rows: Sequence[dict]) -> None:
         """Append the rows (``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time s}``) of one
         image, flush, then record the image as done."""
-        from mrcnet.runtime.formats.bop import format_result_row
-
         if rows:
             self._csv.write("".join(format_result_row(r) + "\n" for r in rows).encode("ascii"))
         self._csv.flush()
@@ -377,14 +374,6 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     file, or a folder (None: ``results``) for BOP's name with ``method`` (:func:`results_path`).
     Returns :class:`InferSummary`; raises :class:`InferError` / ``BopFormatError`` naming the input.
     """
-    from tqdm import tqdm
-
-    from mrcnet.data import bop
-    from mrcnet.runtime.formats.files import check_out_file
-    from mrcnet.runtime.manifest import ManifestError
-    from mrcnet.runtime.pipeline import STAGES, Pipeline
-    from mrcnet.runtime.preprocess import InputError
-
     say = report or (lambda msg: log.warning("%s", msg))
     t_start = time.perf_counter()
     try:
@@ -432,7 +421,6 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 "all_detections": bool(all_detections)}
     summary = InferSummary(out=str(out), backend=be.name, model=str(model), unknown_targets=unknown)
     if renderer is None:
-        from mrcnet.runtime.render import Renderer
         renderer = Renderer()
     try:
         pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
@@ -499,9 +487,6 @@ def compare_results(reference, other, max_deg: float = 1.0, max_mm: float = 1.0)
     with rotation angle < max_deg degrees and translation distance < max_mm mm), "rot_deg"
     {median, max}, "trans_mm" {median, max}}``.
     """
-    from mrcnet.runtime.formats.bop import load_bop_results
-    from mrcnet.runtime.geometry import rotation_angle_deg
-
     def keyed(rows):
         out: dict = {}
         for r in rows:

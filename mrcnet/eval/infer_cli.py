@@ -7,8 +7,12 @@ import json
 import click
 
 from mrcnet.runtime.cliopts import cli_message, deprecated_alias
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
+from mrcnet.runtime.render import MeshError, RenderContextError
 
 from .cli import split_options
+from .infer import InferError, infer_split
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,12 +52,6 @@ from .cli import split_options
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, method, models,
          all_detections, dataset, device, threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .infer import InferError, infer_split
-
     try:
         if summary_path:
             check_out_file(summary_path, "--summary")

@@ -33,7 +33,7 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 def _ort():
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: the cpu / gpu extra (gpu-trt11 has none)
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise BackendError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
     return ort

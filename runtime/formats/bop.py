@@ -422,7 +422,7 @@ def save_test_targets(path, targets: Iterable[dict]) -> None:
 
 def encode_rle(mask: np.ndarray) -> dict:
     """(H, W) bool mask -> compressed COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the train extra (RLE masks)
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
@@ -430,7 +430,7 @@ def encode_rle(mask: np.ndarray) -> dict:
 def decode_rle(rle: dict) -> np.ndarray:
     """COCO RLE (compressed string counts, or the uncompressed list of counts the BOP toolkit
     writes) -> (H, W) bool mask."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the train extra (RLE masks)
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):
