@@ -109,6 +109,9 @@ def prepare_out_dir(path, option: str = "--out") -> Path:
     p = Path(os.fspath(path))
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p}: exists and is not a folder")
+    blocking = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{option} {p}: cannot create the folder ({blocking} is a file, not a folder)")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
