@@ -4,7 +4,7 @@ which sets up the offline packages first).
 Steps (each timed; status ``pass`` / ``fail`` / ``skipped`` with the reason):
 
 1. ``environment``: Python, torch and its CUDA, the GPU, the EGL devices, the renderer picked.
-2. ``render_golden``: the renderer's golden tests (``tests/test_golden_render.py``) on the renderer's
+2. ``render_golden``: the renderer's golden tests (``tests/runtime/render/test_golden_render.py``) on the renderer's
    default device: the NVIDIA EGL device of CUDA device 0 (fails when it falls back to llvmpipe
    on a GPU machine).
 3. ``cuda_roundtrip``: host -> device -> host through the runtime's CUDA wrapper (``CudaApi``:
@@ -89,7 +89,7 @@ def step_render_golden(ctx) -> dict:
 
     name = Renderer().description
     out = {"renderer": name}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden_render.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/runtime/render/test_golden_render.py"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     out["pytest"] = (r.stdout.strip().splitlines() or [""])[-1]
     if r.returncode != 0:
@@ -256,7 +256,7 @@ def step_gpu_tests(ctx) -> dict:
     except ImportError:
         raise Skip(f"{', '.join(have)} import, but onnx (needed by the tests) does not") from None
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                        "tests/test_tensorrt.py", "tests/test_runtime.py", "tests/test_gpu_runtime.py"],
+                        "tests/export/test_tensorrt.py", "tests/runtime/test_runtime.py", "tests/runtime/test_gpu_runtime.py"],
                        cwd=ROOT, capture_output=True, text=True, timeout=400)
     last = (r.stdout.strip().splitlines() or [""])[-1]
     if r.returncode not in (0, 5):

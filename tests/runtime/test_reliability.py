@@ -250,7 +250,7 @@ def test_sigterm_is_handled_like_ctrl_c(export_dir, tmp_path):
 
     old = signal.getsignal(signal.SIGTERM)
     # sequential: the signal interrupts frame 2 (pipelined runs finish the frames in flight:
-    # tests/test_realtime.py)
+    # tests/runtime/test_realtime.py)
     s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False,
                    pipelined=False)
     assert signal.getsignal(signal.SIGTERM) == old  # restored
