@@ -44,6 +44,8 @@ from .pipeline import FrameResult, Pipeline, PreparedFrame
 from .preprocess import InputError
 from .preview import Preview, preview_problem
 from .realtime import LatestFrameReader, RateMeter
+from .render import Renderer
+from .render.context import software_fallback_warning
 from .run_summary import RunSummary
 from .signals import Terminated, sigterm_as_interrupt, signals_set
 from .stages import run_stages
@@ -124,11 +126,6 @@ def make_renderer(device=None):
     device 0, the backends' GPU, else EGL device 0; an EGL index; "cuda:K"; "cpu"), its context
     created now; warns once (stderr) when it renders on the CPU of a GPU machine. RuntimeError
     with one line if unavailable."""
-    try:  # the renderer (moderngl, EGL) is optional: only a run that renders needs it
-        from .render import Renderer
-        from .render.context import software_fallback_warning
-    except ImportError as e:
-        raise RuntimeError(f"renderer unavailable ({e})") from None
     try:
         device = int(device) if isinstance(device, str) and device.strip().isdigit() else device
         r = Renderer(device=device)
