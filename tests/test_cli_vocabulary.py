@@ -151,9 +151,8 @@ def test_no_progress_is_a_hidden_alias_of_quiet(tmp_path, capsys, script):
     assert "--no-progress" not in cmd.get_help(click.Context(cmd))
 
 
-#: library modules whose errors are still written in their CLI's flags (to do: ParameterError there
-#: and cli_message in the CLI): the run loop moved out of runtime/cli.py, which prints RunError as is
-NOT_YET = {"runtime/runner.py"}
+#: library modules whose errors are still written in their CLI's flags (none left)
+NOT_YET: set = set()
 
 
 def _library_files():

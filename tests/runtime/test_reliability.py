@@ -224,7 +224,7 @@ def test_rerun_into_an_earlier_run_is_refused_then_resumed(export_dir, tmp_path)
     before = (out / "poses.jsonl").read_bytes()
     with open(out / "poses.jsonl", "ab") as f:
         f.write(b'{"frame": 3, "na')  # a torn last line (killed mid-write)
-    with pytest.raises(runner.RunError, match="--resume to continue it or --overwrite"):
+    with pytest.raises(runner.RunError, match="resume to continue it or overwrite"):
         runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False)
     assert (out / "poses.jsonl").read_bytes().startswith(before)  # untouched
     s2 = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, bop_csv=True, progress=False,
