@@ -108,6 +108,8 @@ def variant_graphs(work: Path, paths, cal, options: dict) -> dict[str, Path]:
 
 
 def sessions(paths, threads: int, config: dict, opt_dir: Path | None = None, profile: str | None = None):
+    """ORT CPU sessions {graph: session}; ``opt_dir``: ORT writes the optimised graphs there
+    (``<graph>.opt.onnx``)."""
     out = {}
     for g, p in paths.items():
         so = ort.SessionOptions()
@@ -115,19 +117,20 @@ def sessions(paths, threads: int, config: dict, opt_dir: Path | None = None, pro
         for k, v in config.items():
             so.add_session_config_entry(k, v)
         if opt_dir is not None:
-            so.optimized_model_filepath = str(opt_dir / f"{Path(p).stem}.opt.onnx")
+            so.optimized_model_filepath = str(opt_dir / f"{g}.opt.onnx")
         if profile:
             so.enable_profiling, so.profile_file_prefix = True, f"{profile}-{g}"
         out[g] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
     return out
 
 
-def op_counts(opt_dir: Path, paths) -> dict[str, int]:
+def op_counts(opt_dir: Path) -> dict[str, int]:
+    """{op type: count} over the optimised graphs ORT wrote to ``opt_dir``."""
     import onnx
 
     c: dict[str, int] = {}
-    for p in paths.values():
-        for n in onnx.load(str(opt_dir / f"{Path(p).stem}.opt.onnx"), load_external_data=False).graph.node:
+    for g in GRAPHS:
+        for n in onnx.load(str(opt_dir / f"{g}.opt.onnx"), load_external_data=False).graph.node:
             c[n.op_type] = c.get(n.op_type, 0) + 1
     return c
 
@@ -161,6 +164,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variant names")
     ap.add_argument("--profile", action="store_true", help="per op class kernel-time shares (one profiled call)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another --work folder (e.g. an export with the ReduceMean normalisation form): its FP32 "
+                         "and default int8 graphs join the round-robin as two more rows")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -173,13 +179,21 @@ def main() -> None:
     if len(cal.held_out["crops"]) < n:
         raise SystemExit(f"--detections {a.detections}: only {len(cal.held_out['crops']) // 4} held-out detections")
     feeds = {k: v[:n] for k, v in cal.held_out.items()}
-    opt_dir = a.work / "optimized"
-    opt_dir.mkdir(exist_ok=True)
     graphs = {"fp32": (paths, {})}
+    if a.baseline is not None:
+        graphs["fp32 (baseline)"] = ({g: a.baseline / f"{g}.onnx" for g in GRAPHS}, {})
+        graphs["u8s8 default (baseline)"] = ({g: a.baseline / f"{g}.default.int8.onnx" for g in GRAPHS}, {})
+        missing = [str(f) for v in ("fp32 (baseline)", "u8s8 default (baseline)") for f in graphs[v][0].values()
+                   if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--baseline: missing {missing}")
     for v in names:
         options, config = VARIANTS[v]
         graphs[v] = (variant_graphs(a.work, paths, cal, dict(options)), config)
-    sess = {v: sessions(p, a.threads, c, opt_dir) for v, (p, c) in graphs.items()}
+    opt_dirs = {v: a.work / "optimized" / f"v{i}" for i, v in enumerate(graphs)}
+    for d in opt_dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    sess = {v: sessions(p, a.threads, c, opt_dirs[v]) for v, (p, c) in graphs.items()}
     outs, times = {}, {v: [] for v in graphs}
     for v, s in sess.items():  # warm-up
         outs[v] = run_ort(s, feeds)
@@ -197,7 +211,7 @@ def main() -> None:
     for v, (p, c) in graphs.items():
         med = float(np.median(times[v]))
         row = {"variant": v, "ms_per_det": 1e3 * med / a.detections, "speedup_vs_fp32": base / med,
-               "ops": {k: op_counts(opt_dir, p).get(k, 0) for k in COUNTED}}
+               "ops": {k: op_counts(opt_dirs[v]).get(k, 0) for k in COUNTED}}
         if v != "fp32":
             row["vs_fp32"] = output_agreement(outs["fp32"], outs[v])
         if a.profile:
