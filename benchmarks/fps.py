@@ -160,10 +160,16 @@ def export_model(model, out_dir: Path, models_dir: Path, *, bn_group: int = 4, i
 
         calib = calibration_feeds(model, man, None, count=calib_count, models_dir=out_dir / "models")
     if int8:
+        from mrcnet.export.optimize import condconv_form
         from mrcnet.export.quantize import quantize_graphs
 
         t0 = time.perf_counter()
-        quantize_graphs(paths, calib)
+        base = paths
+        if condconv_form(model.n_obj, int8=True) != condconv_form(model.n_obj):
+            # the int8 graphs come from the int8 export form, as ``mrcnet-export --precision int8`` makes them
+            base = export_onnx(optimize_for_export(copy.deepcopy(model), int8=True), out_dir / "int8_base", man)
+        for g, q in quantize_graphs(base, calib).items():
+            os.replace(q, out_dir / f"{g}.int8.onnx")
         say(f"quantised int8 graphs ({time.perf_counter() - t0:.1f} s)")
     for prec in trt_precisions:
         from mrcnet.export.tensorrt import build_engines

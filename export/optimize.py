@@ -37,6 +37,11 @@ from mrcnet.model import CondConv2d, GroupBatchNorm2d
 
 #: exports with at most this many objects use :class:`StackedCondConv2d` (``condconv="auto"``)
 STACKED_MAX_OBJECTS = 1
+#: the same for exports quantised to int8 (ONNX Runtime CPU): int8 QLinearConv runs the one-hot
+#: depthwise im2col of :class:`UnfoldCondConv2d` (groups = C, k^2 outputs per group) on a slow path;
+#: measured on the 3-object demo model, 4 detections: gather form fp32 2544 ms, int8 3890 ms;
+#: stacked form fp32 3066 ms, int8 1676 ms (ONNX Runtime 1.32, 2 threads, busy 2-core CPU)
+INT8_STACKED_MAX_OBJECTS = 3
 FORMS = ("auto", "stacked", "gather")
 NORM_FORMS = ("instance", "reduce")
 
@@ -113,26 +118,28 @@ class InstanceGroupBatchNorm2d(GroupBatchNorm2d):
         return y.transpose(1, 2).reshape(n, c, h, w)
 
 
-def condconv_form(n_obj: int, form: str = "auto") -> str:
+def condconv_form(n_obj: int, form: str = "auto", int8: bool = False) -> str:
     """The export form for ``n_obj`` objects: ``"stacked"`` or ``"gather"`` (``form="auto"``:
-    stacked up to :data:`STACKED_MAX_OBJECTS` objects)."""
+    stacked up to :data:`STACKED_MAX_OBJECTS` objects, :data:`INT8_STACKED_MAX_OBJECTS` for a
+    graph that will be quantised to int8)."""
     if form not in FORMS:
         raise ValueError(f"condconv form: {form!r} is not one of {FORMS}")
     if form == "auto":
-        return "stacked" if n_obj <= STACKED_MAX_OBJECTS else "gather"
+        return "stacked" if n_obj <= (INT8_STACKED_MAX_OBJECTS if int8 else STACKED_MAX_OBJECTS) else "gather"
     return form
 
 
-def optimize_for_export(model: nn.Module, condconv: str = "auto", norm: str = "instance") -> nn.Module:
+def optimize_for_export(model: nn.Module, condconv: str = "auto", norm: str = "instance",
+                        int8: bool = False) -> nn.Module:
     """Swap every :class:`CondConv2d` for its export form (:func:`condconv_form` of the model's
-    object count), in place: :class:`StackedCondConv2d`, or :class:`UnfoldCondConv2d` for k > 1 and
+    object count; ``int8``: the graph will be quantised for ONNX Runtime CPU), in place: :class:`StackedCondConv2d`, or :class:`UnfoldCondConv2d` for k > 1 and
     the module's own gather + matmul for k = 1; and (``norm="instance"``) every
     :class:`GroupBatchNorm2d` for :class:`InstanceGroupBatchNorm2d` (``"reduce"`` keeps the
     ReduceMean form). Returns ``model``; its state dict keys are unchanged."""
     if norm not in NORM_FORMS:
         raise ValueError(f"norm form: {norm!r} is not one of {NORM_FORMS}")
     conds = [m for m in model.modules() if isinstance(m, CondConv2d)]
-    form = condconv_form(conds[0].n_obj, condconv) if conds else None
+    form = condconv_form(conds[0].n_obj, condconv, int8) if conds else None
     for mod in list(model.modules()):
         for name, child in list(mod.named_children()):
             if norm == "instance" and type(child) is GroupBatchNorm2d:
