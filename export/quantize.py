@@ -16,10 +16,19 @@ detections (at least one) is held out for :func:`quant_agreement`.
 
 Quantisation (:func:`quantize_graphs`): ``onnxruntime.quantization.quantize_static``, QDQ format,
 Conv, MatMul and Gemm quantised, MinMax calibration over batches of one detection (4 crops:
-BatchNorm groups), in one of two styles (:data:`QUANT_STYLES`):
+BatchNorm groups), in one of two styles (:data:`QUANT_STYLES`; every key can be overridden per call):
 
 - ``onnxruntime`` (``<graph>.int8.onnx``, the ONNX Runtime CPU graph): uint8 activations with
-  zero points, int8 per-channel weights, int32 biases (U8S8, the VNNI path of x86 CPUs);
+  zero points, int8 per-channel weights, int32 biases (U8S8, the VNNI path of x86 CPUs). ONNX
+  Runtime fuses every ``DQ -> Conv -> Q`` into ``QLinearConv``, the heads into ``QGemm`` and the
+  correlations into ``QLinearMatMul`` (:func:`optimized_op_counts` shows it). Chosen by
+  measurement (``benchmarks/int8_variants.py``, AVX-512 VNNI CPU): int8 (S8S8) activations are not
+  fused on x86 unless the session sets ``session.qdqisint8allowed``, and then run 4x slower than
+  U8S8; per-tensor weights and 7-bit ranges (``reduce_range``) buy no speed with VNNI; quantising the
+  residual Adds / Concats as well (``residual_adds``) added Q/DQ pairs and error; the QOperator
+  format was slower. What stays float between the int8 convolutions is the batch-statistics
+  normalisation, exported as one InstanceNormalization per layer
+  (:class:`mrcnet.export.optimize.InstanceGroupBatchNorm2d`);
 - ``tensorrt`` (``<graph>.trt-int8.onnx``, TensorRT explicit quantisation): symmetric int8 (zero
   point 0) activations and per-channel weights, biases left in float32, Percentile (99.99 %)
   calibration; besides the pose geometry, the layers the fp16 graph keeps in float32

@@ -494,6 +494,9 @@ def test_condconv_form_choice(small_model):
     from mrcnet.export.optimize import StackedCondConv2d, UnfoldCondConv2d, condconv_form, optimize_for_export
 
     assert condconv_form(1) == "stacked" and condconv_form(3) == "gather" and condconv_form(3, "stacked") == "stacked"
+    # int8 graphs: the stacked form up to INT8_STACKED_MAX_OBJECTS (the one-hot im2col is slow in int8)
+    assert condconv_form(3, int8=True) == "stacked" and condconv_form(4, int8=True) == "gather"
+    assert condconv_form(2, "gather", int8=True) == "gather"
     with pytest.raises(ValueError, match="'fast'"):
         condconv_form(2, "fast")
     torch.manual_seed(5)
