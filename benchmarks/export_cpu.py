@@ -75,7 +75,7 @@ def main() -> None:
         obj_ids, depth = list(range(1, a.n_obj + 1)), (0.05, 1.7)
         model = build_model(a.n_obj, depth, a.preset).eval()
     exported = optimize_for_export(copy.deepcopy(model))  # as mrcnet-export does; ``model`` stays eager
-    n = 4 * a.detections
+    n = model.bn_group * a.detections  # crops: TTA_GROUP per detection
     res = {"preset": model.cfg.name, "n_obj": model.n_obj, "detections": a.detections, "threads": a.threads,
            "cpu": os.cpu_count()}
     with tempfile.TemporaryDirectory() as td:
@@ -83,7 +83,7 @@ def main() -> None:
         models = a.models or _box_models(td / "models", obj_ids)
         man = build_manifest(dataset="bench", preset=model.cfg.name, obj_ids=obj_ids, depth_range=depth,
                              bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size,
-                             bn_group=4, project_version="bench", checkpoint_sha256="")
+                             bn_group=model.bn_group, project_version="bench", checkpoint_sha256="")
         paths = export_onnx(exported, td, man, progress=print)
         cal = calibration_feeds(exported, man, a.calib_data, count=a.calib_count, models_dir=models, progress=print)
         qpaths = quantize_graphs(paths, cal, progress=print)

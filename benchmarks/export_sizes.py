@@ -24,8 +24,8 @@ from mrcnet.runtime.presets import get_dataset
 
 def export_and_measure(model, obj_ids, ds, out: Path) -> dict:
     man = build_manifest(dataset=ds.name, preset=model.cfg.name, obj_ids=obj_ids, depth_range=ds.depth_range,
-                         bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
-                         project_version="bench", checkpoint_sha256="")
+                         bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size,
+                         bn_group=model.bn_group, project_version="bench", checkpoint_sha256="")
     t0 = time.perf_counter()
     paths = export_onnx(model, out, man, progress=print)
     row = {"objects": len(obj_ids), "model_params": sum(p.numel() for p in model.parameters()),

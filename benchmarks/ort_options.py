@@ -69,7 +69,7 @@ def measure(model_dir: Path, detections: int, repeats: int, candidates: dict = C
     """{candidate: {"median_ms", "best_ms", "vs_baseline"}} for ``detections`` x 4 crops."""
     man = load_manifest(model_dir)
     paths = {"classifier": man.path(man.classifier.onnx), "regressor": man.path(man.regressor.onnx)}
-    feeds = example_inputs(len(man.obj_ids), 4 * detections, seed=3, crop_size=man.crop_size)
+    feeds = example_inputs(len(man.obj_ids), man.n_rot * detections, seed=3, crop_size=man.crop_size)
     sessions = {name: {g: ort.InferenceSession(str(p), session_options(**opts), providers=["CPUExecutionProvider"])
                        for g, p in paths.items()} for name, opts in candidates.items()}
 

@@ -227,9 +227,12 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
             model = load_checkpoint(checkpoint)
             model_desc = str(checkpoint)
         if export_dir is None:
-            from mrcnet.data.bop import BopDataset
+            from mrcnet.runtime.datasets import render_models_dir
 
-            models_dir = BopDataset(data_dir, split).models_dir
+            try:
+                models_dir = render_models_dir(data_dir, None, split)  # the split's render models (T-LESS models_cad)
+            except ValueError as e:
+                raise click.ClickException(str(e)) from None
             trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if fps.tensorrt_usable() else []
             manifest = fps.export_model(model, tmp / "export", models_dir, int8=int8 and "ort-int8" in keys,
                                         trt_precisions=trt, say=say)

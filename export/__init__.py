@@ -12,6 +12,8 @@ Modules: ``manifest`` (graph I/O names, manifest writing; the format is
 ``tensorrt`` (engines for TensorRT 10 / 11, caches),
 ``exporter`` (checkpoint -> export directory), ``cli`` (``mrcnet-export``).
 """
+import importlib
+
 _LAZY = {
     "export_checkpoint": "exporter", "ExportError": "exporter", "ExportResult": "exporter",
     "export_onnx": "onnx_export", "onnx_parity": "onnx_export", "ClassifierGraph": "onnx_export",
@@ -31,7 +33,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import click
 
-from .exporter import BACKENDS, PRECISIONS, ExportError, ExportResult, default_checkpoint, default_models_dir
+from mrcnet.runtime.manifest import DEMO_EXPORT_DIR
+
+from .exporter import (BACKENDS, DEMO_DATASET, PRECISIONS, ExportError, ExportResult, dataset_models_dir,
+                       default_checkpoint, default_models_dir, export_checkpoint, official_checkpoint)
+from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
 
 
 def _fmt_bytes(n: int) -> str:
@@ -35,14 +39,17 @@ def summary_lines(res: ExportResult) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint (.pth, official or project format). Default: the shipped demo model.")
+              help="Checkpoint (.pth, official or project format). Default: chkpt_DATASET/DATASET.pth (the "
+                   "official layout) with --dataset, else the shipped demo model.")
 @click.option("--dataset", default=None,
               help="Dataset preset (tless, lmo, ycbv, itodd, synth). Default: from the checkpoint.")
 @click.option("--object-ids", default=None, help="Comma-separated BOP object ids to keep, e.g. 5,7.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
-              help="BOP models folder (obj_XXXXXX.ply). Default: the shipped demo's models.")
+              help="BOP models folder (obj_XXXXXX.ply). Default: with --dataset, the dataset's in $BOP_PATH "
+                   "(T-LESS models_cad); else the shipped demo's models.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Export directory to write (default for the demo model: where mrcnet-run --demo reads it).")
+              help="Export directory to write (default: export_DATASET with --dataset and no --checkpoint; for "
+                   "the demo model: where mrcnet-run --demo reads it).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp16: TensorRT, writes the fp16 graphs; int8: ONNX Runtime QDQ graphs (--backend onnx) or "
@@ -68,15 +75,12 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
         if not quiet:
             click.echo(f"[mrcnet-export] {msg}", err=True)
 
+    official = checkpoint is None and dataset is not None and dataset.lower() != DEMO_DATASET
     if out_dir is None:
         if checkpoint is not None:
             raise click.UsageError("missing --out DIR (the export directory to write)")
-        from mrcnet.runtime.manifest import DEMO_EXPORT_DIR
-
-        out_dir = DEMO_EXPORT_DIR
+        out_dir = Path(f"export_{dataset.lower()}") if official else DEMO_EXPORT_DIR
     if engines_only:
-        from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
-
         try:
             entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
         except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
@@ -84,11 +88,15 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
             sys.exit(2)
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
-    from .exporter import export_checkpoint  # torch from here on (--engines-only above runs without it)
+    # imports torch (--engines-only above runs without it)
     from mrcnet.model.subset import SubsetError, parse_object_ids
 
     try:
         ids = parse_object_ids(object_ids)
+        if official:  # the official layout: chkpt_<dataset>/<dataset>.pth
+            checkpoint = official_checkpoint(dataset.lower())
+        if models_dir is None and dataset is not None and dataset.lower() != DEMO_DATASET:
+            models_dir = dataset_models_dir(dataset.lower())  # the dataset's render models in the BOP root
         if checkpoint is None:
             checkpoint = default_checkpoint()
             if not checkpoint.is_file():

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mrcnet import __version__
+from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+from mrcnet.runtime.preprocess import BOX_RULES
+from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render.mesh import MeshError, load_mesh
 
 from .manifest import (
     CLASSIFIER_ONNX,
@@ -28,6 +35,7 @@ from .manifest import (
     sha256_file,
     write_manifest,
 )
+from .tensorrt import EngineBuildError, TensorRTUnavailable, build_engines, check_precision, check_tensorrt
 
 BACKENDS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -39,16 +47,38 @@ class ExportError(RuntimeError):
 
 def default_checkpoint() -> Path:
     """The shipped demo model's checkpoint (``mrcnet.runtime.manifest.DEMO_CHECKPOINT``)."""
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
-
     return DEMO_CHECKPOINT
 
 
 def default_models_dir() -> Path:
     """The shipped demo's BOP models (``mrcnet.runtime.manifest.DEMO_MODELS``)."""
-    from mrcnet.runtime.manifest import DEMO_MODELS
-
     return DEMO_MODELS
+
+
+#: the dataset whose default checkpoint is the shipped demo model (the others: the official layout)
+DEMO_DATASET = "synth"
+
+
+def official_checkpoint(dataset: str, cwd=None) -> Path:
+    """``chkpt_<dataset>/<dataset>.pth`` relative to ``cwd`` (default: the working directory), where
+    the official README puts the released weights; :class:`ExportError` (one line: where it looked,
+    what to pass) when it is not there."""
+    path = Path("." if cwd is None else cwd) / f"chkpt_{dataset}" / f"{dataset}.pth"
+    if not path.is_file():
+        raise ExportError(f"--checkpoint not given and no {path} (the official layout chkpt_{dataset}/{dataset}.pth "
+                          f"in {Path(path.parent.parent).resolve()}); pass --checkpoint FILE")
+    return path
+
+
+def dataset_models_dir(dataset: str, env=None) -> Path:
+    """The models folder the dataset renders with in the BOP root (``$BOP_PATH/<dataset>/``, the
+    preset's folder, e.g. T-LESS ``models_cad``: :func:`mrcnet.runtime.datasets.render_models_dir`);
+    :class:`ExportError` (one line: where it looked, what to pass) when it is not there."""
+    try:
+        return render_models_dir(find_dataset(dataset, env=env), dataset, None)
+    except DatasetPathError as e:
+        raise ExportError(f"--models not given and no {dataset} models (looked in {', '.join(e.looked)}); pass "
+                          f"--models DIR, or set {BOP_PATH_ENV} to the folder holding {dataset}/") from None
 
 
 @dataclass
@@ -74,6 +104,7 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     ``load_checkpoint(..., obj_ids=object_ids)``). Returns the model (``model.meta['obj_ids']`` =
     its BOP ids).
     """
+    # torch-backed: importing the exporter stays torch-free (mrcnet-export --engines-only)
     from mrcnet.checkpoint import CheckpointError, CheckpointFileError, load_checkpoint
 
     path = Path(checkpoint)
@@ -101,8 +132,6 @@ def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
     """The models folder holds a valid ``obj_XXXXXX.ply`` for each of ``obj_ids``: each mesh is
     loaded (:func:`mrcnet.runtime.render.mesh.load_mesh`), so one without faces, with NaN vertices
     or with bad face indices raises ExportError here, not later on the device."""
-    from mrcnet.runtime.render.mesh import MeshError, load_mesh
-
     src = Path(models_dir)
     if not src.is_dir():
         raise ExportError(f"--models: folder not found: {src}")
@@ -172,9 +201,9 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
     checkpoints). Raises :class:`ExportError` (one line).
     """
-    from mrcnet import __version__
-    from mrcnet.checkpoint import normalise_fov_variant
+    from mrcnet.checkpoint import normalise_fov_variant  # torch-backed, as in load_model
 
+    # torch-backed, as in load_model
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
     from .optimize import optimize_for_export
     from mrcnet.model.subset import SubsetError, resolve_object_ids, subset_model
@@ -187,7 +216,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
         raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
-    from mrcnet.runtime.preprocess import BOX_RULES
 
     if box_rule is not None and box_rule not in BOX_RULES:
         raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
@@ -200,7 +228,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         raise ExportError(str(e)) from None
     trt_missing = None
     if backend == "tensorrt":  # without TensorRT the precision graphs are written, engines built on the target
-        from .tensorrt import EngineBuildError, TensorRTUnavailable, check_precision, check_tensorrt
 
         try:
             check_precision(precision, check_tensorrt())
@@ -209,8 +236,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         except EngineBuildError as e:
             raise ExportError(str(e)) from None
     if dataset is not None:
-        from mrcnet.runtime.presets import get_dataset
-
         try:
             get_dataset(dataset)
         except KeyError as e:
@@ -229,7 +254,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         idx = [list(meta["obj_ids"]).index(i) for i in keep]
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
-    model.set_bn_group(4)
+    model.set_bn_group(TTA_GROUP)
     optimize_for_export(model, int8=backend == "onnx" and precision == "int8")
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
@@ -242,7 +267,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
-        crop_size=model.cfg.crop_size, bn_group=4, project_version=__version__,
+        crop_size=model.cfg.crop_size, bn_group=TTA_GROUP, project_version=__version__,
         checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
@@ -250,7 +275,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     res.n_params = {"checkpoint": int(n_full), "exported_model": int(sum(p.numel() for p in model.parameters())),
                     **{g: onnx_param_count(p) for g, p in paths.items()}}
 
-    n_crop = 4 * max(1, parity_detections)
+    n_crop = TTA_GROUP * max(1, parity_detections)
     feeds = example_inputs(len(keep), n_crop, seed=1, crop_size=model.cfg.crop_size)
     res.parity["onnxruntime_fp32"] = onnx_parity(model, paths, feeds)
     say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"
@@ -258,6 +283,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     extras = {}
     if backend == "onnx" and precision == "int8":
+        # imports onnx (the train extra): importing the exporter must not (--engines-only on a Jetson)
         from .quantize import calibration_feeds, quantize_graphs, quant_agreement
 
         calib = calibration_feeds(model, manifest, calib_data, split=calib_split, count=calib_count,
@@ -270,8 +296,6 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         extras["onnx_fp32"] = {"classifier": CLASSIFIER_ONNX, "regressor": REGRESSOR_ONNX}
         extras["calibration"] = calib.describe()
     elif backend == "tensorrt":
-        from .tensorrt import EngineBuildError, build_engines
-
         graphs = {"fp32": paths}
         if precision != "fp32":
             graphs[precision], res.parity[f"onnxruntime_{precision}_graph"], calib = precision_graphs(
@@ -312,10 +336,11 @@ def precision_graphs(model, manifest, paths, precision: str, feeds, out_dir, *, 
     float32 stand-in that rounds to float16 at the same points (ONNX Runtime CPU lacks float16
     kernels), on ``feeds``. int8: calibration crops (``calib_data`` or synthetic renderings) and
     TensorRT-style symmetric QDQ (``<graph>.trt-int8.onnx``), checked on the held-out detections."""
-    from .quantize import calibration_feeds, quant_agreement, quantize_graphs
+    from .quantize import calibration_feeds, quant_agreement, quantize_graphs  # imports onnx, as above
 
     say = progress or (lambda msg: None)
     if precision == "fp16":
+        # onnx: the train extra (this module is imported on a Jetson for --engines-only)
         from .fp16 import convert_graphs
 
         out = convert_graphs(paths)

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
+from onnx import helper
 from torch import Tensor
 
+from mrcnet.inference import TorchBackend
 from mrcnet.runtime.backends import OnnxRuntimeBackend, compare_backends, rel_err, run_backend  # noqa: F401  (rel_err: re-exported)
 from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.geometry import TTA_GROUP
 
 from .manifest import (
     CLASSIFIER_INPUTS,
@@ -70,9 +74,9 @@ class RegressorGraph(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- inputs
-def example_inputs(n_obj: int, n: int = 4, obj_index: Sequence[int] | None = None, seed: int = 0,
+def example_inputs(n_obj: int, n: int = TTA_GROUP, obj_index: Sequence[int] | None = None, seed: int = 0,
                    crop_size: int = 256) -> dict[str, np.ndarray]:
-    """Plausible classifier inputs (numpy, the graph dtypes) for ``n`` crops (multiple of 4).
+    """Plausible classifier inputs (numpy, the graph dtypes) for ``n`` crops (a multiple of ``TTA_GROUP``, 4).
 
     crops: uniform BGR noise + a box map (1 inside a box around the centre); obj_index: given, or
     detection g uses object ``g % n_obj``; fov (N,3) small offsets and a size ratio; K_roi (N,3,3)
@@ -88,7 +92,7 @@ def example_inputs(n_obj: int, n: int = 4, obj_index: Sequence[int] | None = Non
     render[:, 3] = 0.0
     render[:, 3, s // 5: 4 * s // 5, s // 5: 4 * s // 5] = 1.0
     if obj_index is None:
-        obj_index = [(i // 4) % n_obj for i in range(n)]
+        obj_index = [(i // TTA_GROUP) % n_obj for i in range(n)]
     obj = np.asarray(obj_index, dtype=np.int64)
     if obj.shape != (n,):
         raise ValueError(f"obj_index: expected {n} entries, got {obj.shape}")
@@ -133,8 +137,7 @@ def slim_graph(path: Path) -> dict[str, int]:
     the export's Shape/Gather/Unsqueeze/Concat chains for static sizes, the Constants and the
     exporter's identity ops go; the arithmetic is kept, so the numbers are unchanged (the export
     parity checks this). Returns {"before": nodes, "after": nodes}."""
-    import onnx
-    import onnxslim
+    import onnxslim  # onnxslim: slow to import (about 0.35 s), only for the clean-up
 
     m = onnx.load(str(path))
     before = len(m.graph.node)
@@ -146,9 +149,6 @@ def slim_graph(path: Path) -> dict[str, int]:
 def _ensure_inputs(model_proto, input_names: Sequence[str], example: Mapping[str, np.ndarray]) -> None:
     """Re-declare contract inputs the exporter dropped because the graph does not read them (e.g.
     ``obj_index`` of a single-object subset), so every graph keeps the contract's inputs."""
-    import onnx
-    from onnx import helper
-
     present = [i.name for i in model_proto.graph.input]
     for pos, name in enumerate(input_names):
         if name in present:
@@ -158,15 +158,12 @@ def _ensure_inputs(model_proto, input_names: Sequence[str], example: Mapping[str
         shape = ["N"] + list(arr.shape[1:])
         vi = helper.make_tensor_value_info(name, elem, shape)
         model_proto.graph.input.insert(min(pos, len(model_proto.graph.input)), vi)
-    del onnx  # noqa
 
 
 def finalize_graph(path: Path, manifest, graph: str, input_names: Sequence[str],
                    example: Mapping[str, np.ndarray]) -> None:
     """Add metadata_props (manifest facts), restore dropped inputs, infer shapes, run the full
     ``onnx.checker`` and rewrite ``path`` in place (atomically)."""
-    import onnx
-
     m = onnx.load(str(path))
     _ensure_inputs(m, input_names, example)
     del m.metadata_props[:]
@@ -227,23 +224,19 @@ def export_onnx(model: nn.Module, out_dir, manifest, *, example_n: int = 4, opse
 # ---------------------------------------------------------------------------------- inspection
 def onnx_param_count(path) -> int:
     """Number of weight elements (initializers) in an ONNX file."""
-    import onnx
-
     m = onnx.load(str(path))
     return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer))
 
 
 def read_metadata(path) -> dict:
     """An ONNX graph's metadata_props, JSON-decoded: {key: value}."""
-    import onnx
-
     m = onnx.load(str(path), load_external_data=False)
     return {p.key: json.loads(p.value) for p in m.metadata_props}
 
 
 def ort_session(path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
     """An ONNX Runtime session (all graph optimisations) on ``path``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: the cpu / gpu extra
 
     so = ort.SessionOptions()
     if threads:
@@ -274,8 +267,6 @@ def onnx_parity(model: nn.Module, paths: Mapping[str, Path], feeds: Mapping[str,
     ``PARITY_KEYS`` plus ``argmax_agree`` (fraction of crops whose three argmax bins agree),
     ``max`` (the largest float error) and ``rot_agree_5deg`` / ``t_agree_5mm``.
     """
-    from mrcnet.inference import TorchBackend
-
     if feeds is None:
         feeds = example_inputs(model.n_obj, n, seed=seed, crop_size=model.cfg.crop_size)
     sessions = {g: ort_session(paths[g], threads) for g in ("classifier", "regressor")}

@@ -5,7 +5,7 @@ Calibration crops (:func:`calibration_feeds`):
 1. real crops from a BOP split (``--calib-data``: a dataset root, with ``--calib-split`` or the
    first split folder holding annotated scenes, or a split folder itself): every visible instance
    (``visib_fract >= 0.1``) of an exported object, box = ``bbox_visib``, preprocessed exactly as the
-   runtime does (:func:`mrcnet.runtime.preprocess.prepare_detection`: 4 in-plane rotations);
+   runtime does (:func:`mrcnet.runtime.preprocess.prepare_detection`: ``TTA_GROUP`` = 4 in-plane rotations);
 2. fallback without ``--calib-data``: synthetic crops — each exported mesh rendered at random
    poses (head-light Phong, :mod:`mrcnet.runtime.render`) over random-noise backgrounds, box = the
    render's mask box.
@@ -48,11 +48,19 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import onnx
 
+from mrcnet.data.bop import BopDataset, BopFormatError, scene_dirs, split_folders
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.pipeline import render_inputs
+from mrcnet.runtime.preprocess import mask_box_xyxy, prepare_detection
+from mrcnet.runtime.render import Renderer, load_mesh
+from mrcnet.runtime.rotations import random_rotation, rotation_angle_deg
+
+from .fp16 import fp32_nodes
 from .manifest import CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS, REGRESSOR_INPUTS
 
 log = logging.getLogger(__name__)
-GROUP = 4
 
 
 class CalibrationError(RuntimeError):
@@ -79,7 +87,7 @@ class CalibrationSet:
 
     def describe(self) -> dict:
         return {"source": self.source, "detections": self.n_detections, "held_out_detections":
-                len(self.held_out["crops"]) // GROUP, "objects": self.obj_counts, "sha256": self.sha256}
+                len(self.held_out["crops"]) // TTA_GROUP, "objects": self.obj_counts, "sha256": self.sha256}
 
 
 # ------------------------------------------------------------------------------- detections
@@ -89,8 +97,6 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
         if not (root / split).is_dir():
             raise CalibrationError(f"--calib-split: {root / split} not found")
         return root, split
-    from mrcnet.data.bop import scene_dirs, split_folders
-
     if scene_dirs(root):  # a split folder itself
         return root.parent, root.name
     prefer = ("test_primesense", "test", "val", "train_real", "train_pbr", "train")
@@ -104,8 +110,6 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
 def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | None = None, models_dir=None):
     """Up to ``count`` (image, K, box_xyxy, obj_id) of exported objects from a BOP split, spread
     evenly over the split's visible instances."""
-    from mrcnet.data.bop import BopDataset, BopFormatError
-
     root = Path(calib_data)
     if not root.is_dir():
         raise CalibrationError(f"--calib-data: folder not found: {root}")
@@ -117,7 +121,8 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
         raise CalibrationError(f"--calib-data: {e}") from None
-    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (docs/MODEL.md §5), one place
+    # the training rule (docs/MODEL.md §5), one place; mrcnet.data.samples imports torch (this module must not)
+    from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT
 
     wanted = set(int(i) for i in obj_ids)
     rows = [(rec, inst) for rec, inst in ds.instances(MIN_VISIB_FRACT) if inst.obj_id in wanted
@@ -143,8 +148,6 @@ def synthetic_detections(renderer, obj_ids: Sequence[int], count: int, seed: int
     """``count`` synthetic (image, K, box, obj_id): a mesh at a random pose over a noise background.
 
     depth_range: t_z in units of the focal length / 1000 (so about 300..1000 mm at f = 1000 px)."""
-    from mrcnet.runtime.geometry import quat_to_matrix
-
     rng = np.random.default_rng(seed)
     f = 1000.0 * width / 1280.0 * 2
     K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
@@ -153,19 +156,17 @@ def synthetic_detections(renderer, obj_ids: Sequence[int], count: int, seed: int
     while len(out) < count and tries < 20 * count:
         tries += 1
         oid = int(obj_ids[len(out) % len(obj_ids)])
-        q = rng.normal(size=4)
-        R = quat_to_matrix(q / np.linalg.norm(q))
+        R = random_rotation(rng)
         tz = rng.uniform(*depth_range) * f
         t = np.array([rng.uniform(-0.15, 0.15) * tz, rng.uniform(-0.1, 0.1) * tz, tz])
         res = renderer.render([oid], R[None], t[None], K, width=width, height=height)
         mask = res.mask[0]
         if mask.sum() < 200:
             continue
-        ys, xs = np.nonzero(mask)
         bg = rng.uniform(0, 255, (height // 8, width // 8, 3)).astype(np.float32)
         bg = np.kron(bg, np.ones((8, 8, 1), np.float32)) * rng.uniform(0.3, 1.0)
         img = np.where(mask[..., None], res.rgb[0][..., ::-1] * 255.0, bg).astype(np.float32)
-        out.append((img, K, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float), oid))
+        out.append((img, K, mask_box_xyxy(mask), oid))
     if not out:
         raise CalibrationError("synthetic calibration: the meshes are not visible in any rendering")
     return out, f"synthetic renderings ({len(out)} views)"
@@ -174,13 +175,9 @@ def synthetic_detections(renderer, obj_ids: Sequence[int], count: int, seed: int
 def calibration_feeds(model, manifest, calib_data=None, *, split: str | None = None, count: int = 32,
                       models_dir=None, seed: int = 0, progress: Callable[[str], None] | None = None) -> CalibrationSet:
     """Build the :class:`CalibrationSet` for ``model`` (PyTorch, the exported objects) and its manifest."""
-    import torch
+    import torch  # torch only here: trt_support and mrcnet.export.tensorrt (Jetson) import this module torch-free
 
-    from mrcnet.runtime.pipeline import render_inputs
-    from mrcnet.runtime.preprocess import prepare_detection
-    from mrcnet.runtime.render import Renderer, load_mesh
-
-    from .onnx_export import ClassifierGraph
+    from .onnx_export import ClassifierGraph  # imports torch, as above
 
     say = progress or (lambda m: None)
     obj_ids = list(manifest.obj_ids)
@@ -197,9 +194,9 @@ def calibration_feeds(model, manifest, calib_data=None, *, split: str | None = N
     feeds, counts = [], {}
     h = hashlib.sha256()
     for img, K, box, oid in dets:
-        b = prepare_detection(img, K, box, GROUP, manifest.fov_variant, manifest.crop_size,
+        b = prepare_detection(img, K, box, TTA_GROUP, manifest.fov_variant, manifest.crop_size,
                               box_rule=manifest.box_rule)
-        f = {"crops": b.crops.astype(np.float32), "obj_index": np.full(GROUP, obj_ids.index(oid), np.int64),
+        f = {"crops": b.crops.astype(np.float32), "obj_index": np.full(TTA_GROUP, obj_ids.index(oid), np.int64),
              "fov": b.fov.astype(np.float32), "K_roi": b.K_roi.astype(np.float32)}
         with torch.no_grad():
             s1 = ClassifierGraph(model)(*(torch.from_numpy(f[k]) for k in CLASSIFIER_INPUTS))
@@ -225,7 +222,7 @@ class _Reader:
     """onnxruntime CalibrationDataReader over a list of feed dicts."""
 
     def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]):
-        from onnxruntime.quantization import CalibrationDataReader
+        from onnxruntime.quantization import CalibrationDataReader  # onnxruntime: an optional extra (cpu / gpu)
 
         class R(CalibrationDataReader):
             def __init__(self):
@@ -245,8 +242,6 @@ def geometry_nodes(model_path, min_k: int = 16) -> list[str]:
     < ``min_k`` (e.g. ``R6D @ R_init``, (N,3,3) x (N,3,3)), or unknown and outside every module scope
     (the TorchScript exporter names layer nodes ``/module/path/MatMul``; the decoding functions'
     nodes have no scope: ``/MatMul``). Quantising them would break the rotations."""
-    import onnx
-
     m = onnx.load(str(model_path), load_external_data=False)
     shapes = {}
     for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
@@ -287,14 +282,10 @@ QUANT_STYLES = {
 def _excluded_nodes(model_path, style: str, float_scopes: Sequence[str] = ()) -> list[str]:
     """Nodes left in float: the geometry MatMuls, the nodes under ``float_scopes``; for TensorRT
     also the fp16 graph's float32 set."""
-    import onnx
-
     out = set(geometry_nodes(model_path))
     m = onnx.load(str(model_path), load_external_data=False)
     out |= {n.name for n in m.graph.node if any(f"/{s}" in n.name for s in float_scopes)}
     if style == "tensorrt":
-        from .fp16 import fp32_nodes
-
         out |= fp32_nodes(m)
     return sorted(out)
 
@@ -303,8 +294,6 @@ def activation_joins(model_path) -> list[str]:
     """Add and Concat nodes whose inputs are all activations (no initializer / Constant): the
     residual sums and the feature concatenations between convolutions, not the normalisation's
     ``var + eps`` / ``x * w + b`` (one constant input each)."""
-    import onnx
-
     m = onnx.load(str(model_path), load_external_data=False)
     consts = {t.name for t in m.graph.initializer}
     consts |= {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
@@ -318,7 +307,7 @@ def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarr
     """Static quantisation of one graph in ``style`` (see the module docstring), ``options``
     overriding the style's keys (:data:`QUANT_STYLES`); atomic write. The pose geometry MatMuls
     (:func:`geometry_nodes`) stay float."""
-    import onnx
+    # onnxruntime: an optional extra (cpu / gpu; not in gpu-trt11)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -380,7 +369,7 @@ def quant_agreement(fp32_paths: Mapping[str, Path], int8_paths: Mapping[str, Pat
     """int8 vs fp32 ONNX Runtime on held-out detections (both chained stage 1 -> 2, the same
     renders): argmax agreement per head, logits error, final rotation / translation differences.
     ``reference``: the fp32 outputs on ``feeds`` when already computed (then ``fp32_paths`` is unused)."""
-    from .onnx_export import ort_session, run_ort
+    from .onnx_export import ort_session, run_ort  # imports torch (this module is torch-free)
 
     ref = reference if reference is not None else run_ort(
         {g: ort_session(p, threads) for g, p in fp32_paths.items()}, feeds)
@@ -391,9 +380,7 @@ def quant_agreement(fp32_paths: Mapping[str, Path], int8_paths: Mapping[str, Pat
 def output_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> dict:
     """Chained outputs ``got`` against ``ref`` (same crops): argmax agreement per head, pose logits
     relative error, median rotation (degrees) / translation (mm) differences, shares within 5 deg / 5 mm."""
-    from mrcnet.runtime.geometry import rotation_angle_deg
-
-    from .onnx_export import rel_err
+    from .onnx_export import rel_err  # imports torch (this module is torch-free)
 
     out = {f"{k}_argmax_agree": float((got[k].argmax(1) == ref[k].argmax(1)).mean())
            for k in ("pose_logits", "depth_logits", "trans_logits")}
@@ -412,8 +399,7 @@ def optimized_op_counts(path, session_config: Mapping[str, str] | None = None) -
     """{op type: count} of ``path`` after ONNX Runtime CPU's graph optimisations (all levels, the
     QDQ fusions: ``DequantizeLinear -> Conv -> QuantizeLinear`` becomes ``QLinearConv``, etc.), read
     from the optimised model ORT writes (``SessionOptions.optimized_model_filepath``)."""
-    import onnx
-    import onnxruntime as ort
+    import onnxruntime as ort  # an optional extra (cpu / gpu; not in gpu-trt11)
 
     with tempfile.TemporaryDirectory() as td:
         so = ort.SessionOptions()

@@ -45,7 +45,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mrcnet.runtime import trt_compat
+from mrcnet.runtime.backends import OnnxRuntimeBackend, TensorRTBackend, compare_backends
 from mrcnet.runtime.formats.files import atomic_copy
+from mrcnet.runtime.manifest import ManifestError, load_manifest
 
 from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
 
@@ -337,7 +339,7 @@ def _keep_fp32(onnx_path) -> set[str]:
     except ImportError:
         raise EngineBuildError("TensorRT 10 reduced precision from the fp32 graph pins layers by name and needs "
                                "the onnx package (pip install onnx), or export with --precision fp16") from None
-    from .fp16 import fp32_nodes
+    from .fp16 import fp32_nodes  # onnx, as above
 
     return fp32_nodes(onnx.load(str(onnx_path), load_external_data=False))
 
@@ -349,11 +351,12 @@ def _with_precision_graphs(graph_paths: Mapping, precision: str, calib) -> dict:
         return dict(graph_paths)
     out = {"fp32": {g: Path(graph_paths[g]) for g in GRAPHS}}
     if precision == "fp16":
+        # onnx: the train extra; this module runs on a Jetson without it (--engines-only)
         from .fp16 import convert_graphs
 
         out["fp16"] = convert_graphs(out["fp32"])
     elif precision == "int8" and calib is not None:
-        from .quantize import quantize_graphs
+        from .quantize import quantize_graphs  # onnx and onnxruntime: as above
 
         out["int8"] = quantize_graphs(out["fp32"], calib, style="tensorrt")
     return out
@@ -417,8 +420,6 @@ def compare_with_ort(onnx_paths: Mapping[str, Path], engine_paths: Mapping[str, 
     """TensorRT (runtime backend) vs ONNX Runtime CPU on ``feeds``, both chained stage 1 -> 2
     (:func:`mrcnet.runtime.backends.compare_backends`): max rel. errors of logits / R / t, the
     argmax agreement and the shares of crops within 5 deg / 5 mm."""
-    from mrcnet.runtime.backends import OnnxRuntimeBackend, TensorRTBackend, compare_backends
-
     ref = OnnxRuntimeBackend(onnx_paths["classifier"], onnx_paths["regressor"], providers=["CPUExecutionProvider"])
     be = TensorRTBackend(engine_paths["classifier"], engine_paths["regressor"])
     try:
@@ -448,8 +449,6 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     export holds (:func:`build_plan`); int8 needs the TensorRT int8 graphs written by ``mrcnet-export
     --backend tensorrt --precision int8`` (calibration runs the PyTorch model). Updates the
     directory's manifest atomically; returns its new engines entry."""
-    from mrcnet.runtime.manifest import ManifestError, load_manifest
-
     out = Path(export_dir)
     try:
         load_manifest(out)

@@ -26,6 +26,7 @@ Torch-free; needs the ``onnx`` package.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from onnx import TensorProto, numpy_helper
 
 from .fp16 import elem_types
 from .quantize import QUANT_STYLES
+from .tensorrt import precision_graphs
 
 F32, F16, BF16 = "FP32", "FP16", "BF16"
 I32, I64, I8, U8, BOOL = "INT32", "INT64", "INT8", "UINT8", "BOOL"
@@ -287,10 +289,6 @@ def op_counts(path_or_model) -> Counter:
 def export_graphs(export_dir) -> dict[str, dict[str, Path]]:
     """{precision: {graph: path}} of every TensorRT graph an export directory's manifest lists
     (:func:`mrcnet.export.tensorrt.precision_graphs`)."""
-    import json
-
-    from .tensorrt import precision_graphs
-
     return precision_graphs(export_dir, json.loads((Path(export_dir) / "manifest.json").read_text()))
 
 

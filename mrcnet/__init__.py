@@ -3,6 +3,8 @@
 Importing ``mrcnet`` does not import torch: ``mrcnet.runtime`` lives under this package and must stay
 torch-free. Torch-backed names are resolved lazily.
 """
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -13,8 +15,6 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'mrcnet' has no attribute {name!r}")

@@ -11,7 +11,10 @@ Official format (``tless.pth`` ...): ``{'network': state_dict, 'optimizer', 'sch
 Every other key must match a parameter of the model by name and shape. Official checkpoints carry
 no metadata: the preset is ``paper``, the number of objects is read from the per-object decoder,
 the dataset (for the depth range and object ids) is the argument, or the only dataset preset with
-that many objects.
+that many objects. A checkpoint with the official trainer's decoder count for its dataset (LM-O:
+15, ``DatasetPreset.official_decoders``) keeps the first ``n_objects`` decoders (the dataset's
+objects in ``obj_ids`` order, as the official inference maps them) and drops the others, which
+were never trained (:func:`keep_decoders`; said in one logged line and in ``meta['note']``).
 
 Project format: ``{'network': state_dict, 'meta': {...}}`` (plus optional training state) with
 ``meta`` = ``format``, ``version``, ``preset``, ``config`` (the full :class:`ModelConfig`),
@@ -22,13 +25,20 @@ Both load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
 import torch
 
+from mrcnet.geometry import BinTables
+from mrcnet.model import MRCNet, ModelConfig, get_config
 from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.preprocess import BOX_RULES, FOV_VARIANTS
 from mrcnet.runtime.presets import DATASETS, get_dataset
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mrcnet-edge"
 VERSION = 1
@@ -36,6 +46,8 @@ VERSION = 1
 DROPPED_PREFIXES = ("backbone.base_model.0.", "backbone.base_model.1.")
 #: a per-object decoder tensor: its leading dimension is the number of objects
 N_OBJ_KEY = "backbone.decoder.conv_last.weights"
+#: the per-object tensors (weights and biases of the conditional convolutions): leading dim = objects
+DECODER_PREFIX = "backbone.decoder."
 
 
 class CheckpointError(ValueError):
@@ -106,6 +118,23 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
             raise CheckpointError(f"checkpoint lacks key {k!r} (model shape {_shape(v)})")
 
 
+def keep_decoders(sd: Mapping[str, torch.Tensor], n_keep: int) -> dict[str, torch.Tensor]:
+    """``sd`` with the per-object decoder tensors (``backbone.decoder.*``, leading dimension = number
+    of objects) cut to their first ``n_keep`` objects; every other tensor as it is."""
+    return {k: (v[:n_keep] if k.startswith(DECODER_PREFIX) else v) for k, v in sd.items()}
+
+
+def official_decoder_dataset(dataset, n_obj: int):
+    """The dataset preset whose official trainer builds ``n_obj`` decoders for fewer objects (LM-O:
+    15 for 8), or None: ``dataset`` when given (None unless its ``official_decoders`` is ``n_obj``),
+    else the only preset with that official decoder count."""
+    if dataset is not None:
+        p = get_dataset(dataset)
+        return p if p.official_decoders == n_obj and p.n_objects != n_obj else None
+    matches = [p for p in DATASETS.values() if p.official_decoders == n_obj and p.n_objects != n_obj]
+    return matches[0] if len(matches) == 1 else None
+
+
 def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
                      ) -> tuple[str | None, tuple[int, ...], tuple[float, float]]:
     """(dataset name, object ids, depth range) from the argument, the metadata, or the object count.
@@ -146,13 +175,10 @@ def _resolve_dataset(dataset, n_obj: int, meta: Mapping, obj_ids=None
     return preset.name, preset.obj_ids, preset.depth_range  # type: ignore[return-value]
 
 
-def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = 4):
+def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="paper", bn_group: int = TTA_GROUP):
     """A model (eval mode) built around the tensors of a model-format state dict, without a random
     initialisation (built on the meta device, then the tensors assigned); the number of objects
     is read from ``sd``. Raises :class:`CheckpointError` on any key or shape mismatch."""
-    from mrcnet.geometry import BinTables
-    from mrcnet.model import MRCNet, get_config
-
     cfg = get_config(cfg)
     if N_OBJ_KEY not in sd:
         raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
@@ -188,7 +214,7 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
 
 
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",
-                    bn_group: int = 4, obj_ids=None):
+                    bn_group: int = TTA_GROUP, obj_ids=None):
     """Load an official or project checkpoint into a new :class:`mrcnet.model.MRCNet` (eval mode).
 
     path: ``.pth`` file; dataset: dataset preset name (depth range, object ids) - required for an
@@ -201,17 +227,24 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     ``source`` = ``'official'`` | ``'project'``).
     Raises :class:`CheckpointError` on any mismatch.
     """
-    from mrcnet.model import ModelConfig, get_config
-
     ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{os.fspath(path)}: not a checkpoint dict (got {type(ckpt).__name__})")
+    return model_from_checkpoint(ckpt, dataset=dataset, preset=preset, device=device, bn_group=bn_group,
+                                 obj_ids=obj_ids, name=os.fspath(path))
+
+
+def model_from_checkpoint(ckpt: Mapping, dataset: str | None = None, preset=None, device="cpu",
+                          bn_group: int = 4, obj_ids=None, name: str = "checkpoint"):
+    """:func:`load_checkpoint` on a checkpoint dict already read (``{'network': state_dict, ...}``
+    or a bare state dict); ``name`` is used in messages. Meta-device tensors give a meta-device
+    model (``device='meta'``): every key and shape checked without the memory."""
     if "network" in ckpt:
         sd = ckpt["network"]
     elif N_OBJ_KEY in ckpt:
         sd = ckpt  # a bare state dict
     else:
-        raise CheckpointError(f"{os.fspath(path)}: no 'network' entry (keys: {sorted(ckpt)[:8]})")
+        raise CheckpointError(f"{name}: no 'network' entry (keys: {sorted(ckpt)[:8]})")
     meta = dict(ckpt.get("meta") or {})
     source = "project" if meta.get("format") == FORMAT else "official"
     if source == "official":
@@ -219,6 +252,15 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
     if N_OBJ_KEY not in sd:
         raise CheckpointError(f"checkpoint lacks key {N_OBJ_KEY!r} (the per-object decoder)")
     n_obj = int(sd[N_OBJ_KEY].shape[0])
+    note = None
+    wide = official_decoder_dataset(dataset, n_obj) if source == "official" and obj_ids is None else None
+    if wide is not None:
+        sd = keep_decoders(sd, wide.n_objects)
+        note = (f"{name}: {n_obj} decoders (the official {wide.name} trainer's count); decoders 0-"
+                f"{wide.n_objects - 1} are objects {list(wide.obj_ids)}, decoders {wide.n_objects}-{n_obj - 1} "
+                f"(never trained) dropped")
+        log.warning("%s", note)
+        dataset, n_obj = wide.name, wide.n_objects
 
     if preset is not None:
         cfg = get_config(preset)
@@ -240,6 +282,8 @@ def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, prese
         "box_rule": checkpoint_box_rule(meta, source),
         "n_obj": n_obj,
     }
+    if note:
+        model.meta["note"] = note
     return model
 
 
@@ -247,8 +291,6 @@ def checkpoint_box_rule(meta: Mapping, source: str) -> str:
     """How detections become crop squares for a checkpoint (``mrcnet.runtime.preprocess.BOX_RULES``):
     its metadata's ``box_rule`` if any, else ``'official'`` for an official checkpoint (bit-parity
     with the official results needs the official truncation and caps) and ``'clip'`` otherwise."""
-    from mrcnet.runtime.preprocess import BOX_RULES
-
     rule = str(meta.get("box_rule") or ("official" if source == "official" else "clip"))
     if rule not in BOX_RULES:
         raise CheckpointError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
@@ -299,8 +341,6 @@ def normalise_fov_variant(name: str) -> str:
     """The fov variant in the runtime's vocabulary (``mrcnet.runtime.preprocess.FOV_VARIANTS``):
     ``'inference'`` (the official inference, offsets from the box centre) or ``'training'``;
     ``'official'`` (older project checkpoints) means ``'inference'``."""
-    from mrcnet.runtime.preprocess import FOV_VARIANTS
-
     name = {"official": "inference"}.get(str(name), str(name))
     if name not in FOV_VARIANTS:
         raise CheckpointError(f"unknown fov variant {name!r}; expected one of {FOV_VARIANTS}")

@@ -20,6 +20,7 @@ from mrcnet.runtime.geometry import (  # noqa: F401  (re-exported facts)
     BinSpec,
     PAPER_BINS,
     REF_CROP,
+    TTA_GROUP,
     cell_centers,
     depth_bin_centers,
     rotation_prototypes,
@@ -186,7 +187,7 @@ def decode_final(
     return {"R": R, "persp": persp, "t": t}
 
 
-def tta_select(R: Tensor, t: Tensor, rot_score: Tensor, depth_score: Tensor, Rz: Tensor, group: int = 4):
+def tta_select(R: Tensor, t: Tensor, rot_score: Tensor, depth_score: Tensor, Rz: Tensor, group: int = TTA_GROUP):
     """Torch twin of :func:`mrcnet.runtime.geometry.tta_select` on flat crops.
 
     R (N, 3, 3), t (N, 3), rot_score/depth_score (N,), Rz (N, 3, 3), N = G x group (crops of a

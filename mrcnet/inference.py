@@ -13,8 +13,10 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from mrcnet.checkpoint import load_checkpoint
 from mrcnet.model.subset import subset_model
 from mrcnet.runtime.backends import Backend, BackendError
+from mrcnet.runtime.geometry import TTA_GROUP
 
 _INT_INPUTS = ("obj_index",)
 
@@ -42,8 +44,6 @@ class TorchBackend(Backend):
     def from_checkpoint(cls, path, dataset: Optional[str] = None, object_ids=None, device: str = "cpu") -> "TorchBackend":
         """A checkpoint (official or project), optionally reduced to ``object_ids`` (BOP ids) the
         way ``mrcnet-export --object-ids`` does, so ``obj_index`` means the same as in the export."""
-        from mrcnet.checkpoint import load_checkpoint
-
         model = load_checkpoint(path, dataset=dataset, device=device)
         if object_ids is not None:
             ids = list(model.meta["obj_ids"])
@@ -54,9 +54,9 @@ class TorchBackend(Backend):
         return cls(model, device)
 
     def _probe(self) -> tuple[list[str], list[str]]:
-        """Output names of both stages from one tiny forward pass (4 crops)."""
+        """Output names of both stages from one tiny forward pass (one TTA group)."""
         s = self.model.cfg.crop_size
-        n = 4
+        n = TTA_GROUP
         K = torch.tensor([[700.0, 0, s / 2], [0, 700.0, s / 2], [0, 0, 1]]).expand(n, 3, 3).contiguous()
         feeds = {"crops": torch.rand(n, 4, s, s), "obj_index": torch.zeros(n, dtype=torch.int64),
                  "fov": torch.tensor([[0.0, 0.0, 0.3]]).expand(n, 3).contiguous(), "K_roi": K}

@@ -7,6 +7,7 @@ computed by the official code with these weights (``n_obj = 2``).
 """
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -82,8 +83,6 @@ def deterministic_tensor(key: str, shape: Iterable[int]) -> np.ndarray:
 
 def official_manifest(n_obj: int | None = None) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of the official T-LESS state dict, optionally with ``n_obj`` objects."""
-    import json
-
     with open(TEST_DATA / "official_state_dict_tless.json") as f:
         manifest = {k: tuple(v) for k, v in json.load(f).items()}
     if n_obj is not None:
@@ -96,7 +95,7 @@ def official_manifest(n_obj: int | None = None) -> dict[str, tuple[int, ...]]:
 def deterministic_official_state_dict(manifest: Mapping[str, Iterable[int]]):
     """Official-format state dict (torch tensors) filled by the compat rule, aliases applied
     (``backbone.base_model.{4..7}.*`` take the values of ``backbone.layer{1..4}.0.*``)."""
-    import torch
+    import torch  # torch only in the golden helpers: the mesh helpers of this module are used torch-free
 
     sd = {k: torch.from_numpy(deterministic_tensor(k, s)) for k, s in manifest.items()}
     for k in sd:
@@ -154,7 +153,7 @@ GOLDEN_DEPTH_RANGE = (0.05, 1.7)
 def golden_model(n_obj: int = 2, preset: str = "paper"):
     """The network with the deterministic official-format weights (through the official key
     mapping: aliases and the unused stem included), as the golden data was computed."""
-    from mrcnet.checkpoint import convert_official_state_dict, model_from_state_dict
+    from mrcnet.checkpoint import convert_official_state_dict, model_from_state_dict  # imports torch, as above
 
     sd = convert_official_state_dict(deterministic_official_state_dict(official_manifest(n_obj)))
     return model_from_state_dict(sd, GOLDEN_DEPTH_RANGE, preset)
@@ -162,7 +161,7 @@ def golden_model(n_obj: int = 2, preset: str = "paper"):
 
 def golden_inputs(z: Mapping[str, np.ndarray]) -> dict:
     """Model inputs (torch) of a golden npz: crops, obj_index, fov, K_roi, render."""
-    import torch
+    import torch  # torch: as above
 
     return {
         "crops": torch.from_numpy(z["input_real"]),

@@ -1,419 +1,44 @@
 """``mrcnet-run``: object poses in a video, image folder, camera or stream with an exported model (no torch).
 
-``run()`` is the library function (frames -> pipeline -> poses.jsonl / BOP CSV / overlay.mp4);
-``main`` is the thin click command over it.
+The thin click command over :func:`mrcnet.runtime.runner.run` (the run loop, its settings and
+summary live there): options -> source, camera, detections, backend, renderer -> ``run()``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import click
-import numpy as np
 
 from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
-from .detections import DetectionError, JsonDetections, OnnxDetector, parse_class_map
-from .pipeline import STAGES, Pipeline
-from .preprocess import InputError
+from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
 from .formats.camera import Camera, CameraFileError, camera_matrix
-from .formats.files import OutputError, atomic_write_text, prepare_out_dir
-from .formats.poses_jsonl import PosesFormatError, PosesJsonlWriter, read_poses_jsonl
-from .preprocess import check_camera
-from .signals import Terminated, sigterm_as_interrupt
-from .tracking import Tracker
-from .video_io import BopCsvWriter, FrameSource, SourceError, Undistorter, VideoWriter
-
-log = logging.getLogger("mrcnet.runtime")
+from .formats.files import OutputError, prepare_out_dir
+from .pipeline import Pipeline
+from .preprocess import InputError, check_camera
+from .runner import CSV_NAME, POSES_NAME, STDOUT, SUMMARY_NAME, RunConfig, RunError, make_renderer, run
+from .video_io import FrameSource, SourceError
 
 
-#: frames in a row that fail with an unexpected error (not a bad input) before the run stops
-MAX_CONSECUTIVE_ERRORS = 5
-POSES_NAME, CSV_NAME, VIDEO_NAME, SUMMARY_NAME = "poses.jsonl", "results.csv", "overlay.mp4", "summary.json"
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or go on (earlier results in --out, repeated backend failures);
-    one line naming the input or folder."""
-
-
-@dataclass
-class RunSummary:
-    """What a run did: frame counts, per-stage latencies (ms lists), wall time (s).
-
-    frames: frames read in this run; frames_failed: of them, unreadable or failed (reason in
-    poses.jsonl); resumed_frames: frames of an earlier run kept (``resume``); interrupted: stopped
-    by SIGINT / SIGTERM (``signal`` names it); aborted: why the run stopped early (repeated
-    failures), "" otherwise; input_stopped: why the input ended before its announced length.
-    """
-
-    frames: int = 0
-    frames_failed: int = 0
-    poses: int = 0
-    skipped_detections: int = 0
-    redetections: int = 0
-    interrupted: bool = False
-    wall_s: float = 0.0
-    stage_ms: dict = field(default_factory=lambda: {s: [] for s in (*STAGES, "total")})
-    backend: str = ""
-    resumed_frames: int = 0
-    signal: str = ""
-    aborted: str = ""
-    input_stopped: str = ""
-    renderer: str = ""
-
-    @property
-    def fps(self) -> float:
-        """End-to-end frames per second (reading, estimation, overlay and writing)."""
-        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
-
-    def percentiles(self) -> dict:
-        """{stage: (p50, p90) ms} over the frames that ran the network."""
-        return {s: (float(np.percentile(v, 50)), float(np.percentile(v, 90)))
-                for s, v in self.stage_ms.items() if v}
-
-    def to_dict(self) -> dict:
-        return {"frames": self.frames, "frames_failed": self.frames_failed, "poses": self.poses,
-                "skipped_detections": self.skipped_detections, "redetections": self.redetections,
-                "resumed_frames": self.resumed_frames, "interrupted": self.interrupted, "signal": self.signal,
-                "aborted": self.aborted, "input_stopped": self.input_stopped,
-                "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2), "backend": self.backend,
-                "renderer": self.renderer,
-                "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
-
-    def format(self) -> str:
-        lines = [f"{self.frames} frames ({self.frames_failed} unreadable or failed), {self.poses} poses, "
-                 f"{self.skipped_detections} skipped detections, backend {self.backend}, renderer {self.renderer}"
-                 + (f", {self.resumed_frames} frames resumed" if self.resumed_frames else "")
-                 + (f" - INTERRUPTED ({self.signal})" if self.interrupted else ""),
-                 f"end-to-end {self.fps:.2f} FPS ({self.wall_s:.1f} s)",
-                 f"{'stage':<12} {'p50 ms':>9} {'p90 ms':>9}"]
-        lines += [f"{s:<12} {a:9.2f} {b:9.2f}" for s, (a, b) in self.percentiles().items()]
-        if self.input_stopped:
-            lines.append(f"warning: {self.input_stopped}")
-        if self.aborted:
-            lines.append(f"STOPPED: {self.aborted}")
-        return "\n".join(lines)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
-
-
-def _csv_rows_of(records: list, scene_id: int) -> list:
-    """BOP CSV rows of the poses of earlier ``poses.jsonl`` records (for a resumed CSV)."""
-    rows = []
-    for rec in records:
-        t = rec.get("timings_ms", {}).get("total", -1000.0) / 1000.0
-        for o in rec.get("objects", []):
-            rows.append({"scene_id": scene_id, "im_id": rec["frame"], "obj_id": o["obj_id"],
-                         "score": o.get("det_score", o["score"]), "R": o["R"], "t": o["t"], "time": t})
-    return rows
-
-
-def make_renderer(device=None):
-    """The EGL renderer (``runtime.render.Renderer``) on ``device`` (None: the EGL device of CUDA
-    device 0, the backends' GPU, else EGL device 0; an EGL index; "cuda:K"; "cpu"), its context
-    created now; warns once (stderr) when it renders on the CPU of a GPU machine. RuntimeError
-    with one line if unavailable."""
-    try:
-        from .render import Renderer
-        from .render.context import software_fallback_warning
-    except ImportError as e:
-        raise RuntimeError(f"renderer unavailable ({e})") from None
-    try:
-        device = int(device) if isinstance(device, str) and device.strip().isdigit() else device
-        r = Renderer(device=device)
-        warning = software_fallback_warning(r.description)  # creates the context: errors surface here
-    except Exception as e:
-        raise RuntimeError(f"cannot create the EGL renderer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if warning:
-        click.echo(warning, err=True)
-    return r
-
-
-def run(
-    source: FrameSource,
-    pipeline: Pipeline,
-    camera: Camera,
-    detect: Callable,
-    out_dir,
-    track: bool = False,
-    track_min_score: Optional[float] = None,
-    track_rel_drop: float = 0.5,
-    track_patience: int = 2,
-    bop_csv: bool = False,
-    scene_id: int = 0,
-    video: bool = True,
-    max_frames: Optional[int] = None,
-    progress: bool = True,
-    resume: bool = False,
-    overwrite: bool = False,
-    max_consecutive_errors: int = MAX_CONSECUTIVE_ERRORS,
-) -> RunSummary:
-    """Estimate poses frame by frame and write ``out_dir/poses.jsonl`` (+ ``results.csv`` BOP
-    CSV, + ``overlay.mp4``, + ``summary.json``). detect: ``(frame_index, frame_bgr) ->
-    list[Detection]``; with ``track`` it is only called for the first frame and to re-detect.
-
-    A camera with distortion coefficients (``camera.dist``): every frame is undistorted first
-    (:class:`~mrcnet.runtime.video_io.Undistorter`, maps computed once, new camera matrix = K), so
-    detection, the pipeline and the overlay all work on the undistorted frame with K.
-
-    Every output is flushed per frame; Ctrl-C or SIGTERM stops after the current frame and keeps
-    the rest (videos finalised, ``summary.json`` written). An ``out_dir`` that already holds a
-    ``poses.jsonl`` raises :class:`RunError` unless ``resume`` (continue it: frames already in it
-    are skipped, a torn last line is dropped; the overlay of the new frames goes to
-    ``overlay.from-<frame>.mp4``) or ``overwrite``. A frame whose input is bad (camera, image) or
-    whose processing fails is recorded with its reason and the run goes on; after
-    ``max_consecutive_errors`` failures in a row that are not bad inputs (e.g. a backend that
-    fails every call) the run stops with ``summary.aborted`` set.
-    Raises :class:`~mrcnet.runtime.formats.files.OutputError` when an output cannot be written.
-    """
-    from tqdm import tqdm
-
-    from .overlay import draw_frame, render_masks
-
-    out = prepare_out_dir(out_dir)
-    poses_path = out / POSES_NAME
-    done: set = set()
-    records: list = []
-    if poses_path.is_file() and poses_path.stat().st_size > 0 and not overwrite:
-        if not resume:
-            raise RunError(f"--out {out}: holds {POSES_NAME} of an earlier run; use --resume to continue it "
-                           "or --overwrite to replace it")
-        try:
-            records = read_poses_jsonl(poses_path, repair=True)
-        except PosesFormatError as e:
-            raise RunError(f"--resume: {e}; use --overwrite to start afresh") from None
-        done = {int(r["frame"]) for r in records if "frame" in r}
-    meshes = pipeline.meshes
-    tracker = Tracker({k: m.vertices for k, m in meshes.items()}, detect, min_score=track_min_score,
-                      rel_drop=track_rel_drop, patience=track_patience) if track else None
-    summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"), resumed_frames=len(done),
-                         renderer=getattr(pipeline.renderer, "description", "?"))
-    jsonl = PosesJsonlWriter(poses_path, append=bool(done))
-    csv = vw = None
-    total = len(source) - len(done) if max_frames is None else min(max(len(source) - len(done), 0) or max_frames,
-                                                                    max_frames)
-    bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True)
-    fps_ema = None
-    failures_in_row = 0
-    dist = getattr(camera, "dist", None)
-    undistorter = Undistorter(camera.fixed, dist) if dist is not None and camera.fixed is not None else None
-    t_start = time.perf_counter()
-    try:
-        with sigterm_as_interrupt():
-            csv = BopCsvWriter(out / CSV_NAME, scene_id,
-                               rows=_csv_rows_of([r for r in records if "objects" in r], scene_id)) if bop_csv else None
-            video_name = VIDEO_NAME if not done else f"overlay.from-{max(done) + 1}.mp4"
-            vw = VideoWriter(out / video_name, source.fps) if video else None
-            for frame in source:
-                if frame.index in done:
-                    continue
-                if max_frames is not None and summary.frames >= max_frames:
-                    break
-                summary.frames += 1
-                bar.update(1)
-                rec = {"frame": frame.index, "name": frame.name}
-                if frame.image is None:
-                    summary.frames_failed += 1
-                    rec["error"] = frame.error
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: skipped ({frame.error})")
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    if undistorter is not None:  # the pipeline sees a pinhole image with the camera's K
-                        frame.image = undistorter.undistort(frame.image)
-                    H, W = frame.image.shape[:2]
-                    K = camera.check_frame(frame.index, W, H)
-                    dets = tracker.detections(frame.index, frame.image) if tracker else detect(frame.index, frame.image)
-                    res = pipeline.estimate_frame(frame.image, K, dets)
-                    failures_in_row = 0
-                except InputError as e:
-                    summary.frames_failed += 1
-                    rec["error"] = str(e)
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: skipped ({e})")
-                    continue
-                except Exception as e:  # one failing frame (backend, renderer, detector) must not end the run
-                    summary.frames_failed += 1
-                    failures_in_row += 1
-                    rec["error"] = _first_line(e)
-                    jsonl.write(rec)
-                    bar.write(f"frame {frame.index}: failed ({rec['error']})")
-                    if failures_in_row >= max_consecutive_errors:
-                        summary.aborted = (f"{failures_in_row} frames in a row failed (last: frame {frame.index}: "
-                                           f"{rec['error']})")
-                        break
-                    continue
-                frame_ms = (time.perf_counter() - t0) * 1000.0
-                if tracker:
-                    redetected = bool(getattr(tracker, "_detected", None))
-                    summary.redetections += int(redetected and frame.index > 0)
-                    tracker.update(res.poses, K, (W, H))
-                    rec["tracking"] = {"detected": redetected, "lost": [{"obj_id": o, "why": w} for o, w in tracker.lost]}
-                summary.poses += len(res.poses)
-                summary.skipped_detections += len(res.skipped)
-                for d, why in res.skipped:
-                    bar.write(f"frame {frame.index}: skipped detection "
-                              f"{d.to_dict() if hasattr(d, 'to_dict') else d}: {why}")
-                if res.poses:
-                    for s in summary.stage_ms:
-                        summary.stage_ms[s].append(res.timings.get(s, 0.0))
-                rec["objects"] = [p.to_dict() for p in res.poses]
-                rec["skipped"] = [{**(d.to_dict() if hasattr(d, "to_dict") else {"detection": repr(d)}), "error": why}
-                                  for d, why in res.skipped]
-                rec["timings_ms"] = {k: round(v, 3) for k, v in res.timings.items()}
-                jsonl.write(rec)
-                if csv:
-                    csv.write(frame.index, res.poses, frame_ms / 1000.0)
-                fps_now = 1000.0 / frame_ms if frame_ms > 0 else 0.0
-                fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
-                if vw:
-                    try:  # contours from the renderer's full-frame masks; projected silhouettes if it fails
-                        masks = render_masks(pipeline.renderer, res.poses, K, W, H)
-                    except Exception:
-                        masks = None
-                    vw.write(draw_frame(frame.image, res.poses, K, meshes, fps=fps_ema, masks=masks,
-                                        text=f"frame {frame.index}  {summary.backend}"))
-                bar.set_postfix(fps=f"{fps_ema:.1f}", poses=len(res.poses))
-            summary.input_stopped = getattr(source, "stopped_early", None) or ""
-    except KeyboardInterrupt as e:
-        summary.interrupted = True
-        summary.signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-    finally:
-        summary.wall_s = time.perf_counter() - t_start
-        bar.close()
-        jsonl.close()
-        for w in (csv, vw):
-            if w is not None:
-                w.close()
-        try:
-            atomic_write_text(out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
-            summary_error = None
-        except OSError as e:
-            summary_error = OutputError(f"{out / SUMMARY_NAME}: cannot write ({e.strerror or e})")
-    if summary_error is not None:
-        raise summary_error
-    return summary
-
-
-# ------------------------------------------------------------------------------------- click
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input", required=False)
-@click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
-@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON/YAML: cam_K / K / fx,fy,cx,cy (+ width, height, dist_coeffs), ROS CameraInfo "
-                   "(K, D) or camera_calibration YAML, or BOP scene_camera.json.")
-@click.option("--fx", type=float)
-@click.option("--fy", type=float)
-@click.option("--cx", type=float)
-@click.option("--cy", type=float)
-@click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame id).")
-@click.option("--detector", type=click.Path(path_type=Path), help="ONNX detector with YOLO-style outputs (boxes xyxy, scores, classes).")
-@click.option("--class-map", help="Detector class -> object id, e.g. 0:1,1:5 (default: class = object id).")
-@click.option("--det-min-score", type=float, default=None, help="Drop weaker detections (JSON: 0, detector: 0.25).")
-@click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
-@click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
-@click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
-@click.option("--track-patience", type=click.IntRange(1), default=2, show_default=True,
-              help="Frames in a row a pose score may stay low (below --track-min-score, or half its score at detection) before re-detecting.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
-@click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
-@click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: default).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/run"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out: frames already in its poses.jsonl are skipped.")
-@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
-@click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
-@click.option("--no-video", is_flag=True, help="Do not write overlay.mp4.")
-@click.option("--max-frames", type=click.IntRange(1), default=None)
-@click.option("--render-device", default=None,
-              help="Renderer device: cuda:K (the EGL device of CUDA device K), an EGL device index, or cpu. "
-                   "Default: the backend's GPU, else EGL device 0.")
-@click.option("--chunk-size", type=click.IntRange(1), default=None,
-              help="Most detections per network call (default: the backend's capacity: the TensorRT "
-                   "profile's maximum, 8 for ONNX Runtime); a frame with more runs in chunks.")
-@click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, scene_id, track,
-         track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
-         max_frames, render_device, chunk_size, demo, quiet):
-    """Estimate object poses in INPUT and write
-    OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv.
-
-    INPUT: a video file, a folder of images, a quoted glob ('frames/*.png'), a camera index (0 is
-    /dev/video0), a stream URL (rtsp://, http(s)://, udp://) or a GStreamer pipeline ending in
-    appsink (where OpenCV has GStreamer).
-
-    Exit status: 0 done, 1 stopped by repeated failures or an unwritable output, 2 bad input,
-    130 / 143 interrupted by SIGINT / SIGTERM (finished frames are kept; --resume continues)."""
-    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
-    if demo:
-        input = input or M.DEMO_DIR / M.DEMO_CLIP
-        if camera is None and fx is None:
-            camera = M.DEMO_DIR / M.DEMO_CAMERA
-        if detections is None and detector is None:
-            detections = M.DEMO_DIR / M.DEMO_DETECTIONS
-    if input is None:
-        raise click.UsageError("missing INPUT (a video file, image folder or glob, camera index, stream URL or "
-                               "GStreamer pipeline), or use --demo")
-    if resume and overwrite:
-        raise click.UsageError("give either --resume or --overwrite, not both")
-    model = model or M.DEMO_EXPORT_DIR
-    try:
-        source = FrameSource(input)
-    except SourceError as e:
-        raise click.UsageError(str(e))
-    intrinsics = (fx, fy, cx, cy)
+def _camera(camera, intrinsics) -> Camera:
+    """The Camera of ``--camera FILE`` or of ``--fx --fy --cx --cy`` (pixels); UsageError (one line)."""
     if camera is not None and any(v is not None for v in intrinsics):
         raise click.UsageError("give either --camera or --fx/--fy/--cx/--cy, not both")
-    if camera is not None:
-        try:
-            cam = Camera.load(camera)
-        except CameraFileError as e:
-            raise click.UsageError(str(e))
-    elif all(v is not None for v in intrinsics):
-        try:
-            cam = Camera(check_camera(camera_matrix(fx, fy, cx, cy), "--fx/--fy/--cx/--cy"), source="--fx/--fy/--cx/--cy")
-        except InputError as e:
-            raise click.UsageError(str(e))
-    else:
-        raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
-    if detections is not None and detector is not None:
-        raise click.UsageError("give either --detections or --detector, not both")
-    if detections is None and detector is None:
-        raise click.UsageError("no detections: give --detections F or --detector F"
-                               + (" (with --track: for the first frame and re-detection)" if track else ""))
     try:
-        if detections is not None:
-            detect = JsonDetections(detections, scene_id=scene_id, min_score=det_min_score or 0.0)
-        else:
-            detect = OnnxDetector(detector, parse_class_map(class_map),
-                                  score_threshold=0.25 if det_min_score is None else det_min_score)
-    except DetectionError as e:
+        if camera is not None:
+            return Camera.load(camera)
+        if all(v is not None for v in intrinsics):
+            return Camera(check_camera(camera_matrix(*intrinsics), "--fx/--fy/--cx/--cy"), source="--fx/--fy/--cx/--cy")
+    except (CameraFileError, InputError) as e:
         raise click.UsageError(str(e))
-    try:
-        prepare_out_dir(out_dir)
-    except OutputError as e:
-        raise click.UsageError(str(e))
-    earlier = Path(out_dir) / POSES_NAME
-    if earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
-        raise click.UsageError(f"--out {out_dir}: holds {POSES_NAME} of an earlier run; use --resume to continue "
-                               "it or --overwrite to replace it")
-    if cam.fixed is not None:  # one K for all frames: check it against the frames before loading anything
-        first = source.first_frame()
-        if first is not None:
-            try:
-                cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
-            except InputError as e:
-                raise click.UsageError(str(e))
+    raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
+
+
+def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> tuple[Pipeline, object]:
+    """(Pipeline, renderer) of the export ``model`` on ``backend``; UsageError / ClickException
+    (one line) for a stale demo export, a bad manifest or a backend / renderer that cannot start."""
     if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
         problem = M.demo_export_problem(model)
         if problem is not None and (Path(model) / M.MANIFEST_NAME).is_file():
@@ -434,14 +59,136 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         raise click.UsageError(problem)
     try:
         renderer = make_renderer(render_device)
-        pipe = Pipeline(be, man, renderer, max_detections=chunk_size)
+        return Pipeline(be, man, renderer, max_detections=chunk_size), renderer
     except (RuntimeError, ValueError) as e:
         be.close()
         raise click.ClickException(str(e).splitlines()[0])
+
+
+# ------------------------------------------------------------------------------------- click
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input", required=False)
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help=f"Export directory (mrcnet-export --out). Default: the demo model's export {M.DEMO_EXPORT_DIR}.")
+@click.option("--camera", type=click.Path(path_type=Path), help="Camera JSON/YAML: cam_K / K / fx,fy,cx,cy (+ width, height, dist_coeffs), ROS CameraInfo "
+                   "(K, D) or camera_calibration YAML, or BOP scene_camera.json.")
+@click.option("--fx", type=float)
+@click.option("--fy", type=float)
+@click.option("--cx", type=float)
+@click.option("--cy", type=float)
+@click.option("--detections", type=click.Path(path_type=Path), help="BOP'22/COCO detections JSON keyed by frame (image_id = frame id).")
+@click.option("--detector", type=click.Path(path_type=Path),
+              help="ONNX detector: an Ultralytics export (raw (1, 4+classes, anchors) output, or nms=True) or "
+                   "boxes/scores/classes outputs; runs on the pose networks' ONNX Runtime providers.")
+@click.option("--class-map", help="Detector class -> object id: 0:1,1:5 or the data.yaml of mrcnet-synth yolo "
+                                  "(default: obj_<id> class names in the detector, else class = object id).")
+@click.option("--det-min-score", type=float, default=None, help=f"Drop weaker detections (JSON: 0, detector: {DETECTOR_MIN_SCORE}).")
+@click.option("--det-iou", type=click.FloatRange(0, 1), default=None,
+              help=f"NMS IoU threshold of a raw Ultralytics detector output (default {NMS_IOU}).")
+@click.option("--scene-id", type=int, default=None, help="Use the JSON's detections of this BOP scene; also the CSV's scene_id.")
+@click.option("--track", is_flag=True, help="After the first frame, boxes from the model projected at the previous pose.")
+@click.option("--track-min-score", type=float, default=None, help="Re-detect when a pose score falls below this.")
+@click.option("--track-patience", type=click.IntRange(1), default=2, show_default=True,
+              help="Frames in a row a pose score may stay low (below --track-min-score, or half its score at detection) before re-detecting.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option("--precision", default=None, help="TensorRT engine precision in the export (default: the first).")
+@click.option("--threads", type=click.IntRange(0), default=0, help="ONNX Runtime intra-op threads (0: default).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, allow_dash=True), default=Path("out/run"),
+              show_default=True, help="Output folder; '-': poses as JSON lines on stdout (no files; messages on stderr).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out: frames already in its poses.jsonl are skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
+@click.option("--bop-csv", is_flag=True, help="Also write results.csv in the BOP format.")
+@click.option("--no-video", is_flag=True, help="Do not write overlay.mp4.")
+@click.option("--max-frames", type=click.IntRange(1), default=None)
+@click.option("--render-device", default=None,
+              help="Renderer device: cuda:K (the EGL device of CUDA device K), an EGL device index, or cpu. "
+                   "Default: the backend's GPU, else EGL device 0.")
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help="Most detections per network call (default: the backend's capacity: the TensorRT "
+                   "profile's maximum, 8 for ONNX Runtime); a frame with more runs in chunks.")
+@click.option("--demo", is_flag=True, help="The shipped demo: demo model, clip, camera and detections.")
+@click.option("--realtime/--no-realtime", default=None,
+              help="Keep only the newest frame, drop (and count) those the pipeline cannot keep up with. "
+                   "Default: on for cameras, streams and GStreamer, off for files (--realtime plays a file at its frame rate).")
+@click.option("--pipeline/--no-pipeline", "pipelined", default=True, show_default=True,
+              help="Overlap reading, detection and preprocessing of the next frame with the networks and rendering "
+                   "of this one (threads); the poses are the same.")
+@click.option("--show", is_flag=True, help="Preview window of the overlay (q / Esc ends the run); without a display or "
+                                           "a GUI-capable OpenCV a one-line note, and the run goes on.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, det_iou, scene_id, track,
+         track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
+         max_frames, render_device, chunk_size, demo, realtime, pipelined, show, quiet):
+    """Estimate object poses in INPUT and write
+    OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv
+    (--out -: the poses as JSON lines on stdout, nothing else).
+
+    INPUT: a video file, a folder of images, a quoted glob ('frames/*.png'), a camera index (0 is
+    /dev/video0), a stream URL (rtsp://, http(s)://, udp://) or a GStreamer pipeline ending in
+    appsink (where OpenCV has GStreamer).
+
+    Exit status: 0 done, 1 stopped by repeated failures or an unwritable output, 2 bad input,
+    130 / 143 interrupted by SIGINT / SIGTERM (finished frames are kept; --resume continues)."""
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # skips are reported by run()
+    if demo:
+        input = input or M.DEMO_DIR / M.DEMO_CLIP
+        if camera is None and fx is None:
+            camera = M.DEMO_DIR / M.DEMO_CAMERA
+        if detections is None and detector is None:
+            detections = M.DEMO_DIR / M.DEMO_DETECTIONS
+    if input is None:
+        raise click.UsageError("missing INPUT (a video file, image folder or glob, camera index, stream URL or "
+                               "GStreamer pipeline), or use --demo")
+    if resume and overwrite:
+        raise click.UsageError("give either --resume or --overwrite, not both")
+    to_stdout = str(out_dir) == STDOUT
+    if to_stdout and (resume or overwrite or bop_csv):
+        raise click.UsageError("--out - writes poses to stdout and no files: --resume, --overwrite and --bop-csv "
+                               "need an output folder")
+    model = model or M.DEMO_EXPORT_DIR
     try:
-        summary = run(source, pipe, cam, detect, out_dir, track=track, track_min_score=track_min_score,
-                      track_patience=track_patience, bop_csv=bop_csv, scene_id=scene_id or 0, video=not no_video,
-                      max_frames=max_frames, progress=not quiet, resume=resume, overwrite=overwrite)
+        source = FrameSource(input)
+    except SourceError as e:
+        raise click.UsageError(str(e))
+    if resume and source.live:
+        source.close()
+        raise click.UsageError(f"--resume: input {input} is a live source; a live stream cannot be resumed "
+                               "(its frames are not read again): use another --out or --overwrite")
+    cam = _camera(camera, (fx, fy, cx, cy))
+    if detections is not None and detector is not None:
+        raise click.UsageError("give either --detections or --detector, not both")
+    if detections is None and detector is None:
+        raise click.UsageError("no detections: give --detections F or --detector F"
+                               + (" (with --track: for the first frame and re-detection)" if track else ""))
+    try:
+        detect = make_detector(detections, detector, class_map=class_map, min_score=det_min_score, iou=det_iou,
+                               scene_id=scene_id, backend=backend, threads=threads, export_dir=model)
+    except DetectionError as e:
+        raise click.UsageError(str(e))
+    try:
+        if not to_stdout:
+            prepare_out_dir(out_dir)
+    except OutputError as e:
+        raise click.UsageError(str(e))
+    earlier = Path(out_dir) / POSES_NAME
+    if not to_stdout and earlier.is_file() and earlier.stat().st_size > 0 and not (resume or overwrite):
+        raise click.UsageError(f"--out {out_dir}: holds {POSES_NAME} of an earlier run; use --resume to continue "
+                               "it or --overwrite to replace it")
+    if cam.fixed is not None:  # one K for all frames: check it against the frames before loading anything
+        first = source.first_frame()
+        if first is not None:
+            try:
+                cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
+            except InputError as e:
+                raise click.UsageError(str(e))
+    pipe, renderer = _pipeline(model, backend, threads, precision, chunk_size, render_device)
+    try:
+        config = RunConfig(track=track, track_min_score=track_min_score, track_patience=track_patience,
+                           bop_csv=bop_csv, scene_id=scene_id or 0, video=not (no_video or to_stdout),
+                           max_frames=max_frames,
+                           progress=not quiet, resume=resume, overwrite=overwrite, realtime=realtime,
+                           pipelined=pipelined, show=show)
+        summary = run(source, pipe, cam, detect, out_dir, config)
     except (RunError, OutputError, SourceError) as e:  # SourceError: the overlay video cannot be written
         raise click.ClickException(str(e)) from None
     finally:
@@ -449,9 +196,10 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
         release = getattr(renderer, "release", None)
         if release:
             release()
-    click.echo(summary.format())
-    click.echo(f"wrote {out_dir}/{POSES_NAME}" + ("" if no_video else f", {out_dir}/overlay*.mp4")
-               + (f", {out_dir}/{CSV_NAME}" if bop_csv else "") + f", {out_dir}/{SUMMARY_NAME}")
+    click.echo(summary.format(), err=to_stdout)  # stdout carries only the poses with --out -
+    if not to_stdout:
+        click.echo(f"wrote {out_dir}/{POSES_NAME}" + ("" if no_video else f", {out_dir}/overlay*.mp4")
+                   + (f", {out_dir}/{CSV_NAME}" if bop_csv else "") + f", {out_dir}/{SUMMARY_NAME}")
     if summary.interrupted:
         sys.exit(143 if summary.signal == "SIGTERM" else 130)
     if summary.aborted:

@@ -1,9 +1,9 @@
-"""Pose geometry in numpy: rotation bins, rotations, depth bins, 2D cells, translations, TTA.
+"""Pose geometry in numpy: rotation bins, depth bins, 2D cells, translations, the TTA group.
 
 Torch-free (the runtime imports it); ``mrcnet/geometry.py`` holds the batched torch versions used
 inside the network and builds on the constants defined here. Conventions (one place):
 OpenCV camera (x right, y down, z forward), millimetres, ``X_cam = R @ X_model + t``,
-quaternions ``(w, x, y, z)``.
+quaternions ``(w, x, y, z)``. Rotation conversions: :mod:`mrcnet.runtime.rotations`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+# the rotation conversions live in .rotations; re-exported here, where callers have long found them
+from .rotations import matrix_to_quat, quat_to_matrix, rot6d_to_matrix, rotation_angle_deg, rotz  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------- bins
@@ -119,75 +122,15 @@ def cell_index_to_xy(index: np.ndarray, n: int) -> np.ndarray:
     return np.stack([c[index % n], c[index // n]], axis=-1)
 
 
-# ---------------------------------------------------------------------------------- rotations
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions (w, x, y, z), any norm -> (..., 3, 3) rotation matrices."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    r = np.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        axis=-1,
-    )
-    return r.reshape(q.shape[:-1] + (3, 3))
+# ------------------------------------------------------------------------- TTA group, rotation checks
+#: crops per detection: the test-time (TTA) group of in-plane rotations Rz(k * 360/TTA_GROUP deg), also the
+#: BatchNorm group at inference (manifest ``n_rot`` = ``bn_group``); every layer reads it from here
+TTA_GROUP = 4
 
 
-def matrix_to_quat(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    m = R.reshape(-1, 3, 3)
-    tr = np.trace(m, axis1=1, axis2=2)
-    # Four candidates; pick the numerically largest denominator per matrix.
-    cand = np.stack(
-        [
-            np.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
-            np.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
-            np.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
-            np.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
-        ],
-        axis=1,
-    )  # (B, 4, 4)
-    diag = np.stack([1 + tr, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
-                     1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
-    q = cand[np.arange(len(m)), diag.argmax(1)]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    q = q * np.where(q[:, :1] < 0, -1.0, 1.0)
-    return q.reshape(R.shape[:-2] + (4,))
-
-
-def rot6d_to_matrix(x: np.ndarray) -> np.ndarray:
-    """6D rotation ``(a, b)`` -> (..., 3, 3) with columns [x y z]: x = a/|a|,
-    z = (x cross b)/|x cross b|, y = z cross x."""
-    x = np.asarray(x, dtype=np.float64)
-    a, b = x[..., :3], x[..., 3:6]
-    c0 = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    c2 = np.cross(c0, b)
-    c2 = c2 / np.linalg.norm(c2, axis=-1, keepdims=True)
-    c1 = np.cross(c2, c0)
-    return np.stack([c0, c1, c2], axis=-1)
-
-
-def rotz(theta: np.ndarray) -> np.ndarray:
-    """Rotation about the camera z axis by theta (radians): (...) -> (..., 3, 3)."""
-    theta = np.asarray(theta, dtype=np.float64)
-    c, s = np.cos(theta), np.sin(theta)
-    o, z = np.ones_like(theta), np.zeros_like(theta)
-    return np.stack([c, -s, z, s, c, z, z, z, o], axis=-1).reshape(theta.shape + (3, 3))
-
-
-def tta_rotations(n: int = 4) -> np.ndarray:
+def tta_rotations(n: int = TTA_GROUP) -> np.ndarray:
     """In-plane test-time rotations Rz(k * 360/n deg), k = 0..n-1: (n, 3, 3) float64."""
     return rotz(np.arange(n) * 2.0 * np.pi / n)
-
-
-def rotation_angle_deg(R1: np.ndarray, R2: np.ndarray) -> np.ndarray:
-    """Geodesic angle between rotations (..., 3, 3) x (..., 3, 3) -> (...) degrees."""
-    tr = np.einsum("...ij,...ij->...", np.asarray(R1, np.float64), np.asarray(R2, np.float64))
-    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
 def check_rotation(R: np.ndarray, what: str = "R", atol: float = 1e-3) -> np.ndarray:

@@ -22,8 +22,9 @@ from typing import Any, Iterable, Mapping
 import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
 
 from .formats.files import atomic_write_text, sha256_file
-from .geometry import BinSpec
+from .geometry import TTA_GROUP, BinSpec
 from .preprocess import BOX_RULES, FOV_VARIANTS
+from .render.mesh import load_mesh
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -121,9 +122,9 @@ class Manifest:
     regressor: GraphSpec
     fov_variant: str = "inference"
     box_rule: str = "clip"  # preprocess.BOX_RULES: how a detection box becomes the crop square
-    n_rot: int = 4
+    n_rot: int = TTA_GROUP
     crop_size: int = 256
-    bn_group: int = 4
+    bn_group: int = TTA_GROUP
     models_dir: str = MODELS_DIR
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     project_version: str = ""
@@ -151,8 +152,6 @@ class Manifest:
 
     def load_meshes(self, obj_ids=None) -> dict:
         """Load the BOP models (``runtime.render.mesh.Mesh``) of ``obj_ids`` (default all)."""
-        from .render.mesh import load_mesh
-
         out = {}
         for oid in self.obj_ids if obj_ids is None else obj_ids:
             p = self.model_path(oid)
@@ -194,9 +193,9 @@ class Manifest:
                                     list(d["regressor"]["outputs"])),
                 fov_variant=str(d.get("fov_variant", "inference")),
                 box_rule=str(d.get("box_rule", "clip")),
-                n_rot=int(d.get("n_rot", 4)),
+                n_rot=int(d.get("n_rot", TTA_GROUP)),
                 crop_size=int(d.get("crop_size", 256)),
-                bn_group=int(d.get("bn_group", 4)),
+                bn_group=int(d.get("bn_group", TTA_GROUP)),
                 models_dir=str(d.get("models_dir", MODELS_DIR)),
                 engines=dict(d.get("engines") or {}),
                 project_version=str(d.get("project_version", "")),
@@ -272,7 +271,7 @@ def verify_files(m: Manifest) -> None:
 
 def build_manifest(*, dataset: str, preset: str, obj_ids: Iterable[int], depth_range, bins: BinSpec,
                    fov_variant: str, crop_size: int, bn_group: int, project_version: str,
-                   checkpoint_sha256: str | None, n_rot: int = 4, engines: Mapping | None = None,
+                   checkpoint_sha256: str | None, n_rot: int = TTA_GROUP, engines: Mapping | None = None,
                    box_rule: str = "clip") -> Manifest:
     """A :class:`Manifest` with the standard file names and this module's graph I/O names (the exporter
     writes it; the reference builds one for an in-memory model).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -61,6 +61,23 @@ class FrameResult:
     timings: dict
 
 
+@dataclass
+class PreparedFrame:
+    """A frame between :meth:`Pipeline.prepare` and :meth:`Pipeline.finish`: image (H, W, 3)
+    uint8, K (3, 3), pending: detections not yet preprocessed, kept / skipped detections so far,
+    batches / index: the crops (``CropBatch`` per detection) and object indices of the next chunk,
+    tm: stage times in ms."""
+
+    image: np.ndarray
+    K: np.ndarray
+    pending: Iterator
+    kept: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    batches: list = field(default_factory=list)
+    index: list = field(default_factory=list)
+    tm: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+
+
 class Pipeline:
     """Pose estimation with a backend, the export's manifest and a renderer.
 
@@ -99,43 +116,35 @@ class Pipeline:
         """frame_bgr (H, W, 3) uint8 BGR (or (H, W) grey); K (3, 3) camera; detections: Detection
         objects or (obj_id, box xyxy) pairs. A detection of an unknown object or with an empty /
         out-of-image box is reported in ``skipped`` (and logged); the others still run. A bad
-        frame or camera raises ``preprocess.InputError``."""
-        m = self.manifest
-        tm = {s: 0.0 for s in STAGES}
-        t0 = t_pre = time.perf_counter()
-        img = P.check_image(frame_bgr, "frame")
-        K = P.check_camera(K)
-        kept, skipped, chunks = [], [], []
-        batches, index = [], []  # the chunk being prepared: crops of at most self.chunk detections
-        for raw in detections:
-            try:
-                d = as_detection(raw)
-            except (KeyError, TypeError, ValueError, IndexError) as e:
-                skipped.append((raw, f"malformed detection ({e})"))
-                continue
-            try:
-                oi = m.obj_index(d.obj_id)
-            except KeyError as e:
-                skipped.append((d, str(e.args[0])))
-                continue
-            try:
-                batches.append(P.prepare_detection(img, K, d.box, m.n_rot, m.fov_variant, m.crop_size,
-                                                     box_rule=m.box_rule))
-            except P.InputError as e:
-                skipped.append((d, str(e)))
-                continue
-            kept.append(d)
-            index.append(oi)
-            if len(batches) == self.chunk:  # run it: the crops of a crowded frame never pile up
-                tm["preprocess"] += _ms(t_pre)
-                chunks.append(self._run_chunk(batches, index, tm))
-                batches, index, t_pre = [], [], time.perf_counter()
-        tm["preprocess"] += _ms(t_pre)
-        if batches:
+        frame or camera raises ``preprocess.InputError``. Same as ``finish(prepare(...))``."""
+        return self.finish(self.prepare(frame_bgr, K, detections))
+
+    def prepare(self, frame_bgr: np.ndarray, K: np.ndarray, detections: Iterable) -> "PreparedFrame":
+        """The CPU-only first part of :meth:`estimate_frame` (checks, crops of the first chunk of
+        detections): a run loop can do it for the next frame in another thread while
+        :meth:`finish` runs the networks and the renderer on this one. Raises
+        ``preprocess.InputError`` for a bad frame or camera."""
+        t0 = time.perf_counter()
+        prep = PreparedFrame(P.check_image(frame_bgr, "frame"), P.check_camera(K), iter(detections))
+        self._fill(prep)
+        prep.tm["total"] = _ms(t0)
+        return prep
+
+    def finish(self, prep: "PreparedFrame") -> FrameResult:
+        """Networks, renderer and TTA selection of a :meth:`prepare`-d frame, chunk by chunk (the
+        crops of the next chunk are made after the current one ran: a crowded frame's crops never
+        pile up). -> FrameResult; timings include the prepare part."""
+        t0 = time.perf_counter()
+        tm, chunks = prep.tm, []
+        while prep.batches:
+            batches, index = prep.batches, prep.index
+            prep.batches, prep.index = [], []
             chunks.append(self._run_chunk(batches, index, tm))
+            self._fill(prep)
+        kept, skipped = prep.kept, prep.skipped
         for d, why in skipped:
             log.warning("skipped detection %s: %s", d.to_dict() if isinstance(d, Detection) else d, why)
-        tm["total"] = _ms(t0)
+        tm["total"] += _ms(t0)
         if not kept:
             return FrameResult([], skipped, tm)
         R, t, score = (np.concatenate(parts) for parts in zip(*chunks))
@@ -147,6 +156,35 @@ class Pipeline:
                 skipped.append((d, "non-finite pose from the network (NaN or inf): not a result"))
                 log.warning("skipped detection %s: non-finite pose", d.to_dict())
         return FrameResult(poses, skipped, tm)
+
+    def _fill(self, prep: "PreparedFrame") -> None:
+        """Preprocess ``prep``'s pending detections until one chunk (``self.chunk`` detections)
+        is ready or none is left; bad detections go to ``prep.skipped``. Adds the time to
+        ``prep.tm["preprocess"]``."""
+        m = self.manifest
+        t0 = time.perf_counter()
+        for raw in prep.pending:
+            try:
+                d = as_detection(raw)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                prep.skipped.append((raw, f"malformed detection ({e})"))
+                continue
+            try:
+                oi = m.obj_index(d.obj_id)
+            except KeyError as e:
+                prep.skipped.append((d, str(e.args[0])))
+                continue
+            try:
+                prep.batches.append(P.prepare_detection(prep.image, prep.K, d.box, m.n_rot, m.fov_variant,
+                                                        m.crop_size, box_rule=m.box_rule))
+            except P.InputError as e:
+                prep.skipped.append((d, str(e)))
+                continue
+            prep.kept.append(d)
+            prep.index.append(oi)
+            if len(prep.batches) == self.chunk:
+                break
+        prep.tm["preprocess"] += _ms(t0)
 
     def _run_chunk(self, batches: list, index: list, tm: dict):
         """Classifier, render, regressor and TTA selection of one chunk of detections; adds the

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .geometry import tta_rotations
+from .geometry import TTA_GROUP, tta_rotations
 
 CROP_SIZE = 256  # pixels, the network's input size
 PAD_SCALE = 1.5  # square crop side = PAD_SCALE * max(box w, box h)
@@ -78,18 +78,43 @@ def box_map(box_loc: np.ndarray, size: int = CROP_SIZE, out: np.ndarray | None =
     return out
 
 
-def box_loc_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Tight boxes of (N, H, W) masks in crop units: x1 = xmin / W, x2 = xmax / W with xmax the
-    last covered pixel index (docs/MODEL.md §4). Empty masks give (0, 0, 0, 0). -> (N, 4) float64."""
+def mask_extent(masks: np.ndarray) -> np.ndarray:
+    """The one mask-to-box rule: (..., H, W) masks -> (..., 4) int64 ``(x_min, y_min, x_max, y_max)``,
+    the first and last covered column / row, pixel indices, both ends INCLUSIVE (a one-pixel mask at
+    column 3, row 2 gives (3, 2, 3, 2)); an empty mask gives (-1, -1, -1, -1).
+
+    The box formats derive from it: BOP ``[x, y, w, h]`` with ``w = x_max - x_min``
+    (``mrcnet.data.bop.bbox_from_mask``), COCO ``[x, y, w, h]`` with ``w = x_max - x_min + 1``
+    (``mrcnet.data.layout.coco_box``), pixel-edge ``(x1, y1, x2, y2) = (x_min, y_min, x_max + 1,
+    y_max + 1)`` (:func:`mask_box_xyxy`) and the crop-unit ``box_loc`` (:func:`box_loc_from_masks`).
+    """
     masks = np.asarray(masks).astype(bool)
-    n, h, w = masks.shape
-    out = np.zeros((n, 4), np.float64)
-    cols, rows = masks.any(1), masks.any(2)
-    for i in range(n):
-        xs, ys = np.flatnonzero(cols[i]), np.flatnonzero(rows[i])
-        if len(xs):
-            out[i] = (xs[0] / w, ys[0] / h, xs[-1] / w, ys[-1] / h)
-    return out
+    if masks.ndim < 2:
+        raise ValueError(f"masks: expected (..., H, W), got shape {masks.shape}")
+    h, w = masks.shape[-2:]
+    cols, rows = masks.any(-2), masks.any(-1)  # (..., W), (..., H)
+    ext = np.stack([cols.argmax(-1), rows.argmax(-1),
+                    w - 1 - cols[..., ::-1].argmax(-1), h - 1 - rows[..., ::-1].argmax(-1)], -1).astype(np.int64)
+    ext[~cols.any(-1)] = -1
+    return ext
+
+
+def mask_box_xyxy(mask: np.ndarray) -> np.ndarray:
+    """Pixel-edge box (x1, y1, x2, y2) float64 of (..., H, W) masks: (x_min, y_min, x_max + 1, y_max + 1)
+    of :func:`mask_extent` (the detection-box convention: a one-pixel mask is 1 px wide); an empty mask
+    gives (-1, -1, 0, 0)."""
+    e = mask_extent(mask).astype(np.float64)
+    return e + np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def box_loc_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of (N, H, W) masks in crop units: x1 = x_min / W, x2 = x_max / W with x_max the
+    last covered pixel index (:func:`mask_extent`; docs/MODEL.md §4). Empty masks give (0, 0, 0, 0).
+    -> (N, 4) float64."""
+    masks = np.asarray(masks)
+    h, w = masks.shape[-2:]
+    ext = mask_extent(masks)
+    return np.where(ext[..., :1] < 0, 0.0, ext / np.array([w, h, w, h], np.float64))
 
 
 def check_image(image: np.ndarray, name: str = "image", size: tuple[int, int] | None = None) -> np.ndarray:
@@ -237,7 +262,7 @@ def prepare_detection(
     image: np.ndarray,
     K: np.ndarray,
     box_xyxy: np.ndarray,
-    n_rot: int = 4,
+    n_rot: int = TTA_GROUP,
     fov_variant: str = "inference",
     size: int = CROP_SIZE,
     scale: float = 1.0 / 255.0,

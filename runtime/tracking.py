@@ -82,6 +82,12 @@ class Tracker:
         self.lost: list[tuple[int, str]] = []  # (obj_id, why) of the last update
         self._detected: set[int] = set()  # objects whose box came from the detector this frame
 
+    @property
+    def detected(self) -> frozenset:
+        """Object ids whose box came from the detector in the last :meth:`detections` call
+        (empty when every box was a projected track): a re-detection happened when non-empty."""
+        return frozenset(self._detected)
+
     def detections(self, frame_index: int, frame_bgr: np.ndarray) -> list[Detection]:
         """Detections for this frame: the detector's when (re-)detection is due, else the
         projected boxes of the live tracks. Returns Detection objects with source "json"/"onnx"

@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -100,8 +102,6 @@ def import_cudart():
 
 def cuda_python_major() -> Optional[int]:
     """Major version of the installed cuda-python distribution (None when absent)."""
-    from importlib import metadata
-
     for dist in ("cuda-python", "cuda-bindings"):
         try:
             return int(metadata.version(dist).split(".")[0])
@@ -144,7 +144,7 @@ class CudaRuntime:
 
 def _import_pycuda():
     import pycuda.autoinit  # noqa: F401  (creates a context on device 0)
-    import pycuda.driver as drv
+    import pycuda.driver as drv  # pycuda: the Jetson fallback, optional
 
     return drv
 
@@ -155,8 +155,6 @@ def cuda_runtime(import_cudart_fn: Callable = import_cudart, import_pycuda_fn: C
 
     Raises :class:`TrtCompatError` (one line) when neither works. ``warn`` receives the fallback
     notice (default: printed to stderr)."""
-    import sys
-
     warn = warn or (lambda m: print(m, file=sys.stderr))
     problem = "cuda-python is not installed"
     try:

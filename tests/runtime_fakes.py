@@ -11,6 +11,7 @@ Expected pipeline output: R = Rz_k^T, t = d * fx_roi * K^-1 (box centre, 1).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ sys.meta_path.insert(0, _BlockTorch())
 
 from mrcnet.runtime.preprocess import box_loc_from_masks, box_map
 from mrcnet.runtime.render.renderer import RenderResult
+from mrcnet.runtime.video_io import Frame
 from mrcnet.testing import box_mesh, write_box_ply, write_ply  # noqa: F401  (write_ply: for the tests)
 
 D0, D_STEP = 0.5, 0.1
@@ -213,3 +215,98 @@ def detector_model(boxes, scores, classes, input_hw=(320, 320), with_num=False) 
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(m)
     return m
+
+
+class SlowBackend:
+    """A backend that sleeps ``delay_s`` seconds in every classifier call (a pipeline slower than
+    the frames arrive), otherwise the wrapped backend."""
+
+    def __init__(self, be, delay_s: float):
+        self.be, self.delay_s = be, float(delay_s)
+        self.name = be.name
+        self.classifier_outputs, self.regressor_outputs = be.classifier_outputs, be.regressor_outputs
+        self.max_crops = getattr(be, "max_crops", None)
+
+    def run_classifier(self, feeds, fetch=None):
+        time.sleep(self.delay_s)
+        return self.be.run_classifier(feeds, fetch)
+
+    def run_regressor(self, feeds, fetch=None):
+        return self.be.run_regressor(feeds, fetch)
+
+    def close(self):
+        self.be.close()
+
+
+class FakeLiveSource:
+    """A live source without a camera: ``images`` (list of (H, W, 3) uint8) delivered at ``fps``
+    frames per second (the reader waits for each like for a camera), then the stream ends.
+    Has the FrameSource attributes a run reads (live, fps, name, len 0, stopped_early)."""
+
+    live = True
+    stopped_early = None
+
+    def __init__(self, images, fps: float = 30.0, name: str = "fake-camera"):
+        self.images, self.fps, self.name = list(images), float(fps), name
+
+    def __len__(self):
+        return 0
+
+    def __iter__(self):
+        t0 = time.perf_counter()
+        for i, img in enumerate(self.images):
+            wait = t0 + i / self.fps - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            yield Frame(i, f"frame {i}", img.copy())
+
+    def close(self):
+        pass
+
+
+def ultralytics_model(pred, input_hw=(320, 320), names=None, dynamic=False, extra_output=None,
+                      half=False) -> onnx.ModelProto:
+    """An Ultralytics-layout detector graph that ignores the image and returns ``pred`` (its one
+    output ``output0``, e.g. (1, 4 + C, A) raw or (1, N, 6) NMS rows) plus 0 x the image mean, so the
+    input is wired. names: class names written as Ultralytics does (``names`` metadata); dynamic:
+    the input's H, W and the output's dimensions are symbolic (``imgsz`` metadata = input_hw); extra_output: a second
+    constant output (mask prototypes); half: float16 input and output (Ultralytics ``half=True``)."""
+    F = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    dt = np.float16 if half else np.float32
+    pred = np.asarray(pred, dt)
+    nodes = [_const("p0", pred), _const("zero", np.array(0.0, dt)),
+             helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["z"]),
+             helper.make_node("Add", ["p0", "z"], ["output0" if not dynamic else "p1"])]
+    if dynamic:  # the last dimension sliced at a run-time value, so ONNX Runtime cannot infer it
+        nodes += [helper.make_node("Shape", ["images"], ["ishape"], start=3),
+                  _const("s0", np.array([0], np.int64)), _const("ax", np.array([pred.ndim - 1], np.int64)),
+                  helper.make_node("Mul", ["ishape", "ishape"], ["iend"]),
+                  helper.make_node("Slice", ["p1", "s0", "iend", "ax"], ["output0"])]
+    shape = ["batch", "rows", "cols"] if dynamic else list(pred.shape)
+    outputs = [helper.make_tensor_value_info("output0", F, shape)]
+    if extra_output is not None:
+        extra = np.asarray(extra_output, np.float32)
+        nodes.append(_const("output1", extra))
+        outputs.append(helper.make_tensor_value_info("output1", F, list(extra.shape)))
+    in_shape = [1, 3, "height", "width"] if dynamic else [1, 3, *input_hw]
+    g = helper.make_graph(nodes, "fake_ultralytics", [helper.make_tensor_value_info("images", F, in_shape)], outputs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    meta = {"names": str(dict(enumerate(names))), "task": "detect"} if names is not None else {}
+    if dynamic:
+        meta["imgsz"] = str(list(input_hw))
+    for key, value in meta.items():
+        prop = m.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(m)
+    return m
+
+
+def raw_prediction(anchors, n_classes: int, n_anchors: int) -> np.ndarray:
+    """(1, 4 + C, A) Ultralytics raw output from ``[(cx, cy, w, h, class, score), ...]`` (input
+    pixels); the other anchors score 0."""
+    p = np.zeros((1, 4 + n_classes, n_anchors), np.float32)
+    for i, (cx, cy, w, h, c, s) in enumerate(anchors):
+        p[0, :4, i] = cx, cy, w, h
+        p[0, 4 + int(c), i] = s
+    return p

@@ -151,8 +151,8 @@ def test_run_undistorts_before_the_pipeline(tmp_path, monkeypatch):
     dets = write(tmp_path / "dets.json", json.dumps([{"image_id": 0, "category_id": 1, "score": 1.0,
                                                       "bbox": [280, 200, 80, 80]}]))
     seen = []
-    real = cli.Pipeline.estimate_frame
-    monkeypatch.setattr(cli.Pipeline, "estimate_frame", lambda self, image, K_, dets_: seen.append(image.copy())
+    real = cli.Pipeline.prepare  # where the run hands the frame to the pipeline
+    monkeypatch.setattr(cli.Pipeline, "prepare", lambda self, image, K_, dets_: seen.append(image.copy())
                         or real(self, image, K_, dets_))
     monkeypatch.setattr(cli, "make_renderer", lambda device=None: F.SilhouetteRenderer())
     _run([clip, "--model", export, "--camera", _cam(tmp_path, "cam.json", D), "--detections", dets,

@@ -376,9 +376,9 @@ def test_comparator_reports_the_differences(manifest):
 def test_run_summary_names_the_renderer_and_cli_options():
     from click.testing import CliRunner
 
-    from mrcnet.runtime import cli
+    from mrcnet.runtime import cli, runner
 
-    s = cli.RunSummary(backend="onnxruntime-cpu", renderer="llvmpipe (LLVM 15), OpenGL 4.5")
+    s = runner.RunSummary(backend="onnxruntime-cpu", renderer="llvmpipe (LLVM 15), OpenGL 4.5")
     assert s.to_dict()["renderer"] == "llvmpipe (LLVM 15), OpenGL 4.5"
     assert "renderer llvmpipe" in s.format().splitlines()[0]
     r = cli.make_renderer("cpu")

@@ -164,3 +164,127 @@ def test_no_module_level_import_cycles():
 ])
 def test_relative_imports_resolve(module, is_pkg, src, expected):
     assert _resolve(module, is_pkg, ast.parse(src).body[0]) == expected
+
+
+# ------------------------------------------------------------------------ imports inside functions
+#: third-party modules that may be imported inside a function (slow to import, or an optional extra);
+#: the longest dotted prefix names the group (``torch.utils.tensorboard`` is not ``torch``)
+HEAVY = {
+    "tensorrt": "the gpu extras", "cuda": "cuda-python, the gpu extras", "pycuda": "the Jetson fallback",
+    "onnxruntime": "the cpu / gpu extras (not gpu-trt11)", "onnx": "the train extra", "onnxslim": "the train extra",
+    "torch": "the train extra; the runtime and the data generators are torch-free",
+    "torch.utils.tensorboard": "tensorboard: slow, only when logging", "scipy": "the train extra, slow",
+    "albumentations": "the train extra, slow (about 1.5 s)", "pycocotools": "the train extra (RLE masks)",
+    "matplotlib": "slow, only for plots", "trimesh": "slow (about 0.5 s), only to build or load meshes",
+}
+#: files other issues are rewriting at the same time (their function-level imports are theirs to move):
+#: mrcnet/eval/bop_eval.py (being split), benchmarks/ (sharing one helper module). Emptied as those land.
+PENDING = ("mrcnet/eval/bop_eval.py", "benchmarks/")
+
+
+def _heavy_key(name):
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in HEAVY:
+            return ".".join(parts[:i])
+    return None
+
+
+def _project_module(name):
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _module_level_closure():
+    """``{module: (project modules, heavy groups)}`` reached through module-level imports, transitively."""
+    direct = {}
+    for mod, p, ln, name, src in _imports(top_level_only=True):
+        target = _project_module(name)
+        mods, heavy = direct.setdefault(mod, (set(), set()))
+        if target:
+            mods.add(target)
+        elif _heavy_key(name):
+            heavy.add(_heavy_key(name))
+    closure = {}
+    for mod in MODULES:
+        seen, stack, heavy = {mod}, [mod], set()
+        while stack:
+            m = stack.pop()
+            mods, hv = direct.get(m, ((), ()))
+            heavy |= set(hv)
+            for t in mods:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        closure[mod] = (seen, heavy)
+    return closure
+
+
+def _function_imports():
+    """``[(module, path, import node, has a comment)]`` for every import inside a function."""
+    import io
+    import tokenize
+
+    out = []
+    for module, (path, is_pkg) in MODULES.items():
+        text = path.read_text()
+        comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+                    if tok.type == tokenize.COMMENT}
+        own_line = {i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith("#")}
+        seen, explained_end = set(), set()  # end lines of imports that carry a reason
+        for fn in ast.walk(ast.parse(text, filename=str(path))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            nodes = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in seen]
+            for node in sorted(nodes, key=lambda n: n.lineno):
+                seen.add(id(node))
+                # a reason above or at the end; or right below an import that has one (one reason per block)
+                has = (node.lineno - 1 in own_line or node.lineno - 1 in explained_end
+                       or any(ln in comments for ln in range(node.lineno, node.end_lineno + 1)))
+                if has:
+                    explained_end.add(node.end_lineno)
+                out.append((module, path, node, has))
+    return out
+
+
+def test_imports_inside_functions_are_heavy_optional_or_cycle_breaking_with_a_reason():
+    """Imports sit at the top of each module, except (a) a heavy or optional third-party module
+    (:data:`HEAVY`) the module does not already import at its top, (b) a project module whose
+    module-level imports pull in such a heavy module, (c) a project module that imports this one at
+    module level (a cycle). Each kept-inside import has a one-line reason comment (on the line above
+    or at its end; one comment covers a block of consecutive imports)."""
+    closure = _module_level_closure()
+    bad = []
+    for module, path, node, has_comment in _function_imports():
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith(PENDING) or any(rel == p for p in PENDING):
+            continue
+        own_heavy = closure[module][1]
+        why = []
+        for name in _resolve(module, MODULES[module][1], node):
+            target = _project_module(name)
+            if target:
+                reached, heavy = closure[target]
+                if heavy - own_heavy:
+                    continue
+                if module in reached:
+                    continue
+                why.append(f"{name}: a light project module, import it at the top")
+            else:
+                key = _heavy_key(name)
+                if key is None:
+                    why.append(f"{name}: not in HEAVY (slow or optional modules), import it at the top")
+                elif key in own_heavy:
+                    why.append(f"{name}: already imported at this module's top (through its imports)")
+        if not why and not has_comment:
+            why.append("no reason comment (a '# ...' line above or at the end of the import)")
+        if why:
+            bad.append(f"{_where(path, node.lineno, ast.unparse(node))}  <- {'; '.join(why)}")
+    assert not bad, f"{len(bad)} import(s) inside functions:\n" + "\n".join(bad)
+
+
+def test_pending_files_exist():
+    """The exemptions above name real files (a stale entry would silently exempt nothing)."""
+    for p in PENDING:
+        assert (ROOT / p).exists(), p

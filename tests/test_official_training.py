@@ -189,7 +189,6 @@ def test_jittered_box_is_seeded_bounded_and_clipped():
 
 
 def test_validation_feeds_jittered_boxes(pairs, monkeypatch):
-    from mrcnet.runtime import preprocess as P
     from mrcnet.train import trainer
 
     ds = TrainingSamples(pairs, BINS, DEPTH, augment=False, label_cache=0)
@@ -202,7 +201,7 @@ def test_validation_feeds_jittered_boxes(pairs, monkeypatch):
         seen.append(list(box))
         raise Stop
 
-    monkeypatch.setattr(P, "prepare_detection", record)
+    monkeypatch.setattr(trainer, "prepare_detection", record)
 
     class M:
         bn_group = 4

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mrcnet.export.manifest import update_file_records
-from mrcnet.runtime import cli
+from mrcnet.runtime import runner
 from mrcnet.runtime import video_io as V
 from mrcnet.runtime.backends import create_backend
 from mrcnet.runtime.detections import Detection, JsonDetections
@@ -97,7 +97,7 @@ def test_non_finite_poses_are_skipped_not_written(export_dir, tmp_path):
     m = load_manifest(export_dir)
     pipe = Pipeline(NanBackend(create_backend(m, "onnxruntime-cpu")), m, F.SilhouetteRenderer())
     d = write_frames(tmp_path / "f", ["0.png", "1.png"])
-    s = cli.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", bop_csv=True, video=False,
+    s = runner.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", bop_csv=True, video=False,
                 progress=False)
     assert s.poses == 0 and s.skipped_detections == 2
     recs = read_poses_jsonl(tmp_path / "out" / "poses.jsonl")  # strict JSON: no bare NaN token
@@ -127,7 +127,7 @@ def test_one_failing_frame_does_not_end_the_run(export_dir, tmp_path):
     m = load_manifest(export_dir)
     pipe = Pipeline(FlakyBackend(create_backend(m, "onnxruntime-cpu"), fail=[1]), m, F.SilhouetteRenderer())
     d = write_frames(tmp_path / "f", [f"{i}.png" for i in range(4)])
-    s = cli.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", video=False, progress=False)
+    s = runner.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", video=False, progress=False)
     recs = read_poses_jsonl(tmp_path / "out" / "poses.jsonl")
     assert s.frames == 4 and s.frames_failed == 1 and s.poses == 3 and not s.aborted
     assert recs[1]["error"].startswith("RuntimeError: [ONNXRuntimeError]") and "\n" not in recs[1]["error"]
@@ -138,7 +138,7 @@ def test_a_backend_failing_every_frame_stops_with_a_summary(export_dir, tmp_path
     m = load_manifest(export_dir)
     pipe = Pipeline(FlakyBackend(create_backend(m, "onnxruntime-cpu"), fail=range(100)), m, F.SilhouetteRenderer())
     d = write_frames(tmp_path / "f", [f"{i}.png" for i in range(8)])
-    s = cli.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", video=False, progress=False,
+    s = runner.run(V.FrameSource(d), pipe, Camera(K), one_box, tmp_path / "out", video=False, progress=False,
                 max_consecutive_errors=3)
     assert s.frames == 3 and "3 frames in a row failed" in s.aborted
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["aborted"] == s.aborted
@@ -149,7 +149,7 @@ def test_bad_per_frame_camera_skips_only_its_frame(export_dir, tmp_path):
     good = K.reshape(-1).tolist()
     cam.write_text(json.dumps({"0": {"cam_K": good}, "1": {"cam_K": [0.0] * 9}, "2": {"cam_K": good}}))
     d = write_frames(tmp_path / "f", ["000000.png", "000001.png", "000002.png"])
-    s = cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera.load(cam), one_box, tmp_path / "out",
+    s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera.load(cam), one_box, tmp_path / "out",
                 video=False, progress=False)
     recs = read_poses_jsonl(tmp_path / "out" / "poses.jsonl")
     assert s.poses == 2 and s.frames_failed == 1 and "scene_camera.json: frame 1" in recs[1]["error"]
@@ -219,22 +219,22 @@ def test_rerun_into_an_earlier_run_is_refused_then_resumed(export_dir, tmp_path)
             raise KeyboardInterrupt
         return one_box(i, img)
 
-    s1 = cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), stop_at_3, out, bop_csv=True, progress=False)
+    s1 = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), stop_at_3, out, bop_csv=True, progress=False)
     assert s1.interrupted and s1.signal == "SIGINT"
     before = (out / "poses.jsonl").read_bytes()
     with open(out / "poses.jsonl", "ab") as f:
         f.write(b'{"frame": 3, "na')  # a torn last line (killed mid-write)
-    with pytest.raises(cli.RunError, match="--resume to continue it or --overwrite"):
-        cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False)
+    with pytest.raises(runner.RunError, match="--resume to continue it or --overwrite"):
+        runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False)
     assert (out / "poses.jsonl").read_bytes().startswith(before)  # untouched
-    s2 = cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, bop_csv=True, progress=False,
+    s2 = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, bop_csv=True, progress=False,
                  resume=True)
     recs = read_poses_jsonl(out / "poses.jsonl")
     assert s2.resumed_frames == 3 and s2.frames == 2 and [r["frame"] for r in recs] == [0, 1, 2, 3, 4]
     rows = (out / "results.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[1]) for r in rows] == [0, 1, 2, 3, 4]
     assert (out / "overlay.mp4").is_file() and (out / "overlay.from-3.mp4").is_file()
-    s3 = cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False, overwrite=True,
+    s3 = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False, overwrite=True,
                  video=False)
     assert s3.frames == 5 and len(read_poses_jsonl(out / "poses.jsonl")) == 5
 
@@ -249,7 +249,10 @@ def test_sigterm_is_handled_like_ctrl_c(export_dir, tmp_path):
         return one_box(i, img)
 
     old = signal.getsignal(signal.SIGTERM)
-    s = cli.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False)
+    # sequential: the signal interrupts frame 2 (pipelined runs finish the frames in flight:
+    # tests/test_realtime.py)
+    s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False,
+                   pipelined=False)
     assert signal.getsignal(signal.SIGTERM) == old  # restored
     assert s.interrupted and s.signal == "SIGTERM"
     assert json.loads((out / "summary.json").read_text())["signal"] == "SIGTERM"
@@ -266,7 +269,7 @@ def test_bop_image_folders_keep_their_frame_ids(export_dir, tmp_path):
     dets = tmp_path / "d.json"
     dets.write_text(json.dumps([{"scene_id": 0, "image_id": 3, "category_id": 1, "bbox": [100, 90, 60, 60],
                                  "score": 0.9}]))
-    cli.run(src, pipeline_of(export_dir), Camera(K), JsonDetections(dets), tmp_path / "out", bop_csv=True,
+    runner.run(src, pipeline_of(export_dir), Camera(K), JsonDetections(dets), tmp_path / "out", bop_csv=True,
             video=False, progress=False)
     recs = {r["frame"]: r for r in read_poses_jsonl(tmp_path / "out" / "poses.jsonl")}
     assert sorted(recs) == [1, 3, 10] and len(recs[3]["objects"]) == 1 and not recs[1]["objects"]

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from mrcnet.runtime import cli
+from mrcnet.runtime import cli, runner
 from mrcnet.runtime.backends import create_backend
 from mrcnet.runtime.detections import (Detection, DetectionError, JsonDetections, OnnxDetector,
                                        parse_class_map)
@@ -275,9 +275,11 @@ def test_run_interrupted_keeps_finished_frames(export_dir, frames_dir, tmp_path)
             raise KeyboardInterrupt
         return [Detection(1, (100, 90, 160, 150)), Detection(9, (0, 0, 30, 30))]
 
-    s = cli.run(FrameSource(frames_dir), make_pipeline(export_dir), Camera(K), detect, tmp_path / "out",
-                bop_csv=True, progress=False)
-    assert s.interrupted and s.frames == 4 and s.frames_failed == 1 and s.poses == 2 and s.skipped_detections == 2
+    # sequential stages: detection of frame 3 starts after frame 2 was written (pipelined, it would
+    # overlap frame 2: tests/test_realtime.py covers interrupts of a pipelined run)
+    s = runner.run(FrameSource(frames_dir), make_pipeline(export_dir), Camera(K), detect, tmp_path / "out",
+                   bop_csv=True, progress=False, pipelined=False)
+    assert s.interrupted and s.frames == 3 and s.frames_failed == 1 and s.poses == 2 and s.skipped_detections == 2
     recs = read_jsonl(tmp_path / "out" / "poses.jsonl")
     assert recs == seen and [r["frame"] for r in recs] == [0, 1, 2]  # flushed before frame 3 began
     assert "error" in recs[2] and recs[0]["objects"][0]["obj_id"] == 1
@@ -303,7 +305,7 @@ def test_run_tracking_detects_only_on_the_first_frame(export_dir, tmp_path):
         calls.append(i)
         return [Detection(1, (100, 90, 160, 150))]
 
-    s = cli.run(FrameSource(d), make_pipeline(export_dir), Camera(K), detect, tmp_path / "out",
+    s = runner.run(FrameSource(d), make_pipeline(export_dir), Camera(K), detect, tmp_path / "out",
                 track=True, video=False, progress=False)
     recs = read_jsonl(tmp_path / "out" / "poses.jsonl")
     assert calls == [0] and s.poses == 4 and s.redetections == 0

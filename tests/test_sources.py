@@ -86,15 +86,16 @@ def _free_port():
 
 @pytest.fixture
 def served_clip():
-    """A function that starts ffmpeg serving the demo clip once over HTTP (MPEG-TS, the clip's
+    """A function that starts ffmpeg serving the demo clip once over HTTP (``paced``: at 30 FPS) (MPEG-TS, the clip's
     own video packets, not re-encoded; dump_extra repeats the codec header in-band) on 127.0.0.1 and returns its URL; ffmpeg is stopped after."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (scripts/setup.sh installs it)")
     procs = []
 
-    def serve():
+    def serve(paced=False):  # paced: at the clip's frame rate (ffmpeg -re), like a camera
         url = f"http://127.0.0.1:{_free_port()}/clip.ts"
-        procs.append(subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(CLIP), "-c", "copy", "-bsf:v", "dump_extra",
+        procs.append(subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", *(["-re"] if paced else []),
+                                       "-i", str(CLIP), "-c", "copy", "-bsf:v", "dump_extra",
                                        "-f", "mpegts", "-listen", "1", url],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return url
@@ -130,28 +131,50 @@ def test_ffmpeg_stream_frames_equal_the_file(served_clip):
     assert time.monotonic() - t0 < 30
 
 
+def _run_cli(inp, args, out, stream=False):
+    """mrcnet-run INPUT ARGS --out OUT; a stream is retried until ffmpeg listens (bounded)."""
+    for attempt in range(20):
+        r = CliRunner().invoke(cli.main, [inp, *args, "--out", str(out), "--overwrite"])
+        if r.exit_code == 0 or not stream or "cannot open the stream" not in r.output:
+            break
+        time.sleep(0.25)
+    assert r.exit_code == 0, r.output
+    return read_jsonl(out / "poses.jsonl"), json.loads((out / "summary.json").read_text())
+
+
+def _pose_list(rec):
+    return [(o["obj_id"], o["R"], o["t"]) for o in rec["objects"]]
+
+
 def test_cli_on_ffmpeg_stream_matches_file_run(served_clip, tmp_path, monkeypatch):
+    """The stream read by mrcnet-run: in real time (the default for streams; ffmpeg sends at the
+    clip's 30 FPS, faster than the pipeline runs here, so frames are dropped) every processed frame's poses equal the file
+    run's poses of that frame, and the drops add up; with --no-realtime the first frames are all
+    processed, equal to the file's."""
     export = F.make_export(tmp_path / "export", obj_ids=(1, 2, 3))
     monkeypatch.setattr(cli, "make_renderer", lambda device=None: F.SilhouetteRenderer())
     common = ["--model", str(export), "--camera", str(M.DEMO_DIR / M.DEMO_CAMERA),
-              "--detections", str(M.DEMO_DIR / M.DEMO_DETECTIONS), "--backend", "onnxruntime-cpu",
-              "--max-frames", str(STREAM_FRAMES), "--no-video", "-q"]
+              "--detections", str(M.DEMO_DIR / M.DEMO_DETECTIONS), "--backend", "onnxruntime-cpu", "--no-video", "-q"]
     url = served_clip()
     _open_when_listening(url).close()  # waits for ffmpeg; ffmpeg serves one client, so serve again
-    url = served_clip()
-    time.sleep(0.5)
-    runs = {}
-    for name, inp in (("file", str(CLIP)), ("stream", url)):
-        for attempt in range(20):  # the stream: until ffmpeg listens (bounded)
-            r = CliRunner().invoke(cli.main, [inp, *common, "--out", str(tmp_path / name), "--overwrite"])
-            if r.exit_code == 0 or name == "file" or "cannot open the stream" not in r.output:
-                break
-            time.sleep(0.25)
-        assert r.exit_code == 0, r.output
-        runs[name] = read_jsonl(tmp_path / name / "poses.jsonl")
-    assert len(runs["file"]) == len(runs["stream"]) == STREAM_FRAMES
-    for a, b in zip(runs["file"], runs["stream"]):
-        assert a["frame"] == b["frame"] and len(a["objects"]) == 3
-        assert [(o["obj_id"], o["R"], o["t"]) for o in a["objects"]] == [(o["obj_id"], o["R"], o["t"]) for o in b["objects"]]
-    summary = json.loads((tmp_path / "stream" / "summary.json").read_text())
-    assert summary["frames"] == STREAM_FRAMES and summary["frames_failed"] == 0
+    t0 = time.monotonic()
+    file_recs, _ = _run_cli(str(CLIP), common, tmp_path / "file")
+    by_frame = {r["frame"]: r for r in file_recs}
+    assert len(by_frame) == 90
+    live, live_sum = _run_cli(served_clip(paced=True), common, tmp_path / "stream", stream=True)
+    t_live = time.monotonic()
+    frames = [r["frame"] for r in live]
+    assert live_sum["realtime"] and frames == sorted(set(frames)) and frames[0] == 0
+    gaps = [b - a - 1 for a, b in zip([-1] + frames, frames)]
+    assert [r["dropped"] for r in live] == gaps and live_sum["frames_dropped"] == sum(gaps) > 0
+    assert live_sum["frames"] == len(live) and len(live) + sum(gaps) == frames[-1] + 1
+    for r in live:
+        assert len(r["objects"]) == 3 and _pose_list(r) == _pose_list(by_frame[r["frame"]]), r["frame"]
+    seq, seq_sum = _run_cli(served_clip(), [*common, "--no-realtime", "--max-frames", str(STREAM_FRAMES)],
+                            tmp_path / "stream-all", stream=True)
+    assert [r["frame"] for r in seq] == list(range(STREAM_FRAMES)) and not seq_sum["realtime"]
+    assert seq_sum["frames"] == STREAM_FRAMES and seq_sum["frames_failed"] == 0 and seq_sum["frames_dropped"] == 0
+    for r in seq:
+        assert _pose_list(r) == _pose_list(by_frame[r["frame"]])
+    print(f"stream, real time: {len(live)} frames processed, {sum(gaps)} dropped (ffmpeg sends 30 FPS), {t_live - t0:.1f} s with the file run; --no-realtime: {STREAM_FRAMES} of "
+          f"{STREAM_FRAMES} frames equal to the file's")

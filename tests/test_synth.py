@@ -363,3 +363,74 @@ def test_bracket_turns_never_show_the_same_outline(models, renderer):
     finally:
         for oid in (bracket, plate):
             renderer.remove_object(200 + oid)
+
+
+def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
+    """``mrcnet-synth yolo``: one label per instance visible enough, its box the pixels of the
+    instance's visible mask (= scene_gt_info's bbox_visib), class = index of the object id; the
+    images copied, one in four in val, data.yaml readable as mrcnet-run's --class-map."""
+    import cv2
+    import yaml
+    from click.testing import CliRunner
+
+    from mrcnet.data.cli import main
+    from mrcnet.runtime.detectors import parse_class_map
+
+    root, _ = split
+    out = tmp_path / "yolo"
+    args = ["yolo", "--scenes", str(root / "test"), "--out", str(out), "--val-fraction", "0.25", "--obj-ids", "1,2,3",
+            "-q"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == {0: "obj_000001", 1: "obj_000002", 2: "obj_000003"} and data["nc"] == 3
+    assert data["train"] == "images/train" and data["val"] == "images/val" and data["path"] == str(out.resolve())
+    assert parse_class_map(str(out / "data.yaml")) == {0: 1, 1: 2, 2: 3}
+    ds = bop.BopDataset(root, "test")
+    n_labels = n_low = 0
+    subsets = []
+    for rec in ds:
+        stem = f"{rec.scene_id:06d}_{rec.im_id:06d}"
+        subset = [s for s in ("train", "val") if (out / "labels" / s / f"{stem}.txt").is_file()]
+        assert len(subset) == 1, stem
+        subsets.append(subset[0])
+        assert (out / "images" / subset[0] / f"{stem}.png").read_bytes() == rec.image_path.read_bytes()
+        rows = [line.split() for line in (out / "labels" / subset[0] / f"{stem}.txt").read_text().splitlines()]
+        expected = []
+        for inst in rec.instances:
+            mask = rec.load_mask(inst.gt_id)
+            if inst.info["visib_fract"] < 0.1 or not mask.any():
+                n_low += 1
+                continue
+            ys, xs = np.nonzero(mask)
+            expected.append((inst.obj_id - 1, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            x, y, w, h = inst.info["bbox_visib"]  # the scene's box: the same pixels
+            assert [x, y, x + w + 1, y + h + 1] == list(expected[-1][1:])
+        assert len(rows) == len(expected)
+        for row, (c, x1, y1, x2, y2) in zip(rows, expected):
+            cx, cy, w, h = (float(v) for v in row[1:])
+            assert int(row[0]) == c
+            np.testing.assert_allclose([(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H],
+                                       [x1, y1, x2, y2], atol=1e-3)
+        assert cv2.imread(str(out / "images" / subset[0] / f"{stem}.png")).shape[:2] == (H, W)
+        n_labels += len(rows)
+    assert subsets.count("val") == 1 and len(subsets) == 4 and n_labels > 0
+    assert f"{n_labels} labels of 3 classes" in r.output and f"{n_low} instances not labelled" in r.output
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "holds a dataset (data.yaml); use --overwrite" in r.output
+    r = CliRunner().invoke(main, args[:-2] + ["2", "--overwrite", "-q"])
+    assert r.exit_code == 0, r.output
+    labels = [line for p in (out / "labels").rglob("*.txt") for line in p.read_text().splitlines()]
+    assert labels and {line.split()[0] for line in labels} == {"0"}  # object 2 is class 0 of the one class
+    # a dataset folder with one split works as well; unknown objects and missing folders: one line
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y2"), "--obj-ids", "1,2,3",
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    y2 = list((tmp_path / "y2" / "labels" / "train").glob("*.txt"))
+    assert len(y2) == 4 and not (tmp_path / "y2" / "labels" / "val").exists()  # 0.1 of 4 images: no val
+    assert sum(len(p.read_text().splitlines()) for p in y2) == n_labels
+    assert yaml.safe_load((tmp_path / "y2" / "data.yaml").read_text())["val"] == "images/train"
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y3"), "--obj-ids", "99"])
+    assert r.exit_code != 0 and "--obj-ids: [99] not in" in r.output
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(tmp_path / "nope"), "--out", str(out)])
+    assert r.exit_code != 0 and "nope" in r.output

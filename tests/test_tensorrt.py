@@ -190,7 +190,7 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     for name in ("classifier.onnx", "regressor.onnx", "classifier.fp16.onnx", "regressor.fp16.onnx"):
         (tmp_path / name).write_bytes(name.encode())
     monkeypatch.setattr("mrcnet.runtime.manifest.Manifest.validate", lambda self: None, raising=False)
-    monkeypatch.setattr("mrcnet.runtime.manifest.load_manifest", lambda d: man)
+    monkeypatch.setattr(T, "load_manifest", lambda d: man)
     write_manifest(tmp_path, man, precision_graphs={"fp16": {"classifier": "classifier.fp16.onnx",
                                                              "regressor": "regressor.fp16.onnx"}})
     trt = fake_tensorrt(version)

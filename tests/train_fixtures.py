@@ -7,17 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mrcnet.runtime.rotations import random_rotation
+
 K_TINY = np.array([[500.0, 0.0, 160.0], [0.0, 500.0, 120.0], [0.0, 0.0, 1.0]])
 SIZE = (320, 240)
-
-
-def _random_rotation(rng) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
 def write_tiny_split(root, n_images: int = 4, n_objects: int = 3, seed: int = 0, split: str = "train_pbr",
@@ -64,7 +57,7 @@ def _write_split_directly(root: Path, n_images: int, seed: int, split: str, per_
             px = rng.uniform(0.3, 0.7) * W + (j - (per_image - 1) / 2) * 90
             py = rng.uniform(0.35, 0.65) * H
             t = np.array([(px - K_TINY[0, 2]) * z / K_TINY[0, 0], (py - K_TINY[1, 2]) * z / K_TINY[1, 1], z])
-            objs.append(SceneObject(oid, _random_rotation(rng), t, color=rng.uniform(0.3, 0.9, 3)))
+            objs.append(SceneObject(oid, random_rotation(rng), t, color=rng.uniform(0.3, 0.9, 3)))
         bg = (rng.uniform(20, 200, (H // 8, W // 8, 3))).astype(np.uint8)
         bg = np.ascontiguousarray(np.kron(bg, np.ones((8, 8, 1), np.uint8)))
         res = r.render_scene(objs, K_TINY, W, H, background=bg)

@@ -7,6 +7,7 @@ Torch-free modules (importable without torch):
     ``mrcnet.data.scenes``   Synthetic BOP splits rendered with ``mrcnet.runtime.render``.
     ``mrcnet.data.backgrounds``  Procedural / folder backgrounds for the synthetic images.
     ``mrcnet.data.video``    Demo clips (mp4 + per-frame GT, camera, detections).
+    ``mrcnet.data.yolo``     YOLO-format detection datasets (Ultralytics) from BOP splits.
     ``mrcnet.data.cli``      ``mrcnet-synth`` console script.
 
 Nothing is imported here, so ``import mrcnet.data`` stays cheap and torch-free.

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .bop import IMAGE_EXTS, BopFormatError, load_image
 
 
-def _cv2():
-    import cv2
-    return cv2
-
-
 def _noise(rng, width: int, height: int, cells: int) -> np.ndarray:
     """(H, W) float32 smooth value noise in [0, 1] from a ``cells``-wide random grid."""
-    cv2 = _cv2()
     gw = max(2, cells)
     gh = max(2, int(round(cells * height / width)))
     grid = rng.random((gh, gw)).astype(np.float32)
@@ -42,7 +37,6 @@ def _random_colour(rng) -> np.ndarray:
 
 def noise_background(rng, width: int, height: int) -> np.ndarray:
     """Multi-octave coloured value noise (stone, fabric, wood-like blotches)."""
-    cv2 = _cv2()
     full = (width, height)
     width, height = max(2, width // 2), max(2, height // 2)  # smooth: made at half size
     a, b = _random_colour(rng).astype(np.float32), _random_colour(rng).astype(np.float32)
@@ -72,7 +66,6 @@ def gradient_background(rng, width: int, height: int) -> np.ndarray:
 
 def clutter_background(rng, width: int, height: int) -> np.ndarray:
     """Random filled rectangles, circles and lines over a noise base (a busy workbench)."""
-    cv2 = _cv2()
     img = noise_background(rng, width, height)
     size = max(width, height)
     for _ in range(int(rng.integers(10, 40))):
@@ -122,7 +115,6 @@ class FolderBackgrounds:
                                  "(any image folder works, e.g. VOC2012 JPEGImages)")
 
     def __call__(self, rng, width: int, height: int) -> np.ndarray:
-        cv2 = _cv2()
         im = load_image(self.files[int(rng.integers(len(self.files)))])
         if im.ndim == 2:
             im = np.repeat(im[..., None], 3, axis=2)

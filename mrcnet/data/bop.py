@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from mrcnet.runtime.formats.bop import (  # noqa: F401  (the formats' one owner; re-exported)
@@ -54,6 +55,8 @@ from mrcnet.runtime.formats.bop import (  # noqa: F401  (the formats' one owner;
     save_test_targets,
 )
 from mrcnet.runtime.formats.files import atomic_open  # noqa: F401  (re-exported)
+from mrcnet.runtime.preprocess import mask_extent
+from mrcnet.runtime.rotations import rotation_about_axis  # also re-exported: bop.rotation_about_axis
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +64,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: visib_fract threshold of the targets derived from the annotations when no targets file exists
 TARGETS_MIN_VISIB = 0.1
-
-
-
-def rotation_about_axis(angle: float, axis) -> np.ndarray:
-    """(3, 3) rotation by ``angle`` radians about ``axis`` (any length), right-hand rule."""
-    a = np.asarray(axis, dtype=np.float64).reshape(3)
-    a = a / np.linalg.norm(a)
-    c, s = np.cos(angle), np.sin(angle)
-    K = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return c * np.eye(3) + s * K + (1.0 - c) * np.outer(a, a)
 
 
 def symmetry_transforms(info, max_sym_disc_step: float = 0.01) -> list[dict]:
@@ -115,17 +108,11 @@ def symmetry_transforms(info, max_sym_disc_step: float = 0.01) -> list[dict]:
 # Images, depth, masks.
 # --------------------------------------------------------------------------------------------
 
-def _cv2():
-    import cv2  # local import: keeps ``import mrcnet.data.bop`` light
-    return cv2
-
-
 def _imread(path, flag: str, what: str) -> np.ndarray:
     """``cv2.imread(path, cv2.<flag>)``; a missing or undecodable file raises BopFormatError."""
     path = Path(path)
     if not path.is_file():
         raise BopFormatError(f"{path}: file not found")
-    cv2 = _cv2()
     im = cv2.imread(str(path), getattr(cv2, flag))
     if im is None:
         raise BopFormatError(f"{path}: cannot decode {what}")
@@ -154,7 +141,6 @@ def load_image(path, order: str = "bgr") -> np.ndarray:
 
 def save_image(path, im: np.ndarray, order: str = "bgr", jpg_quality: int = 95) -> None:
     """Write an (H, W[, 3]) image atomically (format from the extension: png, jpg, tif)."""
-    cv2 = _cv2()
     path = Path(path)
     im = np.asarray(im)
     if im.ndim == 3 and order == "rgb":
@@ -201,13 +187,13 @@ def save_mask(path, mask: np.ndarray) -> None:
 
 
 def bbox_from_mask(mask: np.ndarray, offset: Sequence[int] = (0, 0)) -> list[int]:
-    """BOP box ``[x, y, w, h]`` of a mask (``w = x_max - x_min`` as ``misc.calc_2d_bbox``),
+    """BOP box ``[x, y, w, h]`` of a mask (``w = x_max - x_min`` as ``misc.calc_2d_bbox``; the extent of
+    :func:`mrcnet.runtime.preprocess.mask_extent`),
     ``[-1, -1, -1, -1]`` when empty. ``offset`` (ox, oy) is subtracted from the pixel indices."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    x0, y0, x1, y1 = (int(v) for v in mask_extent(mask))
+    if x0 < 0:
         return [-1, -1, -1, -1]
-    x0, y0 = int(xs.min()) - int(offset[0]), int(ys.min()) - int(offset[1])
-    return [x0, y0, int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+    return [x0 - int(offset[0]), y0 - int(offset[1]), x1 - x0, y1 - y0]
 
 
 

@@ -1,13 +1,22 @@
-"""``mrcnet-synth``: procedural objects, synthetic BOP scenes and demo clips (thin wrappers)."""
+"""``mrcnet-synth``: procedural objects, synthetic BOP scenes, demo clips and YOLO detection datasets (thin wrappers)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
+from mrcnet.runtime.render import Renderer
+
+from . import bop
+from . import objects as objs
+from .lookalike import write_lookalike
+from .scenes import SceneConfig, default_image_size, default_K, generate_scenes
+from .video import generate_video
+from .yolo import write_yolo_dataset
 
 
 def _device(value):
@@ -20,8 +29,6 @@ def _device(value):
 def _camera(width, height, fx, fy, cx, cy):
     """(width, height, K (3, 3)) from the options; defaults from the ``synth`` preset and
     ``scenes.default_K``."""
-    from .scenes import default_image_size, default_K
-
     if width is None or height is None:
         dw, dh = default_image_size()
         width, height = width or dw, height or dh
@@ -59,7 +66,7 @@ def _camera_options(f):
     return f
 
 
-@click.group(help="Synthetic data for MRC-Net: procedural CAD objects, BOP scenes, demo clips.")
+@click.group(help="Synthetic data for MRC-Net: procedural CAD objects, BOP scenes, demo clips, YOLO datasets.")
 def main():
     pass
 
@@ -73,8 +80,6 @@ def main():
               help="Render each part at R and R*S for its declared symmetries S and compare masks.")
 @click.option("--device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
 def objects(count, out, seed, families, check, device):
-    from . import objects as objs
-
     _out_dir(out)
     t0 = time.perf_counter()
     fams = [f.strip() for f in families.split(",")] if families else None
@@ -84,9 +89,6 @@ def objects(count, out, seed, families, check, device):
         raise click.ClickException(str(e))
     all_ious: list = []
     if check:
-        from pathlib import Path
-
-        from mrcnet.runtime.render import Renderer
         r = Renderer(_device(device))
         for p in parts:
             r.add_object(p.obj_id, Path(out) / "models" / f"obj_{p.obj_id:06d}.ply")
@@ -132,11 +134,6 @@ def objects(count, out, seed, families, check, device):
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
            distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .scenes import SceneConfig, generate_scenes
-
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
@@ -173,11 +170,6 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
 @click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
           backgrounds, seed, device):
-    from mrcnet.runtime.render import Renderer
-
-    from . import bop
-    from .video import generate_video
-
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     try:
@@ -188,6 +180,57 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
         raise click.ClickException(str(e))
     click.echo(f"{s['video']}: {s['frames']} frames {width}x{height}, {s['instances']} objects, "
                f"{s['detections']} detections, {s['seconds']:.1f} s = {s['frames_per_s']:.2f} frames/s")
+
+
+@main.command(help="Write a synthetic look-alike of an official BOP dataset (tless, lmo, ycbv, itodd): its "
+                   "models folders, test split layout, targets and a BOP'22 detections file, under OUT (use it "
+                   "as $BOP_PATH).")
+@click.option("--dataset", type=click.Choice(["tless", "lmo", "ycbv", "itodd"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder playing $BOP_PATH.")
+@click.option("--images", "-n", type=click.IntRange(min=1), default=2, show_default=True, help="Test images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+def lookalike(dataset, out, images, seed, device):
+    _out_dir(out)
+    try:
+        r = write_lookalike(dataset, out, n_images=images, seed=seed, renderer=Renderer(_device(device)))
+    except (ValueError, bop.BopFormatError, OutputError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{r['root']}: split {r['split']}" + (f" (no ground truth; val: {r['val']})" if r["val"] else "")
+               + f", targets {r['targets']}, detections {r['detections']}")
+
+
+@main.command(help="Write a YOLO-format detection dataset (images/, labels/, data.yaml) from a BOP split, "
+                    "for training a 2D detector with Ultralytics (docs/LIVE.md).")
+@click.option("--scenes", type=click.Path(exists=True, file_okay=False), required=True,
+              help="A BOP split folder (e.g. the --out of mrcnet-synth scenes + /test), or a dataset folder.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write.")
+@click.option("--split", default=None, help="Split folder name when --scenes is a dataset folder with several.")
+@click.option("--models", default="models", show_default=True,
+              help="Models folder holding models_info.json (name in the dataset folder, or a path).")
+@click.option("--min-visib", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Label only instances with at least this visible fraction (scene_gt_info visib_fract).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of the images in val (0: val = train).")
+@click.option("--obj-ids", default=None, help="Comma-separated object ids to label (default: all in models_info.json).")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def yolo(scenes, out, split, models, min_visib, val_fraction, obj_ids, overwrite, quiet):
+    try:
+        ids = [int(v) for v in obj_ids.split(",") if v.strip()] if obj_ids else None
+    except ValueError:
+        raise click.UsageError(f"--obj-ids {obj_ids!r}: expected comma-separated integers") from None
+    _out_dir(out)
+    try:
+        s = write_yolo_dataset(scenes, out, split=split, models=models, min_visib_fract=min_visib,
+                               val_fraction=val_fraction, obj_ids=ids, overwrite=overwrite, progress=not quiet)
+    except (ValueError, bop.BopFormatError, OutputError) as e:
+        raise click.ClickException(str(e).splitlines()[0])
+    click.echo(f"{out}: {s['images']} images ({s['train']} train, {s['val']} val), {s['labels']} labels of "
+               f"{len(s['classes'])} classes (objects {', '.join(map(str, s['classes']))}), "
+               f"{s['skipped_instances']} instances not labelled, {s['seconds']:.1f} s")
+    click.echo(f"train: yolo detect train data={s['data_yaml']} model=yolov8n.pt; then yolo export "
+               f"model=.../best.pt format=onnx; run: mrcnet-run 0 --detector best.onnx")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mrcnet.runtime.preprocess import mask_box_xyxy
+
 from . import bop
 
 #: id offset of distractor meshes in the renderer (never a dataset object id)
@@ -104,9 +106,12 @@ def full_silhouette(renderer, obj_id, R, t, K, width, height, mask_in_image):
 
 
 def coco_box(mask: np.ndarray) -> list[float]:
-    """COCO box [x, y, w, h] (px, inclusive extent) of a non-empty boolean mask (H, W)."""
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    """COCO box [x, y, w, h] (px; ``w = x_max - x_min + 1`` of
+    :func:`mrcnet.runtime.preprocess.mask_extent`) of a non-empty boolean mask (H, W)."""
+    x0, y0, x1, y1 = mask_box_xyxy(mask).tolist()
+    if x0 < 0:
+        raise ValueError("mask: empty, it has no COCO box")
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def jitter_box(rng, box, frac, width, height) -> list[float]:

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.runtime.rotations import random_rotation
 
 from . import bop
 
@@ -72,7 +75,7 @@ FLIP_X = _T(_rot([1, 0, 0], np.pi))
 
 
 def _box(ex, ey, ez, centre=(0, 0, 0)):
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
     m = trimesh.creation.box(extents=(ex, ey, ez))
     m.apply_translation(centre)
     return m
@@ -80,7 +83,7 @@ def _box(ex, ey, ez, centre=(0, 0, 0)):
 
 def _cyl(radius, height, centre=(0, 0, 0), axis="z", sections=ROUND_SECTIONS):
     """Cylinder along ``axis`` ('x', 'y' or 'z') centred at ``centre``."""
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
     m = trimesh.creation.cylinder(radius=radius, height=height, sections=sections)
     if axis == "x":
         m.apply_transform(_T(_rot([0, 1, 0], np.pi / 2)))
@@ -91,12 +94,12 @@ def _cyl(radius, height, centre=(0, 0, 0), axis="z", sections=ROUND_SECTIONS):
 
 
 def _union(*meshes):
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
     return trimesh.boolean.union(list(meshes), engine="manifold")
 
 
 def _minus(base, *cutters):
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
     return trimesh.boolean.difference([base, *cutters], engine="manifold")
 
 
@@ -274,7 +277,7 @@ def _clean(x: np.ndarray, tol: float = 1e-9) -> np.ndarray:
 
 def make_part(obj_id: int, family: str, seed: int) -> Part:
     """Build one part of ``family`` deterministically from ``(seed, obj_id)``."""
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
 
     if family not in FAMILIES:
         raise ValueError(f"unknown part family {family!r}; known: {', '.join(FAMILIES)}")
@@ -309,7 +312,7 @@ def points_diameter(pts: np.ndarray) -> float:
     """Largest distance (mm) between two of the (N, 3) points (through their convex hull)."""
     pts = np.asarray(pts, dtype=np.float64)
     try:
-        from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull  # scipy: the train extra, slow to import
         pts = pts[ConvexHull(pts).vertices]
     except Exception:  # degenerate (flat) point sets: fall back to all points
         pass
@@ -357,8 +360,6 @@ def write_objects(out_dir, count: int, seed: int = 0, families: list[str] | None
     :param families: family names to cycle through (default: all, in :data:`FAMILIES` order).
     :return: the parts.
     """
-    from tqdm import tqdm
-
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     for fam in families or []:
@@ -384,15 +385,6 @@ def write_objects(out_dir, count: int, seed: int = 0, families: list[str] | None
 # --------------------------------------------------------------------------------------------
 # Symmetry check by rendering.
 # --------------------------------------------------------------------------------------------
-
-def random_rotation(rng) -> np.ndarray:
-    """Uniformly distributed (3, 3) rotation."""
-    q = rng.normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
@@ -453,7 +445,7 @@ def check_symmetries(renderer, obj_id: int, info: bop.ModelInfo, n_poses: int = 
 def make_distractor(rng):
     """A random non-target shape (sphere, torus, capsule, cone, slab), mm, centred:
     trimesh.Trimesh about 20-120 mm across."""
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
 
     kind = int(rng.integers(5))
     s = rng.uniform(10, 60)

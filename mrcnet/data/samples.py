@@ -59,9 +59,11 @@ from torch.utils.data import Dataset
 from mrcnet.data import bop
 from mrcnet.data.backgrounds import FolderBackgrounds
 from mrcnet.data.layout import jitter_box  # the synthetic detections' jitter rule (mrcnet-synth --box-jitter)
-from mrcnet.runtime.geometry import BinSpec, translation_to_persp, tta_rotations
+from mrcnet.runtime.datasets import render_models_dir
+from mrcnet.runtime.geometry import TTA_GROUP, BinSpec, translation_to_persp, tta_rotations
 from mrcnet.runtime.preprocess import (CROP_SIZE, PAD_SCALE, box_map, check_camera, check_image, crop_box_location,
                                       crop_fov, crop_transform, warp_crop)
+from mrcnet.runtime.render import load_mesh
 from mrcnet.train import targets as T
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ MIN_VISIB_FRACT = 0.1
 DZI_SHIFT = 0.25  # centre shift, fraction of the box w / h
 DZI_SCALE = (0.75, 1.25)  # side scale range
 COLOR_AUG_PROB = 0.8
-N_ROT = 4  # in-plane rotations k * 360/N_ROT deg, the runtime's TTA group
+N_ROT = TTA_GROUP  # in-plane rotations k * 360/N_ROT deg, the runtime's TTA group
 BG_PROB = 0.8
 BG_RULES = ("official", "every")  # which instances may get a new background (module docstring)
 BG_MIN_SAME_OBJECT = 3  # official rule on PBR splits: the object appears at least this often in the image
@@ -81,7 +83,7 @@ MASK_MORPH_KERNEL = 3  # close then open, px
 
 # ------------------------------------------------------------------------------------ crops
 def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: float, k: int = 0,
-            n_rot: int = 4, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
+            n_rot: int = N_ROT, size: int = CROP_SIZE, interpolation: int = cv2.INTER_LINEAR
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The k-th in-plane-rotated square crop of ``side`` pixels centred on ``center`` (docs/MODEL.md §1):
     :func:`mrcnet.runtime.preprocess.crop_transform` with the runtime's k-th TTA rotation, for an
@@ -95,7 +97,7 @@ def crop_at(image: np.ndarray, K: np.ndarray, center: Sequence[float], side: flo
 
 
 def box_location(box_xyxy: Sequence[float], center: Sequence[float], side: float, k: int = 0,
-                 n_rot: int = 4) -> np.ndarray:
+                 n_rot: int = N_ROT) -> np.ndarray:
     """Box (x1, y1, x2, y2) px in the crop of (center, side), crop units, its corners rotated by
     k * 360/n_rot deg about the crop centre (min / max): (4,) float64 (docs/MODEL.md §1 ``box_loc``)."""
     return crop_box_location(box_xyxy, center, side, tta_rotations(n_rot)[k])
@@ -147,7 +149,7 @@ def jittered_box(bbox_xywh, width: int, height: int, key: Sequence[int], box_jit
 def color_augmenter(p: float = COLOR_AUG_PROB):
     """The official imgaug recipe with albumentations, applied as a whole with probability p to
     uint8 BGR crops (``mask`` follows the coarse dropout)."""
-    import albumentations as A
+    import albumentations as A  # albumentations: slow to import (about 1.5 s), only with colour augmentation on
 
     return A.Compose(
         [
@@ -187,8 +189,6 @@ def load_object_data(models_dir, infos: dict, obj_ids: Sequence[int], n_vertices
                      symmetry_sampling: str = "official") -> dict[int, ObjectData]:
     """``{obj_id: ObjectData}`` from ``models_dir/obj_XXXXXX.ply`` and the models_info entries
     (symmetries sampled by :func:`mrcnet.train.targets.symmetry_tensors`)."""
-    from mrcnet.runtime.render import load_mesh
-
     out = {}
     for oid in obj_ids:
         path = Path(models_dir) / f"obj_{int(oid):06d}.ply"
@@ -241,7 +241,8 @@ class TrainingSamples(Dataset):
                  obj_ids: Sequence[int] | None = None, augment: bool = True, seed: int = 0,
                  n_vertices: int = 1000, label_cache: int = 4096, label_cache_dir=None, backgrounds=None,
                  bg_prob: float = BG_PROB, color_prob: float = COLOR_AUG_PROB, size: int = CROP_SIZE,
-                 bg_rule: str = "official", box_map_mode: str = "centred", symmetry_sampling: str = "official"):
+                 bg_rule: str = "official", box_map_mode: str = "centred", symmetry_sampling: str = "official",
+                 models=None, dataset: str | None = None):
         if bg_rule not in BG_RULES:
             raise ValueError(f"bg_rule {bg_rule!r} is not one of {BG_RULES}")
         if box_map_mode not in BOX_MAP_MODES:
@@ -250,7 +251,9 @@ class TrainingSamples(Dataset):
             raise ValueError(f"bg_prob {bg_prob} is not a probability in [0, 1]")
         self.root = Path(root)
         self.split = split or find_split(self.root)
-        self.ds = bop.BopDataset(self.root, self.split)
+        # models: the split's render folder of the dataset preset (T-LESS models_cad), or the override
+        self.ds = bop.BopDataset(self.root, self.split,
+                                 models=str(render_models_dir(self.root, dataset, self.split, models).resolve()))
         self.obj_ids = [int(o) for o in (obj_ids if obj_ids is not None else self.ds.obj_ids)]
         missing = [o for o in self.obj_ids if o not in self.ds.models_info]
         if missing:

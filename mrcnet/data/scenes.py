@@ -28,6 +28,7 @@ truncated); ``px_count_valid`` counts silhouette pixels with a non-zero stored d
 
 from __future__ import annotations
 
+import colorsys
 import json
 import logging
 import shutil
@@ -37,10 +38,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render import Light, Mesh, Renderer, SceneObject
+from mrcnet.runtime.rotations import random_rotation
 
 from . import bop
 from .backgrounds import background_source, pixel_noise
 from .layout import DISTRACTOR_ID0, TABLE_ID, coco_box, full_silhouette, jitter_box, look_at, place_on_table
+from .objects import make_distractor
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,6 @@ PROGRESS_DIR = ".progress"
 
 def default_image_size() -> tuple[int, int]:
     """(width, height) of the ``synth`` dataset preset (runtime/presets.py)."""
-    from mrcnet.runtime.presets import get_dataset
     p = get_dataset("synth")
     return p.width, p.height
 
@@ -130,21 +136,13 @@ class SceneConfig:
 # Sampling.
 # --------------------------------------------------------------------------------------------
 
-def _random_rotation(rng) -> np.ndarray:
-    from .objects import random_rotation
-    return random_rotation(rng)
-
-
 def _hsv_colour(rng, sat=(0.0, 0.5), val=(0.35, 0.95)) -> tuple:
     """RGB in [0, 1] from a random hue, saturation and value."""
-    import colorsys
     return colorsys.hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(*val))
 
 
 def sample_lights(rng):
     """1-3 lights (directional from the camera side, sometimes a point light) and an ambient term."""
-    from mrcnet.runtime.render import Light
-
     lights = []
     for i in range(int(rng.integers(1, 4))):
         d = rng.normal(size=3)
@@ -175,7 +173,7 @@ def place_objects(rng, spheres: Sequence[tuple], K: np.ndarray, width: int, heig
     for centre, radius in spheres:
         pose = None
         for _ in range(tries):
-            R = _random_rotation(rng)
+            R = random_rotation(rng)
             z = rng.uniform(*depth_range)
             u, v = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
             p = Kinv @ np.array([u, v, 1.0]) * z  # where the sphere centre goes
@@ -206,9 +204,7 @@ def place_on_table_view(rng, renderer, ids: Sequence[int], spheres: dict, distan
     Registers the table mesh with ``renderer`` (id :data:`mrcnet.data.layout.TABLE_ID`). Returns the
     objects' camera poses ``[(R (3, 3), t (3,))]`` and the table's ``SceneObject`` (a random colour).
     """
-    import trimesh
-
-    from mrcnet.runtime.render import Mesh, SceneObject
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
 
     radius = max(spheres[i][1] for i in ids)
     spread = 1.2 * radius * max(1.0, np.sqrt(len(ids)))
@@ -240,10 +236,6 @@ class SceneWriter:
 
     def __init__(self, renderer, models_dir, out, config: SceneConfig, seed: int = 0,
                  n_distractor_meshes: int = 8):
-        from mrcnet.runtime.render import Mesh
-
-        from .objects import make_distractor
-
         self.cfg = config.resolved()
         self.cfg.validate()
         self.seed = int(seed)
@@ -318,8 +310,6 @@ class SceneWriter:
     def render_image(self, index: int) -> dict:
         """Render image ``index`` -> dict with ``rgb`` (H,W,3) u8 BGR, ``depth`` (H,W) f32 mm,
         ``masks`` (n,H,W) bool, ``masks_visib`` (n,H,W) bool and ``record`` (the JSON entries)."""
-        from mrcnet.runtime.render import SceneObject
-
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(index)])
         scene_id, im_id = self.location(index)
@@ -472,10 +462,7 @@ def generate_scenes(models_dir, out, n_images: int, config: SceneConfig | None =
     :return: summary ``{"images", "generated", "resumed", "instances", "seconds",
         "images_per_s", "split_dir", "detections", "targets"}``.
     """
-    from tqdm import tqdm
-
     if renderer is None:
-        from mrcnet.runtime.render import Renderer
         renderer = Renderer()
     models_dir = resolve_models_dir(models_dir)
     out = Path(out)

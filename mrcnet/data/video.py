@@ -22,9 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.runtime.render import Light, Mesh, Renderer, SceneObject
 
 from . import bop
+from .backgrounds import background_source
 from .layout import TABLE_ID, coco_box, full_silhouette, jitter_box, look_at, place_on_table
 from .scenes import default_image_size, default_K, resolve_models_dir
 
@@ -73,13 +78,6 @@ def generate_video(models_dir, out, n_frames: int = 90, fps: float = 30.0, width
     :param K: (3, 3) camera; default :func:`scenes.default_K` of the image size (``synth`` preset).
     :return: summary ``{"frames", "seconds", "frames_per_s", "video", "instances"}``.
     """
-    import cv2
-    from tqdm import tqdm
-
-    from mrcnet.runtime.render import Light, Mesh, Renderer, SceneObject
-
-    from .backgrounds import background_source
-
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     models_dir = resolve_models_dir(models_dir)
@@ -101,7 +99,7 @@ def generate_video(models_dir, out, n_frames: int = 90, fps: float = 30.0, width
     poses_w = place_on_table(rng, [renderer.mesh(i) for i in ids], spread)
     colours = [tuple(float(c) for c in rng.uniform(0.35, 0.9) * (1 - rng.uniform(0, 0.3, 3))) for _ in ids]
 
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when meshes are built
     table_side = 4.0 * spread + 2 * max(infos[i].diameter for i in ids)
     table = trimesh.creation.box(extents=(table_side, table_side, 10.0))
     table.apply_translation((0, 0, -5.0))

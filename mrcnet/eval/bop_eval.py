@@ -19,7 +19,8 @@ What bop_toolkit's ``eval_bop19_pose.py`` (``eval_calc_errors.py`` + ``eval_calc
   not overlap. MSSD: thresholds 0.05..0.5 x diameter; infinite when the translations are a diameter
   apart or more. MSPD: pixels x 640 / image width, thresholds 5..50. Both with the symmetries of
   ``models_info.json`` (continuous ones sampled with ``max_sym_disc_step = 0.01``).
-- Errors use the vertices of ``models_eval/`` when the dataset has it, else ``models/``; VSD renders
+- Errors use the vertices of ``models_eval/`` when the dataset has it, else ``models/`` (or the
+  ``models`` argument, ``mrcnet-eval --models``); VSD renders
   depth at both poses with the full-image K (``mrcnet.runtime.render.Renderer``).
 
 Units: mm, px. A missing estimate simply leaves its instances unmatched (a miss).
@@ -35,6 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mrcnet.data import bop
+from mrcnet.runtime.datasets import DatasetPathError, eval_models_dir, find_dataset
 
 from . import pose_errors as pe
 
@@ -144,12 +146,6 @@ class _Model:
     syms: tuple  # (R (S,3,3), t (S,3))
 
 
-def _models_name(root: Path) -> str:
-    """The models folder of the evaluation, relative to the dataset folder (as ``BopDataset``
-    takes it): ``models_eval`` when the dataset has it, else ``models``."""
-    return "models_eval" if (root / "models_eval" / "models_info.json").is_file() else "models"
-
-
 def _load_targets(ds, targets_path) -> tuple[list[dict], str]:
     try:
         path = ds.targets_path(targets_path)
@@ -212,7 +208,8 @@ def _nearest_rotation(R: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ evaluation
 def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[str] = None,
                    targets=None, params: Bop19Params = Bop19Params(),
-                   metrics: Sequence[str] = METRICS, renderer=None, progress: bool = False) -> dict:
+                   metrics: Sequence[str] = METRICS, renderer=None, progress: bool = False,
+                   models=None) -> dict:
     """Evaluate a BOP'19 results CSV on a BOP split.
 
     Args:
@@ -226,6 +223,9 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
             "vsd" no depth image and no renderer is needed.
         renderer: a ``mrcnet.runtime.render.Renderer`` (created when None and VSD is asked).
         progress: tqdm progress bar over the images.
+        models: the models folder of the errors (name inside ``data_dir`` or a path); default
+            ``models_eval`` when the dataset has it, else ``models``
+            (:func:`mrcnet.runtime.datasets.eval_models_dir`).
     Returns:
         dict: ``AR``, ``AR_VSD``, ``AR_MSSD``, ``AR_MSPD`` (in [0, 1]), ``recalls`` (per metric:
         VSD as [tau][threshold], others [threshold]), ``per_object`` (``{obj_id: {AR, AR_VSD,
@@ -240,11 +240,13 @@ def evaluate_bop19(data_dir, results, split: str = "test", split_type: Optional[
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
         raise EvalError(f"unknown metrics {unknown or metrics}; choose from {', '.join(METRICS)}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise EvalError(f"dataset folder not found: {root}")
-    ds = bop.BopDataset(root, split, split_type=split_type, models=_models_name(root), strict=True)
-    models_dir = ds.models_dir
+    try:
+        root = find_dataset(data_dir)
+        models_dir = eval_models_dir(root, models)
+    except DatasetPathError as e:
+        raise EvalError(str(e)) from None
+    ds = bop.BopDataset(root, split, split_type=split_type, models=str(models_dir.resolve()), strict=True)
+    # models_dir: as found (relative to the working folder when --data is), for the report
     target_list, targets_src = _load_targets(ds, targets)
     rows, est_groups = _load_estimates(results)
 

@@ -5,6 +5,13 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.datasets import DatasetPathError, find_dataset
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
+from mrcnet.runtime.render import MeshError, RenderContextError
+
+from .bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, format_markdown, write_report
+
 
 def split_options(f):
     """``--split`` and ``--split-type`` (the split folder ``<split>[_<split_type>]``): shared by
@@ -15,7 +22,8 @@ def split_options(f):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="BOP dataset folder (models[_eval]/, <split>/<scene>/...).")
+              help="BOP dataset folder (models[_eval]/, <split>/<scene>/...), or a dataset name found as "
+                   "$BOP_PATH/NAME (e.g. tless).")
 @split_options
 @click.option("--results", required=True, type=click.Path(dir_okay=False),
               help="BOP'19 results CSV (scene_id,im_id,obj_id,score,R,t,time).")
@@ -24,6 +32,9 @@ def split_options(f):
 @click.option("--targets", default=None,
               help="Targets file [default: DATA/test_targets_bop19.json, else derived from the "
                    "annotations].")
+@click.option("--models", default=None,
+              help="Models folder of the errors: a name inside DATA or a path [default: models_eval when "
+                   "DATA has it, else models].")
 @click.option("--metrics", default="vsd,mssd,mspd", show_default=True,
               help="Comma-separated subset of vsd,mssd,mspd (AR needs all three).")
 @click.option("--visib-gt-min", default=-1.0, show_default=True, type=float,
@@ -33,16 +44,13 @@ def split_options(f):
               help="VSD visibility tolerance, mm [default: 15; 5 when the dataset folder is "
                    "named itodd, as bop_toolkit].")
 @click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
-def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_gt_min, vsd_delta,
+def main(data_dir, split, split_type, results, out_dir, targets, models, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .bop_eval import (Bop19Params, EvalError, default_vsd_delta, evaluate_bop19,
-                           format_markdown, write_report)
-
+    try:
+        data_dir = find_dataset(data_dir)
+    except DatasetPathError as e:
+        raise click.ClickException(str(e)) from None
     if vsd_delta is None:
         vsd_delta = default_vsd_delta(data_dir)
     params = Bop19Params(visib_gt_min=visib_gt_min, vsd_delta=vsd_delta)
@@ -55,7 +63,7 @@ def main(data_dir, split, split_type, results, out_dir, targets, metrics, visib_
         raise click.ClickException(str(e)) from None
     try:
         report = evaluate_bop19(data_dir, results, split=split, split_type=split_type,
-                                targets=targets, params=params,
+                                targets=targets, params=params, models=models,
                                 metrics=[m.strip() for m in metrics.split(",") if m.strip()],
                                 progress=not no_progress)
     except (EvalError, BopFormatError, MeshError, RenderContextError) as e:

@@ -37,6 +37,20 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.data import bop
+from mrcnet.runtime.backends import BackendError, create_backend
+from mrcnet.runtime.datasets import DatasetPathError, dataset_name, find_dataset, render_models_dir
+from mrcnet.runtime.detections import Detection
+from mrcnet.runtime.formats.bop import (DEFAULT_METHOD, RESULTS_HEADER, bop_results_name, format_result_row,
+                                       load_bop_results)
+from mrcnet.runtime.formats.files import check_out_file
+from mrcnet.runtime.geometry import rotation_angle_deg
+from mrcnet.runtime.manifest import ManifestError, build_manifest, load_manifest, precision_problem
+from mrcnet.runtime.pipeline import Pipeline, STAGES
+from mrcnet.runtime.preprocess import InputError
+from mrcnet.runtime.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +79,7 @@ def checkpoint_manifest(torch_model, root, models_dir: str = "models"):
     The fov variant is put in the runtime's words (:func:`mrcnet.checkpoint.normalise_fov_variant`);
     ``n_rot`` = ``bn_group`` = the model's BatchNorm group (4 = one TTA group per detection).
     """
-    from mrcnet.checkpoint import normalise_fov_variant
-    from mrcnet.runtime.manifest import build_manifest
+    from mrcnet.checkpoint import normalise_fov_variant  # imports torch; an export directory is evaluated torch-free
 
     meta = dict(getattr(torch_model, "meta", None) or {})
     obj_ids = meta.get("obj_ids") or list(range(1, torch_model.n_obj + 1))
@@ -103,8 +116,8 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
         if backend not in (None, "torch"):
             raise InferError(f"--model {path}: a checkpoint runs on --backend torch only; "
                              f"export it (mrcnet-export) to run on {backend}")
-        from mrcnet.checkpoint import CheckpointError
-        from mrcnet.inference import TorchBackend
+        from mrcnet.checkpoint import CheckpointError  # torch-backed, as above
+        from mrcnet.inference import TorchBackend  # torch-backed, as above
 
         try:
             be = TorchBackend.from_checkpoint(path, dataset=dataset, device=device)
@@ -114,8 +127,6 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
             raise InferError(f"--model {path}: a checkpoint needs the dataset's models folder for rendering")
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
-    from mrcnet.runtime.backends import BackendError, create_backend
-    from mrcnet.runtime.manifest import ManifestError, load_manifest, precision_problem
 
     if backend == "torch":
         raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
@@ -131,18 +142,43 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
     return be, man
 
 
+def results_path(out, data_root, model, split: str, dataset: Optional[str] = None,
+                 method: Optional[str] = None) -> Path:
+    """Where the results CSV goes: ``out`` when it names a ``.csv`` file, else the folder ``out``
+    (default ``results`` in the working directory) with BOP's name ``METHOD_DATASET-SPLIT.csv``
+    (:func:`mrcnet.runtime.formats.bop.bop_results_name`; the split without its type, as BOP names
+    T-LESS's ``test_primesense`` results ``tless-test``, also when ``split`` is the whole folder name). The dataset: ``dataset``, else
+    the data folder's name when it names a preset, else an export's manifest dataset, else the
+    folder's name. Raises :class:`InferError` for a name BOP cannot parse."""
+    if out is not None and Path(out).suffix.lower() == ".csv":
+        return Path(out)
+    name = dataset_name(data_root, dataset)
+    if name is None and Path(model).is_dir():
+        try:
+            name = load_manifest(model).dataset or None
+        except ManifestError:
+            name = None
+    name = name or Path(data_root).resolve().name
+    try:
+        base = str(split).split("_", 1)[0]  # a split folder given whole (test_primesense): its split
+        return Path("results" if out is None else out) / bop_results_name(method or DEFAULT_METHOD, name, base)
+    except ValueError as e:
+        raise InferError(f"{e}; pass --method/--dataset, or --out FILE.csv") from None
+
+
 # --------------------------------------------------------------------------------- detections
-def select_detections(rec, targets: Sequence[dict], detections: Optional[Sequence[dict]] = None) -> tuple[list, list]:
+def select_detections(rec, targets: Sequence[dict], detections: Optional[Sequence[dict]] = None,
+                      all_detections: bool = False) -> tuple[list, list]:
     """The detections to run for one image and the targets left without any.
 
     rec: :class:`mrcnet.data.bop.ImageRecord`; targets: its ``{obj_id, inst_count}`` entries;
     detections: the image's BOP'22 detections (``category_id``, ``score``, ``bbox`` [x, y, w, h] px)
     or None for ground-truth boxes (``bbox_visib``, the ``inst_count`` instances of highest
-    ``visib_fract``; instances with an empty box are not used).
+    ``visib_fract``; instances with an empty box are not used). all_detections: every detection of
+    a target object instead of its ``inst_count`` best (as the official inference, which runs every
+    detection of its objects; BOP's evaluation keeps the best-scored estimates).
     Returns ([Detection (box xyxy px)], [(obj_id, missing count)]).
     """
-    from mrcnet.runtime.detections import Detection
-
     out, missing = [], []
     for t in targets:
         oid, n = int(t["obj_id"]), int(t["inst_count"])
@@ -160,7 +196,7 @@ def select_detections(rec, targets: Sequence[dict], detections: Optional[Sequenc
         else:
             cands = sorted((d for d in detections if int(d["category_id"]) == oid), key=lambda d: -d["score"])
             chosen = []
-            for d in cands[:n]:
+            for d in (cands if all_detections else cands[:n]):
                 x, y, w, h = d["bbox"]
                 chosen.append(Detection(oid, (x, y, x + w, y + h), d["score"], "json"))
         if len(chosen) < n:
@@ -227,8 +263,6 @@ class ResumableResultsWriter:
     """
 
     def __init__(self, path, settings: dict, resume: bool = True):
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.progress = self.path.with_name(self.path.name + PROGRESS_SUFFIX)
@@ -253,8 +287,6 @@ class ResumableResultsWriter:
     def _read_progress(self) -> Optional[int]:
         """Finished images of the previous run (into ``done``) and the CSV size after the last one;
         None when the log is unreadable or inconsistent (the run starts afresh)."""
-        from mrcnet.runtime.formats.bop import RESULTS_HEADER
-
         lines = self.progress.read_text(encoding="utf8").splitlines()
         try:
             head = json.loads(lines[0])["settings"]
@@ -281,8 +313,6 @@ class ResumableResultsWriter:
     def write_image(self, scene_id: int, im_id: int, rows: Sequence[dict]) -> None:
         """Append the rows (``{scene_id, im_id, obj_id, score, R (3,3), t (3,) mm, time s}``) of one
         image, flush, then record the image as done."""
-        from mrcnet.runtime.formats.bop import format_result_row
-
         if rows:
             self._csv.write("".join(format_result_row(r) + "\n" for r in rows).encode("ascii"))
         self._csv.flush()
@@ -313,11 +343,13 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 backend: Optional[str] = None, detections=None, targets=None, dataset: Optional[str] = None,
                 device: str = "cpu", threads: int = 0, precision: Optional[str] = None, resume: bool = True,
                 progress: bool = True, renderer=None, limit: Optional[int] = None,
-                report: Optional[Callable[[str], None]] = None, opened: Optional[tuple] = None) -> InferSummary:
+                report: Optional[Callable[[str], None]] = None, opened: Optional[tuple] = None,
+                models=None, all_detections: bool = False, method: Optional[str] = None) -> InferSummary:
     """Run every target image of a BOP split and write the BOP'19 results CSV ``out``.
 
     data_dir: BOP dataset folder (``models/``, ``<split>[_<split_type>]/<scene>/``,
-    ``test_targets_bop19.json``); model: checkpoint or export directory (:func:`open_model`, with
+    ``test_targets_bop19.json``; a folder, or a dataset name found as ``$BOP_PATH/<name>``:
+    :func:`mrcnet.runtime.datasets.find_dataset`); model: checkpoint or export directory (:func:`open_model`, with
     ``backend``, ``dataset``, ``device``, ``threads``, ``precision``); detections: BOP'22 detections
     file, or None for ground-truth boxes; targets: targets file (default: the dataset's, else derived
     from the annotations). resume: continue an interrupted run with the same settings.
@@ -325,23 +357,34 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     new images, then stop (the CSV stays partial; for tests and chunked runs). report: called with
     one line per skipped image (default: log warning). opened: (backend, manifest) already open
     (e.g. an int8 ONNX Runtime backend of an export); ``model`` is then only recorded, and the
-    backend is left open.
+    backend is left open. models: the models folder a checkpoint renders with (name inside the
+    dataset folder, or a path; default: the dataset preset's for the split, e.g. T-LESS
+    ``models_cad``, else ``models``: :func:`mrcnet.runtime.datasets.render_models_dir`).
+    A split without ground truth (ITODD's test split: no ``scene_gt.json``) runs from its targets
+    file and needs ``detections``. all_detections: see :func:`select_detections`. out: a ``.csv``
+    file, or a folder (None: ``results``) for BOP's name with ``method`` (:func:`results_path`).
     Returns :class:`InferSummary`; raises :class:`InferError` / ``BopFormatError`` naming the input.
     """
-    from tqdm import tqdm
-
-    from mrcnet.data import bop
-    from mrcnet.runtime.formats.files import check_out_file
-    from mrcnet.runtime.pipeline import STAGES, Pipeline
-    from mrcnet.runtime.preprocess import InputError
-
     say = report or (lambda msg: log.warning("%s", msg))
     t_start = time.perf_counter()
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise InferError(f"--data: dataset folder not found: {root}")
+    try:
+        root = find_dataset(data_dir)
+    except DatasetPathError as e:
+        raise InferError(str(e)) from None
+    out = results_path(out, root, model, split, dataset, method)
     check_out_file(out)
-    ds = bop.BopDataset(root, split, split_type=split_type)
+    split_folder = bop.split_dirname(split, split_type)
+    has_targets_file = targets is not None or (root / bop.TARGETS_FILENAME).is_file()
+    try:
+        models_dir = render_models_dir(root, dataset, split_folder, models)
+    except DatasetPathError as e:
+        raise InferError(str(e)) from None
+    ds = bop.BopDataset(root, split, split_type=split_type, models=str(models_dir.resolve()),
+                        require_gt=not has_targets_file)
+    no_gt = sorted({rec.scene_id for rec in ds if not (rec.scene_dir / "scene_gt.json").is_file()})
+    if no_gt and detections is None:
+        raise InferError(f"--data {root}: split {split_folder} has no ground truth (scene {no_gt[0]:06d} has no "
+                         f"scene_gt.json): pass --detections (e.g. the BOP'22 default detections)")
     target_list = ds.targets(targets)
     tpath = ds.targets_path(targets)
     unknown = []
@@ -360,17 +403,22 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     if opened is not None:
         be, man = opened
     else:
-        be, man = open_model(model, backend, models_root=root, models_dir=str(ds.models_dir.resolve()),
+        be, man = open_model(model, backend, models_root=root, models_dir=str(models_dir.resolve()),
                              dataset=dataset, device=device, threads=threads, precision=precision)
     settings = {"data": str(root.resolve()), "split": bop.split_dirname(split, split_type),
                 "model": str(Path(model).resolve()), "backend": be.name,
                 "detections": None if detections is None else str(Path(detections).resolve()),
-                "targets": None if targets is None else str(Path(targets).resolve())}
+                "targets": None if targets is None else str(Path(targets).resolve()),
+                "all_detections": bool(all_detections)}
     summary = InferSummary(out=str(out), backend=be.name, model=str(model), unknown_targets=unknown)
     if renderer is None:
-        from mrcnet.runtime.render import Renderer
         renderer = Renderer()
-    pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
+    try:
+        pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
+    except ManifestError as e:  # a model of another dataset (T-LESS weights on LM-O data...)
+        if opened is None:
+            be.close()
+        raise InferError(f"--model {model}: {e}") from None
     writer = ResumableResultsWriter(out, settings, resume=resume)
     by_image: dict = {}
     for t in target_list:
@@ -389,7 +437,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 rec = ds.image(scene_id, im_id)
                 img = rec.load_image("bgr")
                 dets, missing = select_detections(rec, by_image[key], None if grouped_dets is None
-                                                  else grouped_dets.get(key, []))
+                                                  else grouped_dets.get(key, []), all_detections)
                 res = pipe.estimate_frame(img, rec.K, dets) if dets else None
             except (bop.BopFormatError, InputError, KeyError) as e:
                 msg = str(e.args[0]) if isinstance(e, KeyError) else str(e)
@@ -430,9 +478,6 @@ def compare_results(reference, other, max_deg: float = 1.0, max_mm: float = 1.0)
     with rotation angle < max_deg degrees and translation distance < max_mm mm), "rot_deg"
     {median, max}, "trans_mm" {median, max}}``.
     """
-    from mrcnet.runtime.formats.bop import load_bop_results
-    from mrcnet.runtime.geometry import rotation_angle_deg
-
     def keyed(rows):
         out: dict = {}
         for r in rows:

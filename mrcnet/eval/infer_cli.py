@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from mrcnet.runtime.formats.bop import BopFormatError
+from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
+from mrcnet.runtime.render import MeshError, RenderContextError
+
 from .cli import split_options
+from .infer import InferError, infer_split
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="BOP dataset folder (models/, <split>/<scene>/, test_targets_bop19.json).")
+              help="BOP dataset folder (models/, <split>/<scene>/, test_targets_bop19.json), or a dataset "
+                   "name found as $BOP_PATH/NAME (e.g. tless).")
 @split_options
 @click.option("--model", required=True, type=click.Path(exists=False),
               help=".pth checkpoint (runs on torch) or mrcnet-export directory (runtime backends).")
@@ -24,8 +29,15 @@ from .cli import split_options
               help="BOP'22 detections (.json/.json.gz) [default: ground-truth boxes, bbox_visib].")
 @click.option("--targets", default=None, type=click.Path(dir_okay=False),
               help="Targets file [default: DATA/test_targets_bop19.json, else from the annotations].")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Results CSV [default: DATA/results/mrcnet_<split>_<backend>.csv].")
+@click.option("--out", default=None, type=click.Path(),
+              help="Results CSV (FILE.csv), or a folder for BOP's name METHOD_DATASET-SPLIT.csv "
+                   "[default: results/ in the working directory].")
+@click.option("--method", default=None, help="Method name of the BOP results file [default: mrcnet].")
+@click.option("--models", default=None,
+              help="Models folder a checkpoint renders with: a name inside DATA or a path [default: the "
+                   "dataset preset's for the split, e.g. T-LESS models_cad, else models].")
+@click.option("--all-detections", is_flag=True,
+              help="Run every detection of a target object, not only its inst_count best.")
 @click.option("--dataset", default=None, help="Dataset preset of an official checkpoint (tless, lmo, ...).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for a checkpoint (cpu, cuda:0).")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
@@ -35,24 +47,16 @@ from .cli import split_options
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the run summary as JSON here.")
 @click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
-def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, dataset, device,
-         threads, resume, summary_path, no_progress):
+def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, method, models,
+         all_detections, dataset, device, threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
-    from mrcnet.runtime.formats.bop import BopFormatError
-    from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
-    from mrcnet.runtime.render import MeshError, RenderContextError
-
-    from .infer import InferError, infer_split, is_checkpoint
-
-    if out is None:
-        kind = backend or ("torch" if is_checkpoint(model) else "auto")
-        out = Path(data_dir) / "results" / f"mrcnet_{split}_{kind}.csv"
     try:
         if summary_path:
             check_out_file(summary_path, "--summary")
         s = infer_split(data_dir, model, out, split=split, split_type=split_type, backend=backend,
                         detections=detections, targets=targets, dataset=dataset, device=device,
                         threads=threads, precision=precision, resume=resume, progress=not no_progress,
+                        models=models, all_detections=all_detections, method=method,
                         report=lambda msg: click.echo(msg, err=True))
     except (InferError, BopFormatError, MeshError, RenderContextError, OutputError) as e:
         raise click.ClickException(str(e)) from None

@@ -225,6 +225,7 @@ def adi(R_est, t_est, R_gt, t_gt, pts) -> float:
     est = transform_pts(pts, R_est, t_est)
     gt = transform_pts(pts, R_gt, t_gt)
     try:
+        # scipy: the train extra, slow to import; only ADI needs it (optional: brute force below)
         from scipy.spatial import cKDTree
     except ImportError:  # brute force in chunks
         nn = np.empty(len(gt))

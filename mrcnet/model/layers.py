@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from mrcnet.runtime.geometry import TTA_GROUP
+
 
 def _tracing() -> bool:
     """True while the graph is being traced for export (TorchScript/ONNX, torch.export, dynamo)."""
@@ -41,7 +43,7 @@ class GroupBatchNorm2d(nn.Module):
     computed as they are, with no cast in the traced graph.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, group_size: int = 4):
+    def __init__(self, num_features: int, eps: float = 1e-5, group_size: int = TTA_GROUP):
         super().__init__()
         self.num_features = num_features
         self.eps = eps

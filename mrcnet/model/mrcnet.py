@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mrcnet.geometry import BinTables, decode_bins, decode_final
+from mrcnet.runtime.geometry import TTA_GROUP
 
 from .config import ModelConfig, get_config
 from .correlation import ResidualCorrelation
@@ -178,7 +179,7 @@ class MRCNet(nn.Module):
     :meth:`set_bn_group`)."""
 
     def __init__(self, n_obj: int, depth_range: tuple[float, float], cfg: "ModelConfig | str" = "paper",
-                 bn_group: int = 4):
+                 bn_group: int = TTA_GROUP):
         super().__init__()
         cfg = get_config(cfg)
         self.cfg = cfg
@@ -289,6 +290,6 @@ class MRCNet(nn.Module):
 
 
 def build_model(n_obj: int, depth_range: tuple[float, float], preset: "str | ModelConfig" = "paper",
-                bn_group: int = 4) -> MRCNet:
+                bn_group: int = TTA_GROUP) -> MRCNet:
     """``MRCNet(n_obj, depth_range, preset, bn_group)``."""
     return MRCNet(n_obj, depth_range, preset, bn_group)

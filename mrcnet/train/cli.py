@@ -60,6 +60,9 @@ def _ids(ctx, param, value):
                    "real splits; every: every instance")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None,
               help="folder of background images, e.g. VOC2012 JPEGImages (default: images of the split)")
+@click.option("--models", default=None,
+              help="models folder: a name in DATA or a path (default: the dataset preset's for the split, e.g. "
+                   "T-LESS models_cad, else models)")
 @click.option("--box-map", "box_map_mode", type=click.Choice(BOX_MAP_MODES), default="centred",
               help="training box map: centred (official: the box centred in the zoomed crop, a noisy "
                    "detection) or exact (the ground-truth box in the shifted crop)")
@@ -68,7 +71,7 @@ def _ids(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, warmup, weight_decay, workers, seed,
          bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, val_box_jitter, bg_prob,
-         bg_rule, backgrounds, box_map_mode, no_amp, device, quiet):
+         bg_rule, backgrounds, models, box_map_mode, no_amp, device, quiet):
     """Train MRC-Net (docs/MODEL.md §5); checkpoints, TensorBoard logs and loss curves go to OUT."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(data=data, out=out, preset=preset, dataset=dataset, objects=objects, split=split, epochs=epochs,
@@ -76,7 +79,7 @@ def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, 
                       workers=workers, seed=seed, bn_group=bn_group, ckpt_every=ckpt_every, max_steps=max_steps,
                       resume=resume, init=init, val_data=val_data, val_split=val_split, val_max=val_max,
                       val_box_jitter=val_box_jitter, bg_prob=bg_prob, bg_rule=bg_rule, backgrounds=backgrounds,
-                      box_map_mode=box_map_mode,
+                      box_map_mode=box_map_mode, models=models,
                       amp=not no_amp, device=device, progress=not quiet)
     try:
         res = train(cfg)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mrcnet.data.bop import rotation_about_axis, symmetry_transforms
 from mrcnet.geometry import quat_to_matrix
 from mrcnet.runtime.geometry import BinSpec, cell_centers, depth_bin_centers, rotation_prototypes
 
@@ -50,8 +51,6 @@ def symmetry_tensors(info, max_sym_disc_step: float = 0.01, sampling: str = "off
       ``R_c t_d`` (the continuous offset term is left out). Objects without continuous symmetries get
       BOP's set.
     """
-    from mrcnet.data.bop import rotation_about_axis, symmetry_transforms
-
     if sampling not in SYMMETRY_SAMPLINGS:
         raise ValueError(f"symmetry sampling {sampling!r} is not one of {SYMMETRY_SAMPLINGS}")
     cont = list(info["symmetries_continuous"]) if "symmetries_continuous" in info else []
@@ -80,7 +79,7 @@ def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 
     vertices sit on its pin gets labels blind to a roll about the pin's axis).
     vertices (V, 3) mm, faces (F, 3) int.
     """
-    import trimesh
+    import trimesh  # trimesh: slow to import (about 0.5 s), only when sampling mesh surfaces
 
     mesh = trimesh.Trimesh(np.asarray(vertices, np.float64).reshape(-1, 3), np.asarray(faces).reshape(-1, 3),
                            process=False)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -33,12 +34,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-from mrcnet.checkpoint import read_checkpoint_file
+from mrcnet.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
+from mrcnet.data import bop
 from mrcnet.data.samples import TrainingSamples, collate_samples, jittered_box
-from mrcnet.model import CondConv2d, build_model, get_config
+from mrcnet.eval import pose_errors as pe
+from mrcnet.eval.bop_eval import evaluate_bop19
+from mrcnet.geometry import tta_select
+from mrcnet.model import CondConv2d, STAGE2_FEATURES, build_model, get_config
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
+from mrcnet.runtime.geometry import TTA_GROUP
+from mrcnet.runtime.preprocess import prepare_detection
 from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render import Renderer, load_mesh
 from mrcnet.runtime.signals import Terminated, sigterm_as_interrupt
 
 from .losses import LossWeights, mrcnet_losses
@@ -81,6 +90,7 @@ class TrainConfig:
     bg_prob: float = 0.8  # background replacement probability for the instances bg_rule selects
     bg_rule: str = "official"  # mrcnet.data.samples.BG_RULES
     backgrounds: str | None = None  # folder of background images (default: images of the split)
+    models: str | None = None  # models folder (name in data, or path); default: the dataset preset's for the split
     box_map_mode: str = "centred"  # mrcnet.data.samples.BOX_MAP_MODES
     val_box_jitter: float = 0.0  # > 0: also validate with jittered boxes (a share of the box size)
     augment: bool = True  # zoom-in, in-plane rotation, colour and background (False: plain crops)
@@ -138,8 +148,6 @@ class StageTwoRenderer:
     mask), on the device of R. ``obj_ids[obj_index]`` selects the mesh."""
 
     def __init__(self, models_dir, obj_ids: Sequence[int], size: int = 256, device=None):
-        from mrcnet.runtime.render import Renderer, load_mesh
-
         self.r = Renderer(device=device)
         self.obj_ids = [int(o) for o in obj_ids]
         for oid in self.obj_ids:
@@ -166,7 +174,6 @@ class TrainStep(nn.Module):
     def forward(self, crops, obj_index, fov, K_roi) -> dict:
         s1 = self.model.stage1(crops, obj_index, fov, K_roi)
         render = self.renderer(obj_index, s1["R_init"], s1["t_init"], K_roi).to(crops.dtype)
-        from mrcnet.model import STAGE2_FEATURES
 
         s2 = self.model.stage2(render, obj_index, fov, K_roi, **{k: s1[k] for k in STAGE2_FEATURES})
         return {**s1, **s2, "render": render}
@@ -250,12 +257,8 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
     protocol (:func:`mrcnet.eval.bop_eval.evaluate_bop19` on those images, their instances as
     targets): ``AR``, ``AR_VSD``, ``AR_MSSD``, ``AR_MSPD`` in [0, 1] are added to each entry, and
     the estimates (``estimates.csv``) and targets (``targets.json``) are kept in ``ar_dir``."""
-    from mrcnet.eval import pose_errors as pe
-    from mrcnet.geometry import tta_select
-    from mrcnet.runtime.preprocess import prepare_detection
-
     group = model.bn_group
-    model.set_bn_group(4)
+    model.set_bn_group(TTA_GROUP)
     errs: dict[int, list] = {}
     items = _whole_images(ds.items, max_instances)
     rows: list[dict] = []
@@ -268,16 +271,15 @@ def validate(model, renderer, ds: TrainingSamples, max_instances: int = 200, bat
             image = rec.load_image("bgr")
             box = jittered_box(inst.info["bbox_visib"], image.shape[1], image.shape[0], (scene_id, im_id, gt_id),
                                  box_jitter)
-            cb = prepare_detection(image, rec.K, box, 4, "training", model.cfg.crop_size)
+            cb = prepare_detection(image, rec.K, box, TTA_GROUP, "training", model.cfg.crop_size)
             crops.append(cb.crops), K_roi.append(cb.K_roi), fov.append(cb.fov), Rz.append(cb.Rz)
-            idx += [ds.cls[inst.obj_id]] * 4
+            idx += [ds.cls[inst.obj_id]] * TTA_GROUP
             gts.append(inst)
         f = lambda a: torch.from_numpy(np.concatenate(a)).float().to(device)
         crops_t, K_t, fov_t, Rz_t = f(crops), f(K_roi), f(fov), f(Rz)
         idx_t = torch.tensor(idx, dtype=torch.int64, device=device)
         s1 = model.stage1(crops_t, idx_t, fov_t, K_t)
         render = renderer(idx_t, s1["R_init"], s1["t_init"], K_t)
-        from mrcnet.model import STAGE2_FEATURES
 
         s2 = model.stage2(render, idx_t, fov_t, K_t, **{k: s1[k] for k in STAGE2_FEATURES})
         R, t, _ = tta_select(s2["R"], s2["t"], s1["rot_score"], s1["depth_score"], Rz_t)
@@ -329,11 +331,6 @@ def _ar_fields(report: dict) -> dict:
 def _bop_ar(ds: TrainingSamples, items: list, rows: list[dict], ar_dir: Path) -> dict:
     """BOP'19 scores of ``rows`` (one estimate per validated instance) with the validated
     instances as the targets."""
-    from collections import Counter
-
-    from mrcnet.data import bop
-    from mrcnet.eval.bop_eval import evaluate_bop19
-
     ar_dir.mkdir(parents=True, exist_ok=True)
     counts = Counter((sid, iid, ds.ds.image(sid, iid).instances[g].obj_id) for (sid, iid), g in items)
     targets = [{"scene_id": s, "im_id": i, "obj_id": o, "inst_count": n} for (s, i, o), n in counts.items()]
@@ -345,10 +342,10 @@ def _bop_ar(ds: TrainingSamples, items: list, rows: list[dict], ar_dir: Path) ->
 # ------------------------------------------------------------------------------------ plots
 def plot_history(history: list[dict], path) -> None:
     """PNG of the loss terms (and total) against the step, log scale, written atomically."""
-    import matplotlib
+    import matplotlib  # matplotlib: slow to import, only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg") (no display)
 
     if not history:
         return
@@ -405,15 +402,14 @@ def train(cfg: TrainConfig) -> dict:
                          augment=cfg.augment, seed=cfg.seed, n_vertices=cfg.n_vertices,
                          label_cache_dir=cfg.label_cache_dir or (out / "label_cache"),
                          color_prob=cfg.color_prob, bg_prob=cfg.bg_prob, size=mcfg.crop_size,
-                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode)
+                         backgrounds=cfg.backgrounds, bg_rule=cfg.bg_rule, box_map_mode=cfg.box_map_mode,
+                         models=cfg.models, dataset=cfg.dataset)
     obj_ids = ds.obj_ids
     sampler = BlockSampler(ds, cfg.batch_size, world, rank, cfg.seed)
     steps_per_epoch = sampler.steps
     total = steps_per_epoch * cfg.epochs
 
     if cfg.init:
-        from mrcnet.checkpoint import load_checkpoint
-
         model = load_checkpoint(cfg.init, dataset=cfg.dataset, preset=cfg.preset, device="cpu")
         if model.n_obj != len(obj_ids):
             raise ValueError(f"--init {cfg.init}: checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}")
@@ -450,8 +446,6 @@ def train(cfg: TrainConfig) -> dict:
             log.info("resumed %s at step %d", ckpt_path, step)
 
     def save(path):
-        from mrcnet.checkpoint import save_checkpoint
-
         save_checkpoint(path, model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                         fov_variant="training", optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                         scaler=scaler.state_dict(), step=step, last_epoch=step // steps_per_epoch,
@@ -459,7 +453,7 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = None
     if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard: slow to import, only when logging is on
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
     val_ds = None
@@ -468,7 +462,6 @@ def train(cfg: TrainConfig) -> dict:
                                  augment=False, n_vertices=cfg.n_vertices, label_cache=0, size=mcfg.crop_size)
     val = {}
     stop = min(total, cfg.max_steps) if cfg.max_steps is not None else total
-    from tqdm import tqdm
 
     bar = tqdm(total=stop, initial=step, desc="train", unit="step", disable=(rank != 0 or not cfg.progress))
     t0, n0 = time.time(), step
@@ -546,8 +539,6 @@ def train(cfg: TrainConfig) -> dict:
         _atomic_json(history, out / "history.json")
         plot_history(history, out / "loss_curves.png")
         if step >= total:
-            from mrcnet.checkpoint import save_checkpoint
-
             save_checkpoint(out / "model.pth", model, dataset=cfg.dataset, obj_ids=obj_ids, depth_range=preset.depth_range,
                             fov_variant="training")
     if distributed:

@@ -33,7 +33,7 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 def _ort():
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: the cpu / gpu extra (gpu-trt11 has none)
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise BackendError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
     return ort
@@ -149,6 +149,37 @@ def graph_input_shapes(path) -> dict[str, tuple]:
     return {i.name: tuple(i.shape) for i in s.get_inputs()}
 
 
+def session_providers(kind: str = "auto", device_id: int = 0, cache_dir=None, fp16: bool = False,
+                      available: Optional[Sequence[str]] = None) -> list:
+    """Configured providers (:func:`provider_config`) of :func:`ort_providers` ``kind`` for one more
+    graph next to the pose networks (the 2D detector): same providers, device and options; the
+    TensorRT provider's caches in ``cache_dir`` (created when that provider is used)."""
+    names = ort_providers(kind, available)
+    if cache_dir is not None and "TensorrtExecutionProvider" in names:
+        os.makedirs(cache_dir, exist_ok=True)
+    return provider_config(names, device_id, cache_dir=cache_dir, fp16=fp16)
+
+
+def create_session(path, providers=None, threads: int = 0, what: str = "onnxruntime"):
+    """An ``onnxruntime.InferenceSession`` for the graph at ``path``: every optimisation on,
+    ``threads`` intra-op threads (0: ORT's default), ``providers`` as ORT takes them (names or
+    (name, options) pairs; None: :func:`ort_providers` "auto"). The one place the runtime builds
+    the sessions it runs (pose graphs and detector). Raises :class:`BackendError` with one line naming ``what`` and the file."""
+    ort = _ort()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BackendError(f"{what}: graph not found: {path}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(path, sess_options=so, providers=list(providers or ort_providers("auto")))
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"{what} {path}: cannot load ({why})") from None
+
+
 def _dtype(ort_type: str):
     return (np.int64 if "int64" in ort_type else np.int32 if "int32" in ort_type
             else np.float16 if "float16" in ort_type else np.float32)
@@ -168,23 +199,11 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, classifier_path, regressor_path, providers=None, threads: int = 0, *,
                  device_id: int = 0, max_detections: Optional[int] = DEFAULT_MAX_DETECTIONS, n_rot: int = 4,
                  io_binding: Optional[bool] = None):
-        ort = self._ort = _ort()
+        self._ort = _ort()
         per_graph = providers if isinstance(providers, Mapping) else {
             "classifier": providers, "regressor": providers}
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        self.sessions = {}
-        for key, path in (("classifier", classifier_path), ("regressor", regressor_path)):
-            path = os.fspath(path)
-            if not os.path.isfile(path):
-                raise BackendError(f"onnxruntime: graph not found: {path}")
-            provs = list(per_graph.get(key) or ort_providers("auto"))
-            try:
-                self.sessions[key] = ort.InferenceSession(path, sess_options=so, providers=provs)
-            except Exception as e:
-                raise BackendError(f"onnxruntime: cannot load {path}: {str(e).splitlines()[0]}") from None
+        self.sessions = {key: create_session(path, per_graph.get(key), threads)
+                         for key, path in (("classifier", classifier_path), ("regressor", regressor_path))}
         self._setup(device_id, max_detections, n_rot, io_binding)
 
     @classmethod

@@ -45,6 +45,19 @@ import numpy as np
 from .files import atomic_open
 
 RESULTS_HEADER = "scene_id,im_id,obj_id,score,R,t,time"
+#: the method name of a BOP results file when none is given
+DEFAULT_METHOD = "mrcnet"
+
+
+def bop_results_name(method: str, dataset: str, split: str) -> str:
+    """BOP's results file name ``METHOD_DATASET-SPLIT.csv`` (``mrcnet_tless-test.csv``), as the BOP
+    toolkit parses it back (the method is what precedes the first underscore, so it holds none;
+    the dataset and split hold neither ``_`` nor ``-``). Raises ValueError naming the bad part."""
+    for what, value, bad in (("method", method, "_"), ("dataset", dataset, "_-"), ("split", split, "_-")):
+        if not value or any(c in str(value) for c in bad) or "/" in str(value):
+            raise ValueError(f"BOP results name: {what} {value!r} must be non-empty without "
+                             f"{' or '.join(repr(c) for c in bad + '/')}")
+    return f"{method}_{dataset}-{split}.csv"
 #: the targets file of a BOP'19 split, in the dataset folder
 TARGETS_FILENAME = "test_targets_bop19.json"
 #: largest deviation of R^T R from the identity (and of det R from 1) accepted in a results CSV
@@ -409,7 +422,7 @@ def save_test_targets(path, targets: Iterable[dict]) -> None:
 
 def encode_rle(mask: np.ndarray) -> dict:
     """(H, W) bool mask -> compressed COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the train extra (RLE masks)
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
@@ -417,7 +430,7 @@ def encode_rle(mask: np.ndarray) -> dict:
 def decode_rle(rle: dict) -> np.ndarray:
     """COCO RLE (compressed string counts, or the uncompressed list of counts the BOP toolkit
     writes) -> (H, W) bool mask."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the train extra (RLE masks)
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):

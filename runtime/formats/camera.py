@@ -29,10 +29,10 @@ import os
 from typing import Optional
 
 import numpy as np
-import yaml
 
 from ..preprocess import InputError, check_camera
 from .bop import BopFormatError, load_json
+from .files import InputFileError, load_yaml
 
 
 class CameraFileError(ValueError):
@@ -146,12 +146,9 @@ class Camera:
         path = os.fspath(path)
         if path.lower().endswith((".yaml", ".yml")):
             try:
-                with open(path, encoding="utf8") as f:
-                    d = yaml.safe_load(f)
-            except OSError as e:
-                raise CameraFileError(f"camera file {path}: cannot read ({e.strerror or e})") from None
-            except yaml.YAMLError as e:
-                raise CameraFileError(f"camera file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+                d = load_yaml(path)
+            except InputFileError as e:
+                raise CameraFileError(f"camera file {e}") from None
         else:
             try:
                 d = load_json(path)

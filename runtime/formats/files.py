@@ -8,7 +8,8 @@ One place for:
   would give 0600: an export made as root could not be read by the runtime's user);
 - :func:`sha256_file`: hex SHA-256 of a file (export manifests, demo checkpoint checks);
 - :func:`prepare_out_dir`: create an output folder or raise :class:`OutputError` with one line
-  (the path exists as a file, is read-only, or cannot be created).
+  (the path exists as a file, is read-only, or cannot be created);
+- :func:`load_yaml`: a YAML file read safely, :class:`InputFileError` with one line.
 """
 from __future__ import annotations
 
@@ -18,9 +19,28 @@ import os
 import tempfile
 from pathlib import Path
 
+import yaml
+
 
 class OutputError(OSError):
     """An output that cannot be written (folder is a file, read-only, disk full); names the path."""
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read or parsed; one line starting with its path."""
+
+
+def load_yaml(path):
+    """The content of a YAML file (``yaml.safe_load``). :class:`InputFileError`
+    ``"<path>: cannot read (...)"`` / ``"<path>: not valid YAML (...)"``."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise InputFileError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def file_mode() -> int:
@@ -89,6 +109,9 @@ def prepare_out_dir(path, option: str = "--out") -> Path:
     p = Path(os.fspath(path))
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {p}: exists and is not a folder")
+    blocking = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{option} {p}: cannot create the folder ({blocking} is a file, not a folder)")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:

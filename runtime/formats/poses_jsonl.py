@@ -2,7 +2,7 @@
 
 Each line is a record ``{"frame": int, "name": str, "objects": [pose dicts], "skipped": [...],
 "timings_ms": {...}}`` (or ``{"frame", "name", "error"}`` for a frame that was not processed);
-the keys are documented in ``runtime/cli.py``. Numbers are always finite: the writer refuses NaN /
+the keys are documented in ``runtime/runner.py``. Numbers are always finite: the writer refuses NaN /
 inf (``allow_nan=False``), so every line parses with a strict JSON parser.
 
 Writer: one ``os.write`` per line, flushed (optionally fsynced) per frame; a failed write (disk
@@ -85,6 +85,30 @@ class PosesJsonlWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class PosesJsonlStream:
+    """The records of :class:`PosesJsonlWriter` as lines on a text stream (``mrcnet-run --out -``:
+    stdout, for another program to read), flushed per line. A failed write raises
+    :class:`OutputError` (e.g. the reading program has gone: a broken pipe)."""
+
+    def __init__(self, stream, name: str = "stdout"):
+        self.stream, self.name, self.lines = stream, name, 0
+
+    def write(self, record: dict) -> None:
+        line = dumps_record(record) + "\n"
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except (OSError, ValueError) as e:  # ValueError: a closed stream
+            raise OutputError(f"{self.name}: cannot write poses ({getattr(e, 'strerror', None) or e})") from None
+        self.lines += 1
+
+    def close(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def read_poses_jsonl(path, repair: bool = False) -> list[dict]:

@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import moderngl
+
 GL_REQUIRE = 330  # OpenGL 3.3 core: what the shaders use
 
 _EGL_EXTENSIONS = 0x3055
@@ -186,8 +188,6 @@ def check_not_forked() -> None:
 
 
 def _create(index: int):
-    import moderngl
-
     kwargs = dict(standalone=True, backend="egl", require=GL_REQUIRE)
     kwargs["libegl"] = _find_system_library("EGL", "libEGL.so.1")
     kwargs["libgl"] = _find_system_library("GL", "libGL.so.1")

@@ -18,6 +18,7 @@ from . import camera as cam
 from . import shaders
 from .context import Device, check_not_forked, describe, get_context
 from .mesh import Mesh, load_mesh
+from .scene import render_scene
 
 #: most views drawn into one framebuffer (more are rendered in several passes)
 MAX_VIEWS_PER_PASS = 64
@@ -240,8 +241,6 @@ class Renderer:
     def render_scene(self, objects, K, width: int, height: int, lights=None, background=None,
                      ambient=None):
         """Render several objects in one image (synthetic data); see :func:`render.scene.render_scene`."""
-        from .scene import render_scene
-
         return render_scene(self, objects, K, width, height, lights=lights, background=background,
                             ambient=ambient)
 
