@@ -14,7 +14,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import click
 import torch
@@ -137,14 +137,16 @@ def save_random_checkpoint(model, path: Path) -> Path:
 class BenchExport:
     """The exports of one checkpoint a benchmark runs.
 
-    ``onnx``: the ONNX export (fp32 graphs ``classifier.onnx`` / ``regressor.onnx``, plus the int8
-    QDQ graphs ``*.int8.onnx`` when quantised); ``tensorrt``: {precision: export with
-    ``--backend tensorrt``}: that precision's graphs (``precision_graphs``) and, where TensorRT and
-    a GPU exist, its engines.
+    ``onnx``: the fp32 ONNX export (``classifier.onnx`` / ``regressor.onnx``, the default export
+    form); ``onnx_int8``: the ``--precision int8`` export (QDQ graphs ``*.int8.onnx``, quantised from
+    the int8 export form, which may differ from the fp32 one), or None; ``tensorrt``: {precision:
+    export with ``--backend tensorrt``}: that precision's graphs (``precision_graphs``) and, where
+    TensorRT and a GPU exist, its engines.
     """
 
     onnx: Manifest
     tensorrt: dict = field(default_factory=dict)
+    onnx_int8: Optional[Manifest] = None
 
     def precision_graph_paths(self, precision: str):
         """{graph: path} of a TensorRT precision graph (fp16 / int8) some export holds, else None."""
@@ -171,14 +173,23 @@ def export_for_benchmark(checkpoint, work_dir: Path, models_dir: Path, *, datase
                          tta: int = 4, int8: bool = True, tensorrt_precisions: Sequence[str] = (),
                          max_detections: int = 16, calib_count: int = 8,
                          say: Callable[[str], None] = print) -> BenchExport:
-    """Export ``checkpoint`` with the real exporter into ``work_dir/export`` (ONNX, int8 QDQ graphs
-    when ``int8``, synthetic calibration) and, per TensorRT precision, ``work_dir/export-tensorrt-<p>``
-    (its precision graphs; engines where TensorRT runs). ``tta``: crops per detection (4 or 1)."""
+    """Export ``checkpoint`` with the real exporter as a user would: ``work_dir/export`` (fp32 ONNX),
+    ``work_dir/export-int8`` when ``int8`` (``--precision int8``: QDQ graphs, synthetic calibration)
+    and, per TensorRT precision, ``work_dir/export-tensorrt-<p>`` (its precision graphs; engines
+    where TensorRT runs). ``tta``: crops per detection (4 or 1)."""
     t0 = time.perf_counter()
     onnx_dir = Path(work_dir) / "export"
-    export_checkpoint(checkpoint, onnx_dir, models_dir, dataset=dataset, precision="int8" if int8 else "fp32",
-                      calib_count=calib_count, crops_per_detection=tta)
-    say(f"exported ONNX{' + int8' if int8 else ''} to {onnx_dir} ({time.perf_counter() - t0:.1f} s)")
+    export_checkpoint(checkpoint, onnx_dir, models_dir, dataset=dataset, precision="fp32",
+                      crops_per_detection=tta)
+    say(f"exported ONNX to {onnx_dir} ({time.perf_counter() - t0:.1f} s)")
+    int8_man = None
+    if int8:
+        t0 = time.perf_counter()
+        int8_dir = Path(work_dir) / "export-int8"
+        export_checkpoint(checkpoint, int8_dir, models_dir, dataset=dataset, precision="int8",
+                          calib_count=calib_count, crops_per_detection=tta)
+        int8_man = load_manifest(int8_dir)
+        say(f"exported ONNX int8 to {int8_dir} ({time.perf_counter() - t0:.1f} s)")
     trt = {}
     for prec in tensorrt_precisions:
         t0 = time.perf_counter()
@@ -188,7 +199,7 @@ def export_for_benchmark(checkpoint, work_dir: Path, models_dir: Path, *, datase
         trt[prec] = load_manifest(d)
         say(f"exported TensorRT {prec} to {d} ({time.perf_counter() - t0:.1f} s)"
             + "".join(f"; {n}" for n in res.notes))
-    return BenchExport(load_manifest(onnx_dir), trt)
+    return BenchExport(load_manifest(onnx_dir), trt, int8_man)
 
 
 def open_backends(export: BenchExport, torch_model, keys: Sequence[str], device: str, threads: int) -> dict:
@@ -203,7 +214,10 @@ def open_backends(export: BenchExport, torch_model, keys: Sequence[str], device:
                     continue
                 out[key] = TorchBackend(torch_model, device)
             elif key.startswith("ort-"):
-                m = export.onnx
+                m = export.onnx if key == "ort-fp32" else export.onnx_int8
+                if m is None:
+                    out[key] = "no int8 export (quantisation not asked for)"
+                    continue
                 suffix = "" if key == "ort-fp32" else ".int8"
                 c, r = m.path(f"classifier{suffix}.onnx"), m.path(f"regressor{suffix}.onnx")
                 if not (c.is_file() and r.is_file()):

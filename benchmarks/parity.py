@@ -202,7 +202,8 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
                                           tensorrt_precisions=needed_precisions(keys), calib_count=32, say=say)
         else:
             try:
-                export = BenchExport(load_manifest(export_dir))
+                exported = load_manifest(export_dir)
+                export = BenchExport(exported, onnx_int8=exported)  # its int8 graphs, if it has them
             except ManifestError as e:
                 raise BenchError(str(e)) from None
         manifest = export.onnx

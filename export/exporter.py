@@ -277,7 +277,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(crops_per_detection)
-    optimize_for_export(model)
+    optimize_for_export(model, int8=backend == "onnx" and precision == "int8")
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
