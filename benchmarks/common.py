@@ -29,6 +29,7 @@ from mrcnet.runtime.backends import (BackendError, OnnxRuntimeBackend, TensorRTB
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.manifest import CLASSIFIER_ONNX, REGRESSOR_ONNX, Manifest, load_manifest
 from mrcnet.runtime.presets import get_dataset
+from mrcnet.testing import write_box_ply
 
 #: backend rows of the benchmarks: PyTorch eager, ONNX Runtime (fp32 / int8 QDQ graphs), TensorRT engines
 BACKEND_KEYS = ("torch", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16", "trt-int8")
@@ -113,6 +114,15 @@ def write_meshes(models_dir: Path, obj_ids=OBJ_IDS) -> Path:
     """Procedural BOP models (``mrcnet.data.objects``, ids 1..max(obj_ids)) into ``models_dir``
     (which must be named ``models``)."""
     objects.write_objects(models_dir.parent, max(obj_ids), seed=0)
+    return models_dir
+
+
+def box_meshes(models_dir: Path, obj_ids) -> Path:
+    """A unit-box mesh ``obj_XXXXXX.ply`` per id of ``obj_ids`` in ``models_dir`` (any ids, as a checkpoint's
+    meta names them)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for oid in obj_ids:
+        write_box_ply(models_dir / f"obj_{oid:06d}.ply")
     return models_dir
 
 

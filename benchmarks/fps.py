@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import click
-import matplotlib
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -264,6 +263,8 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Stacked horizontal bars of the stage p50 per backend, one panel per D (matplotlib Agg)."""
+    import matplotlib  # slow, only for the plot
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the Agg backend (headless)
 

@@ -20,22 +20,19 @@ import argparse
 import copy
 import json
 import pickle
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_cpu import _box_models  # noqa: E402
-
-from mrcnet.export.manifest import build_manifest  # noqa: E402
-from mrcnet.export.onnx_export import export_onnx, run_ort  # noqa: E402
-from mrcnet.export.optimize import optimize_for_export  # noqa: E402
-from mrcnet.export.quantize import calibration_feeds, output_agreement, quantize_graph  # noqa: E402
-from mrcnet.model import build_model  # noqa: E402
+from common import box_meshes
+from mrcnet.checkpoint import load_checkpoint
+from mrcnet.export import (build_manifest, calibration_feeds, export_onnx, optimize_for_export, output_agreement,
+                           quantize_graph, run_ort)
+from mrcnet.model import build_model
 
 GRAPHS = ("classifier", "regressor")
 CORRELATION_MATMULS = ("corr_x4/MatMul", "corr_x8/MatMul", "corr_x16/MatMul")
@@ -72,8 +69,6 @@ def prepare(work: Path, preset: str, n_obj: int, checkpoint, calib_count: int):
             return paths, pickle.load(f)
     work.mkdir(parents=True, exist_ok=True)
     if checkpoint:
-        from mrcnet.checkpoint import load_checkpoint
-
         model = load_checkpoint(checkpoint)
         obj_ids, depth = model.meta["obj_ids"], model.meta["depth_range"]
     else:
@@ -85,7 +80,7 @@ def prepare(work: Path, preset: str, n_obj: int, checkpoint, calib_count: int):
                          bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
                          project_version="bench", checkpoint_sha256="")
     paths = export_onnx(exported, work, man, progress=print)
-    models = _box_models(work / "models", obj_ids)
+    models = box_meshes(work / "models", obj_ids)
     cal = calibration_feeds(exported, man, None, count=calib_count, models_dir=models, progress=print)
     with open(cal_path, "wb") as f:
         pickle.dump(cal, f)
@@ -126,8 +121,6 @@ def sessions(paths, threads: int, config: dict, opt_dir: Path | None = None, pro
 
 def op_counts(opt_dir: Path) -> dict[str, int]:
     """{op type: count} over the optimised graphs ORT wrote to ``opt_dir``."""
-    import onnx
-
     c: dict[str, int] = {}
     for g in GRAPHS:
         for n in onnx.load(str(opt_dir / f"{g}.opt.onnx"), load_external_data=False).graph.node:

@@ -22,6 +22,7 @@ _LAZY = {
     "rel_err": "onnx_export", "optimize_for_export": "optimize",
     "subset_model": "subset", "SingleObjectConv2d": "subset",
     "calibration_feeds": "quantize", "quantize_graphs": "quantize", "quant_agreement": "quantize",
+    "quantize_graph": "quantize", "output_agreement": "quantize",
     "build_engines": "tensorrt", "build_engine": "tensorrt", "check_tensorrt": "tensorrt",
     "TensorRTUnavailable": "tensorrt", "EngineBuildError": "tensorrt", "build_plan": "tensorrt",
     "convert_graphs": "fp16", "check_graph": "trt_support", "check_export": "trt_support",
