@@ -1,6 +1,7 @@
 """benchmarks/fps.py and benchmarks/parity.py end to end on tiny settings: their JSON, markdown
 and PNG are written and hold the figures of the backends that ran."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from click.testing import CliRunner  # noqa: E402
 from infer_fixtures import tiny_assets  # noqa: E402
 
 import fps  # noqa: E402
+import int8_variants  # noqa: E402
 import ort_options  # noqa: E402
 import parity  # noqa: E402
 
@@ -127,8 +129,6 @@ def test_int8_variants_table(tmp_path, monkeypatch, capsys):
     """benchmarks/int8_variants.py: the FP32 export and calibration made once in --work, the
     variant quantised from it, timed round-robin with FP32, its fused op counts and agreement in
     the table and the JSON; a second run reuses the files; unknown variants are refused."""
-    import int8_variants
-
     work, out = tmp_path / "w", tmp_path / "v.json"
     argv = ["int8_variants.py", "--preset", "small", "--n-obj", "1", "--work", str(work), "--repeats", "1",
             "--calib-count", "4", "--variants", "u8s8 per-channel (default)", "--json", str(out)]

@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT  # noqa: E402
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
+import gpu_check  # noqa: E402  (benchmarks/ is on sys.path through tests/conftest.py)
 
 
 def test_gpu_check_script_skips_the_gpu_parts_and_says_so(tmp_path):

@@ -12,6 +12,7 @@ pytest.importorskip("onnx")
 from click.testing import CliRunner  # noqa: E402
 
 from infer_fixtures import tiny_assets  # noqa: E402
+from mrcnet.export import convert_graphs  # noqa: E402
 
 import parity  # noqa: E402
 
@@ -19,8 +20,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_parity_rows_of_the_precision_graphs(tmp_path, tmp_path_factory):
-    from mrcnet.export.fp16 import convert_graphs
-
     a = tiny_assets(tmp_path_factory)
     export = tmp_path / "export"
     shutil.copytree(a.export, export)
