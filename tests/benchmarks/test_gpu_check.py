@@ -2,7 +2,6 @@
 pointed at the CPU, run and report (so they are ready for a GPU machine)."""
 import json
 import subprocess
-import sys
 
 import pytest
 
