@@ -22,13 +22,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
+
+from mrcnet.eval.pose_errors import re_sym
+from mrcnet.runtime.presets import get_dataset
 
 
 def rotation_gap_deg(Ra: np.ndarray, Rb: np.ndarray, sym_R: np.ndarray) -> np.ndarray:
     """Symmetry-aware rotation difference of pairs: (P, 3, 3), (P, 3, 3), (S, 3, 3) -> (P,) degrees
     (:func:`mrcnet.eval.pose_errors.re_sym` of each pair)."""
-    from mrcnet.eval.pose_errors import re_sym
-
     return np.array([re_sym(a, b, sym_R) for a, b in zip(Ra, Rb)], np.float64)
 
 
@@ -57,10 +59,9 @@ def summarise(gap: np.ndarray, n: int) -> dict:
 
 def measure(data, split: str | None, samples: int, iou_min: float, seed: int = 0) -> tuple[dict, dict]:
     """Per object: the :func:`summarise` entry and the crops of its most distant look-alike pairs."""
+    # torch (the train extra): the pair and gap helpers above run without it
     from mrcnet.train.dataset import TrainingSamples
     from mrcnet.model import get_config
-    from mrcnet.runtime.presets import get_dataset
-    from tqdm import tqdm
 
     cfg = get_config("small")
     ds = TrainingSamples(data, cfg.bins, get_dataset("synth").depth_range, split=split, augment=True,
@@ -85,10 +86,10 @@ def measure(data, split: str | None, samples: int, iou_min: float, seed: int = 0
 
 def plot(examples: dict, path) -> None:
     """PNG: per object (rows) its most distant look-alike pairs, each pair side by side."""
-    import matplotlib
+    import matplotlib  # slow, only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend choice above
 
     rows, cols = max(len(examples), 1), max([len(v) for v in examples.values()] + [1])
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.8 * rows), squeeze=False)

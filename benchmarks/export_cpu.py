@@ -25,20 +25,11 @@ import numpy as np
 import onnx
 import torch
 
-from mrcnet.export.manifest import build_manifest
-from mrcnet.export.onnx_export import example_inputs, export_onnx, ort_session, rel_err, run_ort, run_torch
-from mrcnet.export.optimize import optimize_for_export
-from mrcnet.export.quantize import calibration_feeds, quant_agreement, quantize_graphs
+from common import box_meshes
+from mrcnet.checkpoint import load_checkpoint
+from mrcnet.export import (build_manifest, calibration_feeds, example_inputs, export_onnx, optimize_for_export,
+                           ort_session, quant_agreement, quantize_graphs, rel_err, run_ort, run_torch)
 from mrcnet.model import build_model
-
-
-def _box_models(d: Path, obj_ids) -> Path:
-    from mrcnet.testing import write_box_ply
-
-    d.mkdir(parents=True, exist_ok=True)
-    for oid in obj_ids:
-        write_box_ply(d / f"obj_{oid:06d}.ply")
-    return d
 
 
 def _time(fn, repeats: int) -> float:
@@ -66,8 +57,6 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.checkpoint:
-        from mrcnet.checkpoint import load_checkpoint
-
         model = load_checkpoint(a.checkpoint)
         obj_ids, depth = model.meta["obj_ids"], model.meta["depth_range"]
     else:
@@ -80,7 +69,7 @@ def main() -> None:
            "cpu": os.cpu_count()}
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
-        models = a.models or _box_models(td / "models", obj_ids)
+        models = a.models or box_meshes(td / "models", obj_ids)
         man = build_manifest(dataset="bench", preset=model.cfg.name, obj_ids=obj_ids, depth_range=depth,
                              bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size,
                              bn_group=model.bn_group, project_version="bench", checkpoint_sha256="")

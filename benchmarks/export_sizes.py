@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from mrcnet.export.manifest import build_manifest
-from mrcnet.export.onnx_export import export_onnx, onnx_param_count
-from mrcnet.model.subset import per_object_params, subset_model
+from mrcnet.export import build_manifest, export_onnx, onnx_param_count
 from mrcnet.model import build_model
+from mrcnet.model.subset import per_object_params, subset_model
 from mrcnet.runtime.presets import get_dataset
 
 

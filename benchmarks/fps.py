@@ -18,9 +18,9 @@ regressor time and its share of that rate (:func:`model_flops`: reference-model 
 
 Model: ``--model`` an export directory (ORT/TRT rows; a torch row needs ``--checkpoint``) or a
 ``.pth`` checkpoint (torch row, exported to a temporary folder for the others); default: a
-random-weight model of ``--preset`` (3 procedural objects) exported to a temporary folder, int8
-graphs included (``--no-int8`` skips the quantisation), TensorRT engines when TensorRT and a GPU
-are usable. ``--tta 1`` runs one crop per detection (a BatchNorm group of 1: its own export).
+random-weight model of ``--preset`` (3 procedural objects) exported to a temporary folder by the real
+exporter (``mrcnet.export.export_checkpoint`` through ``common.export_for_benchmark``), int8 graphs
+included (``--no-int8`` skips the quantisation), TensorRT engines when TensorRT and a GPU are usable. ``--tta 1`` runs one crop per detection (a BatchNorm group of 1: its own export).
 
     .venv/bin/python benchmarks/fps.py --preset small --detections-per-frame 1,4 --out out/fps
     .venv/bin/python benchmarks/fps.py --preset paper --detections-per-frame 1 --frames 5 --out out/fps_paper
@@ -29,16 +29,12 @@ When torch runs, every other backend is also compared with it on the same random
 runtime's comparator, ``compare_backends``): ``parity_vs_torch`` in the JSON, a list in the markdown.
 
 Writes ``OUT/fps.json`` (settings, hardware, library versions, figures), ``OUT/fps.md`` (tables) and
-``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D; skipped without matplotlib).
+``OUT/fps.png`` (stacked per-stage p50 per backend, one panel per D).
 """
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import json
 import logging
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,179 +42,32 @@ from typing import Callable, Sequence
 
 import click
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from mrcnet.runtime.pipeline import STAGES  # (preprocess, classifier, render, regressor, postprocess)
+from common import (BACKEND_KEYS, BenchError, BenchExport, export_for_benchmark, hardware_info,
+                    library_versions, open_backends, parse_ints, random_model, save_random_checkpoint,
+                    tensorrt_usable, write_json_md, write_meshes)
+from mrcnet.checkpoint import CheckpointError, load_checkpoint
+from mrcnet.data.scenes import default_K
+from mrcnet.eval.infer import checkpoint_manifest
+from mrcnet.export import example_inputs
+from mrcnet.model import STAGE2_FEATURES, build_model
+from mrcnet.runtime.backends import compare_backends
+from mrcnet.runtime.formats.files import atomic_open
+from mrcnet.runtime.manifest import ManifestError, load_manifest
+from mrcnet.runtime.pipeline import STAGES, Pipeline  # STAGES: preprocess, classifier, render, regressor, postprocess
+from mrcnet.runtime.render import Renderer
 
-BACKEND_KEYS = ("torch", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16", "trt-int8")
-OBJ_IDS = (1, 2, 3)
 FRAME_SIZE = (640, 480)
-LIBRARIES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "opencv-python-headless",
-             "moderngl", "onnx")
 
 log = logging.getLogger("fps")
-
-
-class BenchError(click.ClickException):
-    """A one-line user-facing error of the benchmarks."""
-
-
-# ------------------------------------------------------------------------------- environment
-def hardware_info() -> dict:
-    """CPU model, logical cores (all / usable by this process), memory, GPU (name, via torch or
-    nvidia-smi) and the OS."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(),
-            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "os": platform.platform(), "python": platform.python_version(), "gpu": None}
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
-def library_versions() -> dict:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def tensorrt_usable() -> bool:
-    from mrcnet.runtime.backends import tensorrt_available
-
-    return tensorrt_available()
-
-
-# ------------------------------------------------------------------------------------ models
-def write_meshes(models_dir: Path, obj_ids=OBJ_IDS) -> Path:
-    """Procedural BOP models (``mrcnet.data.objects``, ids 1..max(obj_ids)) into ``models_dir``
-    (which must be named ``models``)."""
-    from mrcnet.data import objects
-
-    objects.write_objects(models_dir.parent, max(obj_ids), seed=0)
-    return models_dir
-
-
-def random_model(preset: str, n_obj: int = len(OBJ_IDS), seed: int = 0):
-    """A random-weight MRCNet of ``preset`` for the ``synth`` objects (meta filled in)."""
-    import torch
-
-    from mrcnet.model import build_model
-    from mrcnet.runtime.presets import get_dataset
-
-    ds = get_dataset("synth")
-    torch.manual_seed(seed)
-    model = build_model(n_obj, ds.depth_range, preset).eval()
-    model.meta = {"source": "project", "preset": preset, "dataset": "synth", "obj_ids": list(ds.obj_ids[:n_obj]),
-                  "depth_range": list(ds.depth_range), "fov_variant": "inference", "n_obj": n_obj}
-    return model
-
-
-def export_model(model, out_dir: Path, models_dir: Path, *, bn_group: int = 4, int8: bool = True,
-                 trt_precisions: Sequence[str] = (), max_detections: int = 16, calib_count: int = 8,
-                 say: Callable[[str], None] = print):
-    """Export ``model`` (its ``meta``) to ``out_dir``: fp32 ONNX graphs, models/, optionally the int8
-    QDQ graphs (synthetic calibration) and TensorRT engines; returns the loaded Manifest."""
-    import shutil
-
-    from mrcnet.eval.infer import checkpoint_manifest
-    from mrcnet.export.manifest import write_manifest
-    from mrcnet.export.onnx_export import export_onnx
-    from mrcnet.export.optimize import optimize_for_export
-    from mrcnet.runtime.manifest import load_manifest
-
-    model.set_bn_group(bn_group)
-    man = checkpoint_manifest(model, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    # the export forms on a copy, as mrcnet-export does; ``model`` stays the eager reference
-    paths = export_onnx(optimize_for_export(copy.deepcopy(model)), out_dir, man)
-    say(f"exported ONNX to {out_dir} ({time.perf_counter() - t0:.1f} s)")
-    shutil.copytree(models_dir, out_dir / "models", dirs_exist_ok=True)
-    calib = None
-    if int8 or "int8" in trt_precisions:
-        from mrcnet.export.quantize import calibration_feeds
-
-        calib = calibration_feeds(model, man, None, count=calib_count, models_dir=out_dir / "models")
-    if int8:
-        from mrcnet.export.quantize import quantize_graphs
-
-        t0 = time.perf_counter()
-        quantize_graphs(paths, calib)
-        say(f"quantised int8 graphs ({time.perf_counter() - t0:.1f} s)")
-    for prec in trt_precisions:
-        from mrcnet.export.tensorrt import build_engines
-
-        t0 = time.perf_counter()
-        entry, _ = build_engines(paths, out_dir, precision=prec, max_detections=max_detections,
-                                 calib=calib if prec == "int8" else None)
-        man.engines[prec] = entry
-        say(f"built TensorRT {prec} engines ({time.perf_counter() - t0:.1f} s)")
-    write_manifest(out_dir, man)
-    return load_manifest(out_dir)
-
-
-def open_backends(manifest, torch_model, keys: Sequence[str], device: str, threads: int) -> dict:
-    """{key: backend} for the requested keys that this machine and export can run; a skipped key
-    maps to the reason (str)."""
-    from mrcnet.runtime.backends import BackendError, OnnxRuntimeBackend, TensorRTBackend, ort_providers
-
-    out: dict = {}
-    for key in keys:
-        try:
-            if key == "torch":
-                if torch_model is None:
-                    out[key] = "no checkpoint (--checkpoint) for the torch reference"
-                    continue
-                from mrcnet.inference import TorchBackend
-
-                out[key] = TorchBackend(torch_model, device)
-            elif key.startswith("ort-"):
-                suffix = "" if key == "ort-fp32" else ".int8"
-                c, r = manifest.path(f"classifier{suffix}.onnx"), manifest.path(f"regressor{suffix}.onnx")
-                if not (c.is_file() and r.is_file()):
-                    out[key] = f"export has no {c.name} / {r.name}"
-                    continue
-                kind = "onnxruntime-cpu" if device == "cpu" else "auto"
-                out[key] = OnnxRuntimeBackend(c, r, providers=ort_providers(kind), threads=threads)
-            else:
-                prec = key.split("-", 1)[1]
-                if not tensorrt_usable():
-                    out[key] = "TensorRT or a CUDA GPU is not available"
-                elif prec not in manifest.engines:
-                    out[key] = f"export has no TensorRT {prec} engines"
-                else:
-                    out[key] = TensorRTBackend.from_manifest(manifest, prec)
-        except BackendError as e:
-            out[key] = str(e)
-    return out
 
 
 # ---------------------------------------------------------------------------------- measuring
 def synthetic_frames(n: int, n_det: int, obj_ids: Sequence[int], seed: int = 0):
     """``n`` frames (FRAME_SIZE noise, uint8 BGR), the synth camera K (3, 3) and per frame ``n_det``
     detections (obj_id, box xyxy px: 60..160 px squares-ish inside the image)."""
-    from mrcnet.data.scenes import default_K
-
     w, h = FRAME_SIZE
     rng = np.random.default_rng(seed)
     K = default_K(w, h)
@@ -268,9 +117,6 @@ def parity_vs_torch(manifest, backends: dict, n_det: int = 2, seed: int = 0) -> 
     ref = backends.get("torch")
     if ref is None or isinstance(ref, str) or len(backends) < 2:
         return {}
-    from mrcnet.export.onnx_export import example_inputs
-    from mrcnet.runtime.backends import compare_backends
-
     feeds = example_inputs(len(manifest.obj_ids), manifest.n_rot * n_det, seed=seed, crop_size=manifest.crop_size)
     return {key: {k: round(v, 8) for k, v in compare_backends(ref, be, feeds).items()}
             for key, be in backends.items() if key != "torch" and not isinstance(be, str)}
@@ -280,8 +126,6 @@ def run_benchmark(manifest, backends: dict, dpf: Sequence[int], frames: int, war
                   say: Callable[[str], None] = print) -> dict:
     """{backend: {D: measure()}} for the open backends, sharing one renderer; adds ``vs_torch`` (the
     detections/s ratio to torch at the same D) when torch ran."""
-    from mrcnet.runtime.pipeline import Pipeline
-
     meshes = manifest.load_meshes()
     for oid, mesh in meshes.items():
         renderer.add_object(oid, mesh)
@@ -313,17 +157,10 @@ TORCH_LABEL = "torch (eager: grouped per-object convs)"
 
 def matmul_rate(size: int = 2048, repeats: int = 3) -> float:
     """This machine's FP32 matrix-multiply rate, GFLOP/s: the best of ``repeats`` timed
-    ``size``^3 products (``torch.mm``, the threads torch uses; numpy's BLAS without torch), after
+    ``size``^3 products (``torch.mm``, the threads torch uses), after
     one untimed product. The roof the backends' achieved rates are compared with."""
-    try:
-        import torch
-
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        mm = torch.mm
-    except ImportError:
-        rng = np.random.default_rng(0)
-        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-        mm = np.matmul
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    mm = torch.mm
     mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -339,13 +176,6 @@ def model_flops(preset: str, n_obj: int, depth_range, tta: int) -> dict:
     model: {"classifier": flops, "regressor": flops}. Shapes only: the model runs on the meta
     device, so no weights or time are spent; the per-object convolutions count one object's
     work per crop, as the grouped eager form does."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mrcnet.export.onnx_export import example_inputs
-    from mrcnet.model import build_model
-    from mrcnet.model.mrcnet import STAGE2_FEATURES
-
     model = build_model(n_obj, tuple(depth_range), preset, bn_group=tta).eval().to("meta")
     feeds = {k: torch.from_numpy(v).to("meta") for k, v in
              example_inputs(n_obj, 4, crop_size=model.cfg.crop_size).items()}
@@ -433,10 +263,10 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Stacked horizontal bars of the stage p50 per backend, one panel per D (matplotlib Agg)."""
-    import matplotlib
+    import matplotlib  # slow, only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend (headless)
 
     res = report["results"]
     ds = sorted({d for per_d in res.values() for d in per_d}, key=int)
@@ -461,8 +291,6 @@ def plot(report: dict, path: Path) -> None:
     s = report["settings"]
     fig.suptitle(f"MRC-Net {s['preset']} TTA {s['tta']} on {report['hardware']['cpu']}", fontsize=9)
     fig.tight_layout()
-    from mrcnet.runtime.formats.files import atomic_open
-
     try:
         with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=110)
@@ -472,30 +300,10 @@ def plot(report: dict, path: Path) -> None:
 
 def write_reports(report: dict, out_dir: Path, name: str = "fps") -> dict:
     """``name``.json / .md / .png in out_dir (each atomically)."""
-    from mrcnet.data.bop import atomic_open
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
-    with atomic_open(paths["json"], "w", encoding="utf8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with atomic_open(paths["md"], "w", encoding="utf8") as f:
-        f.write(markdown(report))
-    try:
-        plot(report, paths["png"])
-    except ImportError:  # matplotlib is optional (e.g. the offline GPU check): json + md only
-        paths.pop("png")
+    paths = write_json_md(report, markdown(report), out_dir, name)
+    paths["png"] = Path(out_dir) / f"{name}.png"
+    plot(report, paths["png"])
     return paths
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    try:
-        vals = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise BenchError(f"{what}: {text!r} is not a comma-separated list of integers") from None
-    if not vals or min(vals) < 1:
-        raise BenchError(f"{what}: {text!r} needs positive integers")
-    return vals
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -528,10 +336,6 @@ def parse_ints(text: str, what: str) -> list[int]:
 def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, device, threads, matmul_size,
          models_src, out_dir):
     """Per-stage latency and detections/s of torch, ONNX Runtime and TensorRT side by side."""
-    import sys
-
-    from mrcnet.runtime.render import Renderer
-
     logging.basicConfig(level=logging.WARNING)
     dpf_list = parse_ints(dpf, "--detections-per-frame")
     tta_n = int(tta)
@@ -540,24 +344,18 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
     if bad:
         raise BenchError(f"--backends: unknown {bad}; choose from {', '.join(BACKEND_KEYS)}")
     if device is None:
-        try:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            device = "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     say = click.echo
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mrcnet_fps_") as tmp:
         tmp = Path(tmp)
         torch_model, manifest = None, None
         if model is not None and Path(model).is_dir():
-            from mrcnet.runtime.manifest import ManifestError, load_manifest
-
             try:
                 manifest = load_manifest(model)
             except ManifestError as e:
                 raise BenchError(str(e)) from None
+            export = BenchExport(manifest)
             if manifest.n_rot != tta_n:
                 raise BenchError(f"--model {model}: the export runs {manifest.n_rot} crops per detection; "
                                  f"--tta {tta_n} needs its own export (or omit --model)")
@@ -568,26 +366,28 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
             if model is not None:
                 torch_model = _load_torch(model, tta_n)
                 preset = torch_model.cfg.name
+                ckpt = Path(model)
             else:
                 torch_model = random_model(preset)
                 torch_model.set_bn_group(tta_n)
+                ckpt = tmp / f"random_{preset}.pth"
             if models_src is not None:
                 models_dir = Path(models_src)
             else:
                 models_dir = write_meshes(tmp / "objects" / "models", torch_model.meta["obj_ids"])
             if keys == ["torch"]:  # nothing to export: the torch row alone needs no onnx
-                from mrcnet.eval.infer import checkpoint_manifest
-
-                torch_model.set_bn_group(tta_n)
                 manifest = checkpoint_manifest(torch_model, models_dir.parent, models_dir.name)
+                export = BenchExport(manifest)
             else:
+                if model is None:
+                    save_random_checkpoint(torch_model, ckpt)
                 want_trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tta_n == 4 and tensorrt_usable() else []
-                manifest = export_model(torch_model, tmp / "export", models_dir, bn_group=tta_n,
-                                        int8=int8 and "ort-int8" in keys, trt_precisions=want_trt,
-                                        max_detections=max(dpf_list), say=say)
+                export = export_for_benchmark(ckpt, tmp, models_dir, tta=tta_n, int8=int8 and "ort-int8" in keys,
+                                              tensorrt_precisions=want_trt, max_detections=max(dpf_list), say=say)
+                manifest = export.onnx
             if "torch" not in keys:
                 torch_model = None
-        opened = open_backends(manifest, torch_model, keys, device, threads)
+        opened = open_backends(export, torch_model, keys, device, threads)
         skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
         for k, why in skipped.items():
             say(f"{k}: not run ({why})")
@@ -618,8 +418,6 @@ def main(model, checkpoint, preset, dpf, tta, frames, warmup, backends, int8, de
 
 
 def _load_torch(path, tta_n: int):
-    from mrcnet.checkpoint import CheckpointError, load_checkpoint
-
     try:
         m = load_checkpoint(path)
     except CheckpointError as e:

@@ -4,7 +4,7 @@ which sets up the offline packages first).
 Steps (each timed; status ``pass`` / ``fail`` / ``skipped`` with the reason):
 
 1. ``environment``: Python, torch and its CUDA, the GPU, the EGL devices, the renderer picked.
-2. ``render_golden``: the renderer's golden tests (``tests/test_golden_render.py``) on the renderer's
+2. ``render_golden``: the renderer's golden tests (``tests/runtime/render/test_golden_render.py``) on the renderer's
    default device: the NVIDIA EGL device of CUDA device 0 (fails when it falls back to llvmpipe
    on a GPU machine).
 3. ``cuda_roundtrip``: host -> device -> host through the runtime's CUDA wrapper (``CudaApi``:
@@ -37,6 +37,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mrcnet.eval.infer import checkpoint_manifest
+from mrcnet.runtime import manifest as M
+from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
+from mrcnet.runtime.backends import BackendError, CudaApi, device_properties
+from mrcnet.runtime.detections import JsonDetections
+from mrcnet.runtime.pipeline import Pipeline
+from mrcnet.runtime.presets import get_dataset
+from mrcnet.runtime.render import Renderer
+from mrcnet.runtime.render.context import gpu_machine, is_software, list_devices
+from mrcnet.runtime.video_io import Camera, FrameSource
+
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-3
 
@@ -49,7 +60,7 @@ def _torch(ctx):
     """torch, with the check's device usable (``ctx["device"]``: "cuda", or "cpu" to try the steps)."""
     if ctx["skip_gpu"]:
         raise Skip("GPU parts skipped")
-    import torch
+    import torch  # the steps before it run where torch is not installed yet
 
     if ctx["device"] == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device visible to torch")
@@ -59,7 +70,7 @@ def _torch(ctx):
 def step_environment(ctx) -> dict:
     info = {"python": platform.python_version(), "machine": platform.machine(), "gpu_mode": not ctx["skip_gpu"]}
     try:
-        import torch
+        import torch  # reported when present: the check runs where it is not installed yet
 
         info.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
         if torch.cuda.is_available():
@@ -67,7 +78,6 @@ def step_environment(ctx) -> dict:
             info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
     except ImportError as e:
         info["torch"] = f"not importable ({e})"
-    from mrcnet.runtime.render.context import list_devices
 
     try:
         info["egl_devices"] = [f"{d.index}: {d.kind}" + (f" cuda:{d.cuda}" if d.cuda is not None else "")
@@ -84,12 +94,9 @@ def step_environment(ctx) -> dict:
 
 
 def step_render_golden(ctx) -> dict:
-    from mrcnet.runtime.render import Renderer
-    from mrcnet.runtime.render.context import gpu_machine, is_software
-
     name = Renderer().description
     out = {"renderer": name}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden_render.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/runtime/render/test_golden_render.py"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     out["pytest"] = (r.stdout.strip().splitlines() or [""])[-1]
     if r.returncode != 0:
@@ -102,8 +109,6 @@ def step_render_golden(ctx) -> dict:
 def step_cuda_roundtrip(ctx) -> dict:
     if ctx["skip_gpu"]:
         raise Skip("GPU parts skipped")
-    from mrcnet.runtime.backends import BackendError, CudaApi, device_properties
-
     try:
         api = CudaApi(0)
     except BackendError as e:
@@ -129,13 +134,7 @@ def step_cuda_roundtrip(ctx) -> dict:
 
 
 def _clip_poses(model, device: str, frames: int):
-    from mrcnet.eval.infer import checkpoint_manifest
-    from mrcnet.inference import TorchBackend
-    from mrcnet.runtime import manifest as M
-    from mrcnet.runtime.detections import JsonDetections
-    from mrcnet.runtime.pipeline import Pipeline
-    from mrcnet.runtime.render import Renderer
-    from mrcnet.runtime.video_io import Camera, FrameSource
+    from mrcnet.inference import TorchBackend  # torch: absent where the GPU steps are skipped
 
     man = checkpoint_manifest(model, M.DEMO_DIR, "models")
     pipe = Pipeline(TorchBackend(model, device), man, Renderer())
@@ -152,8 +151,7 @@ def _clip_poses(model, device: str, frames: int):
 
 def step_torch_clip(ctx) -> dict:
     _torch(ctx)
-    from mrcnet.checkpoint import load_checkpoint
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT
+    from mrcnet.checkpoint import load_checkpoint  # torch: absent where the GPU steps are skipped
 
     dev = ctx["device"]
     cpu, s_cpu = _clip_poses(load_checkpoint(DEMO_CHECKPOINT, device="cpu"), "cpu", ctx["frames"])
@@ -172,8 +170,6 @@ def step_torch_clip(ctx) -> dict:
 
 def step_fps(ctx) -> dict:
     _torch(ctx)
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
-
     rows = {}
     n = ctx["fps_frames"]
     runs = {"demo": ["--model", str(DEMO_CHECKPOINT), "--detections-per-frame", "1,4", "--frames", str(2 * n)],
@@ -194,9 +190,9 @@ def step_fps(ctx) -> dict:
 
 def step_amp_train(ctx) -> dict:
     torch = _torch(ctx)
+    # torch: absent where the GPU steps are skipped
     from mrcnet.model import build_model
     from mrcnet.model.layers import GroupBatchNorm2d
-    from mrcnet.runtime.presets import get_dataset
 
     torch.manual_seed(0)
     dev = torch.device(ctx["device"])
@@ -243,7 +239,7 @@ def step_gpu_tests(ctx) -> dict:
     except ImportError:
         pass
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional here: only its CUDA provider counts
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             have.append("onnxruntime-gpu")
@@ -256,7 +252,7 @@ def step_gpu_tests(ctx) -> dict:
     except ImportError:
         raise Skip(f"{', '.join(have)} import, but onnx (needed by the tests) does not") from None
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                        "tests/test_tensorrt.py", "tests/test_runtime.py", "tests/test_gpu_runtime.py"],
+                        "tests/export/test_tensorrt.py", "tests/runtime/test_runtime.py", "tests/runtime/test_gpu_runtime.py"],
                        cwd=ROOT, capture_output=True, text=True, timeout=400)
     last = (r.stdout.strip().splitlines() or [""])[-1]
     if r.returncode not in (0, 5):
@@ -293,7 +289,7 @@ def main(out_dir, skip_gpu, frames, amp_steps, only):
     out.mkdir(parents=True, exist_ok=True)
     if not skip_gpu:
         try:
-            import torch
+            import torch  # optional: without it the GPU parts are skipped
 
             if not torch.cuda.is_available():
                 skip_gpu = True

@@ -23,6 +23,9 @@ import time
 
 import torch
 
+from mrcnet.model import STAGE2_FEATURES, CondConv2d, build_model
+from mrcnet.testing import golden_inputs, golden_model, load_golden
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,9 +38,6 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-
-    from mrcnet.model import STAGE2_FEATURES, CondConv2d, build_model
-    from mrcnet.testing import golden_inputs, golden_model, load_golden
 
     inp = golden_inputs(load_golden())
     if args.preset == "paper":

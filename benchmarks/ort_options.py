@@ -22,7 +22,7 @@ import click
 import numpy as np
 import onnxruntime as ort
 
-from mrcnet.export.onnx_export import example_inputs
+from mrcnet.export import example_inputs
 from mrcnet.runtime.manifest import ManifestError, load_manifest
 
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

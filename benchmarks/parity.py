@@ -21,7 +21,6 @@ Writes ``OUT/parity.json``, ``OUT/parity.md`` and the CSVs / evaluation reports 
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -29,81 +28,62 @@ from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fps  # noqa: E402  (benchmarks/fps.py: environment, random model, export, backends)
+from common import (BACKEND_KEYS, OBJ_IDS, BenchError, BenchExport, export_for_benchmark, hardware_info,
+                    library_versions, open_backends, random_model, save_random_checkpoint, tensorrt_usable,
+                    write_json_md)
+from mrcnet.checkpoint import load_checkpoint
+from mrcnet.data import objects, scenes
+from mrcnet.data.bop import BopDataset, BopFormatError, save_detections
+from mrcnet.data.samples import jittered_box
+from mrcnet.eval.bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, write_report
+from mrcnet.eval.infer import InferError, compare_results, infer_split
+from mrcnet.export import convert_graphs
+from mrcnet.runtime.backends import OnnxRuntimeBackend, ort_providers
+from mrcnet.runtime.datasets import DatasetPathError, render_models_dir
+from mrcnet.runtime.manifest import ManifestError, load_manifest
+from mrcnet.runtime.render import Renderer
 
 #: the TensorRT precision graphs run under ONNX Runtime CPU (no GPU needed): ``ort-fp16`` = the
 #: fp16 graph's float32 stand-in rounding to float16 at the same points
 #: (:func:`mrcnet.export.fp16.convert_graph` ``emulate=True``), ``ort-trt-int8`` = the TensorRT-style
 #: symmetric int8 QDQ graph (``<graph>.trt-int8.onnx``)
 GRAPH_KEYS = ("ort-fp16", "ort-trt-int8")
-PARITY_KEYS = tuple(k for k in fps.BACKEND_KEYS if k != "torch") + GRAPH_KEYS
+GRAPH_PRECISION = {"ort-fp16": "fp16", "ort-trt-int8": "int8"}
+PARITY_KEYS = tuple(k for k in BACKEND_KEYS if k != "torch") + GRAPH_KEYS
 
 
 def make_split(root: Path, n_images: int, seed: int = 0) -> Path:
     """A synthetic BOP test split (3 procedural objects, 320x240, 2-3 objects per image)."""
-    from mrcnet.data import objects, scenes
-    from mrcnet.runtime.render import Renderer
-
-    objects.write_objects(root, len(fps.OBJ_IDS), seed=seed)
+    objects.write_objects(root, len(OBJ_IDS), seed=seed)
     cfg = scenes.SceneConfig(width=320, height=240, objects_per_image=(2, 3), distractors_per_image=(0, 1),
                              images_per_scene=max(1, n_images), depth_range=(300.0, 600.0))
     scenes.generate_scenes(root, root, n_images, cfg, seed=seed, renderer=Renderer(), progress=False)
     return root
 
 
-def add_precision_graphs(manifest, keys, model, calib_count: int = 32, say=print) -> None:
-    """Write the TensorRT precision graphs the ``GRAPH_KEYS`` in ``keys`` need into the (temporary)
-    export of ``manifest``, when it lacks them: ``<graph>.fp16.onnx`` and ``<graph>.trt-int8.onnx``
-    (symmetric int8 QDQ, calibrated on synthetic renderings), listed under ``precision_graphs``."""
-    import json
-
-    from mrcnet.export.manifest import atomic_write_bytes
-    from mrcnet.export.tensorrt import GRAPHS, PRECISION_SUFFIX, precision_graphs
-
-    raw = json.loads(manifest.path("manifest.json").read_text())
-    have = precision_graphs(manifest.root, raw)
-    fp32 = have["fp32"]
-    for key, prec in (("ort-fp16", "fp16"), ("ort-trt-int8", "int8")):
-        if key not in keys or prec in have:
-            continue
-        t0 = time.perf_counter()
-        if prec == "fp16":
-            from mrcnet.export.fp16 import convert_graphs
-
-            convert_graphs(fp32)
-        else:
-            from mrcnet.export.quantize import calibration_feeds, quantize_graphs
-
-            calib = calibration_feeds(model, manifest, None, count=calib_count, models_dir=manifest.path("models"))
-            quantize_graphs(fp32, calib, style="tensorrt")
-        raw.setdefault("precision_graphs", {})[prec] = {g: f"{g}.{PRECISION_SUFFIX[prec]}.onnx" for g in GRAPHS}
-        say(f"wrote the {prec} graphs ({time.perf_counter() - t0:.1f} s)")
-    atomic_write_bytes(manifest.path("manifest.json"), (json.dumps(raw, indent=2) + "\n").encode())
+def needed_precisions(keys) -> list[str]:
+    """TensorRT precisions whose exports the keys need: the ``trt-*`` rows (where TensorRT runs)
+    and the precision graphs of the ``GRAPH_KEYS`` (written without TensorRT too)."""
+    want = [k.split("-")[1] for k in keys if k.startswith("trt-")] if tensorrt_usable() else []
+    want += [GRAPH_PRECISION[k] for k in GRAPH_KEYS if k in keys]
+    return [p for p in ("fp32", "fp16", "int8") if p in want]
 
 
-def open_graph_backends(manifest, keys, workdir: Path) -> dict:
+def open_graph_backends(export: BenchExport, keys, workdir: Path) -> dict:
     """{key: OnnxRuntimeBackend (CPU) | reason} for the ``GRAPH_KEYS`` in ``keys``; the fp16 key runs
     the float32 stand-in of the fp16 graph (ONNX Runtime CPU has no float16 Conv kernel), written
     into ``workdir``."""
-    import json
-
-    from mrcnet.export.tensorrt import precision_graphs
-    from mrcnet.runtime.backends import OnnxRuntimeBackend, ort_providers
-
-    graphs = precision_graphs(manifest.root, json.loads(manifest.path("manifest.json").read_text()))
     out = {}
-    for key, prec in (("ort-fp16", "fp16"), ("ort-trt-int8", "int8")):
+    for key in GRAPH_KEYS:
         if key not in keys:
             continue
-        if prec not in graphs:
+        prec = GRAPH_PRECISION[key]
+        paths = export.precision_graph_paths(prec)
+        if paths is None:
             out[key] = f"export has no {prec} graphs (mrcnet-export --backend tensorrt --precision {prec})"
             continue
-        paths = graphs[prec]
         if prec == "fp16":
-            from mrcnet.export.fp16 import convert_graphs
-
-            paths = convert_graphs(graphs["fp32"], emulate=True, folder=workdir)
+            paths = convert_graphs(export.fp32_graph_paths(), emulate=True, folder=workdir)
         out[key] = OnnxRuntimeBackend(paths["classifier"], paths["regressor"],
                                       providers=ort_providers("onnxruntime-cpu"))
     return out
@@ -114,9 +94,6 @@ def jittered_detections(data_dir, split: str, box_jitter: float, path, seed: int
     with each box side moved by up to ``box_jitter`` of the box size
     (:func:`mrcnet.data.samples.jittered_box`, the trainer's jittered validation boxes): a stand-in
     for a real detector's boxes, which are never the exact ones. Written to ``path``."""
-    from mrcnet.data.bop import BopDataset, save_detections
-    from mrcnet.data.samples import jittered_box
-
     dets = []
     for rec in BopDataset(data_dir, split):
         H, W = rec.load_image("bgr").shape[:2]
@@ -191,17 +168,10 @@ def markdown(report: dict) -> str:
 def main(data, split, images, checkpoint, export_dir, preset, detections, box_jitter, backends, int8, metrics,
          max_deg, max_mm, device, out_dir):
     """AR of each backend on a BOP split against the PyTorch reference."""
-    from mrcnet.checkpoint import save_checkpoint
-    from mrcnet.data.bop import BopFormatError, atomic_open
-    from mrcnet.eval.bop_eval import Bop19Params, EvalError, default_vsd_delta, evaluate_bop19, write_report
-    from mrcnet.eval.infer import InferError, compare_results, infer_split
-    from mrcnet.runtime.manifest import ManifestError, load_manifest
-    from mrcnet.runtime.render import Renderer
-
     keys = [k.strip() for k in backends.split(",") if k.strip()]
     bad = [k for k in keys if k not in PARITY_KEYS]
     if bad:
-        raise fps.BenchError(f"--backends: unknown {bad}; choose from {', '.join(PARITY_KEYS)}")
+        raise BenchError(f"--backends: unknown {bad}; choose from {', '.join(PARITY_KEYS)}")
     metric_list = [m.strip() for m in metrics.split(",") if m.strip()]
     out = Path(out_dir)
     res_dir = out / "results"
@@ -217,34 +187,29 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
         else:
             detections_desc = detections
         if checkpoint is None:
-            model = fps.random_model(preset)
-            checkpoint = tmp / f"random_{preset}.pth"
-            save_checkpoint(checkpoint, model, dataset="synth", obj_ids=model.meta["obj_ids"], fov_variant="inference")
+            model = random_model(preset)
+            checkpoint = save_random_checkpoint(model, tmp / f"random_{preset}.pth")
             model_desc = f"random-weight {preset}"
         else:
-            from mrcnet.checkpoint import load_checkpoint
-
             model = load_checkpoint(checkpoint)
             model_desc = str(checkpoint)
         if export_dir is None:
-            from mrcnet.runtime.datasets import render_models_dir
-
             try:
                 models_dir = render_models_dir(data_dir, None, split)  # the split's render models (T-LESS models_cad)
-            except ValueError as e:
-                raise click.ClickException(str(e)) from None
-            trt = [k.split("-")[1] for k in keys if k.startswith("trt-")] if fps.tensorrt_usable() else []
-            manifest = fps.export_model(model, tmp / "export", models_dir, int8=int8 and "ort-int8" in keys,
-                                        trt_precisions=trt, say=say)
-            add_precision_graphs(manifest, keys, model, say=say)
+            except DatasetPathError as e:
+                raise BenchError(str(e)) from None
+            export = export_for_benchmark(checkpoint, tmp, models_dir, int8=int8 and "ort-int8" in keys,
+                                          tensorrt_precisions=needed_precisions(keys), calib_count=32, say=say)
         else:
             try:
-                manifest = load_manifest(export_dir)
+                exported = load_manifest(export_dir)
+                export = BenchExport(exported, onnx_int8=exported)  # its int8 graphs, if it has them
             except ManifestError as e:
-                raise fps.BenchError(str(e)) from None
+                raise BenchError(str(e)) from None
+        manifest = export.onnx
         base = [k for k in keys if k not in GRAPH_KEYS]
-        opened = fps.open_backends(manifest, None, base, "cpu" if device == "cpu" else "cuda", 0)
-        opened.update(open_graph_backends(manifest, keys, tmp))
+        opened = open_backends(export, None, base, "cpu" if device == "cpu" else "cuda", 0)
+        opened.update(open_graph_backends(export, keys, tmp))
         skipped = {k: v for k, v in opened.items() if isinstance(v, str)}
         params = Bop19Params(vsd_delta=default_vsd_delta(data_dir))
 
@@ -256,10 +221,10 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
                 ev = evaluate_bop19(data_dir, csv, split=split, params=params, metrics=metric_list,
                                     renderer=renderer)
             except (InferError, BopFormatError, EvalError) as e:
-                raise fps.BenchError(str(e)) from None
+                raise BenchError(str(e)) from None
             write_report(ev, res_dir / f"{key}_eval")
             if not s.complete:
-                raise fps.BenchError(f"{key}: inference incomplete ({s.lines()[-1]})")
+                raise BenchError(f"{key}: inference incomplete ({s.lines()[-1]})")
             say(f"{key:9s} AR {ev['AR'] if ev['AR'] is not None else float('nan'):.4f}  ({s.seconds:.1f} s)")
             return s, ev, csv
 
@@ -282,16 +247,11 @@ def main(data, split, images, checkpoint, export_dir, preset, detections, box_ji
                            "model": model_desc, "detections": detections_desc, "metrics": metric_list,
                            "delta_metric": main_metric, "max_deg": max_deg, "max_mm": max_mm, "device": device},
               "command": " ".join(["benchmarks/parity.py", *sys.argv[1:]]),
-              "hardware": fps.hardware_info(), "libraries": fps.library_versions(),
+              "hardware": hardware_info(), "libraries": library_versions(),
               "n_images": n_images, "n_estimates": s_ref.estimates, "backends": rows, "skipped": skipped,
               "seconds": time.perf_counter() - t_start, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "parity.json", "w", encoding="utf8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
     text = markdown(report)
-    with atomic_open(out / "parity.md", "w", encoding="utf8") as f:
-        f.write(text)
+    write_json_md(report, text, out, "parity")
     click.echo(text)
     click.echo(f"wrote {out / 'parity.json'} and {out / 'parity.md'}")
 

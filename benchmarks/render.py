@@ -22,6 +22,7 @@ import moderngl
 import numpy as np
 
 from mrcnet.runtime.render import Mesh, Renderer
+from mrcnet.runtime.render.camera import projection
 from mrcnet.runtime.render.context import describe
 
 BARE_VS = """
@@ -41,7 +42,7 @@ void main() { out_v = vec2(1.0, v_z); }
 
 def make_model(subdivisions: int = 5, radius: float = 50.0) -> Mesh:
     """An icosphere with 20 * 4**subdivisions triangles (20,480 for 5), radius in mm."""
-    import trimesh
+    import trimesh  # slow (about 0.5 s), only to build the benchmark mesh
 
     tm = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
     return Mesh.from_arrays(tm.vertices, tm.faces, name=f"icosphere{subdivisions}")
@@ -89,8 +90,6 @@ def timed(fns: dict, calls: int, warmup: int) -> dict:
 
 def bare_loop(renderer: Renderer, mesh: Mesh, R, t, K, size: int):
     """A minimal moderngl loop over the same views: one draw per viewport, one read-back."""
-    from mrcnet.runtime.render.camera import projection
-
     ctx = renderer.ctx
     n = len(R)
     prog = ctx.program(vertex_shader=BARE_VS, fragment_shader=BARE_FS)

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcnet.data.objects import write_objects
+from mrcnet.data.scenes import SceneConfig, generate_scenes
 from mrcnet.model import get_config
 from mrcnet.train.trainer import TrainConfig, train
 
 
 def synthetic_split(root: Path, images: int = 24) -> Path:
     """3 procedural objects and ``images`` 640x480 training images under ``root`` (kept if present)."""
-    from mrcnet.data.objects import write_objects
-    from mrcnet.data.scenes import SceneConfig, generate_scenes
-
     if not (root / "models" / "models_info.json").is_file():
         write_objects(root, 3, seed=0, progress=False, eval_copy=False)
     generate_scenes(root / "models", root, images, SceneConfig(split="train_pbr"), seed=1, progress=False)

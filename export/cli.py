@@ -10,11 +10,16 @@ from pathlib import Path
 
 import click
 
-from mrcnet.runtime.manifest import DEMO_EXPORT_DIR
+from mrcnet.runtime.cliopts import cli_message
+from mrcnet.runtime.assets import DEMO_EXPORT_DIR
 
 from .exporter import (BACKENDS, DEMO_DATASET, PRECISIONS, ExportError, ExportResult, dataset_models_dir,
                        default_checkpoint, default_models_dir, export_checkpoint, official_checkpoint)
 from .tensorrt import EngineBuildError, TensorRTUnavailable, engines_for_export
+
+
+#: export_checkpoint's parameters -> this command's flags (where they differ from --<name>)
+FLAGS = {"models_dir": "--models", "out_dir": "--out"}
 
 
 def _fmt_bytes(n: int) -> str:
@@ -84,12 +89,13 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
         try:
             entry = engines_for_export(out_dir, precision=precision, max_detections=max_detections, progress=progress)
         except (ValueError, TensorRTUnavailable, EngineBuildError) as e:
-            click.echo(f"mrcnet-export: error: {e}", err=True)
+            click.echo(f"mrcnet-export: error: {cli_message(e, FLAGS)}", err=True)
             sys.exit(2)
         click.echo(f"engines ({precision}): {entry['classifier']}, {entry['regressor']} in {out_dir}")
         return
     # imports torch (--engines-only above runs without it)
     from mrcnet.model.subset import SubsetError, parse_object_ids
+    from .quantize import CalibrationError
 
     try:
         ids = parse_object_ids(object_ids)
@@ -106,8 +112,8 @@ def main(checkpoint, dataset, object_ids, models_dir, out_dir, backend, precisio
                                 backend=backend, precision=precision, max_detections=max_detections,
                                 calib_data=calib_data, calib_split=calib_split, calib_count=calib_count,
                                 progress=progress, box_rule=box_rule)
-    except (ExportError, SubsetError) as e:
-        click.echo(f"mrcnet-export: error: {e}", err=True)
+    except (ExportError, SubsetError, CalibrationError) as e:
+        click.echo(f"mrcnet-export: error: {cli_message(e, FLAGS)}", err=True)
         sys.exit(2)
     for line in summary_lines(res) + res.notes:
         click.echo(line)

@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 
 from mrcnet import __version__
 from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
 from mrcnet.runtime.geometry import TTA_GROUP
-from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
 from mrcnet.runtime.preprocess import BOX_RULES
 from mrcnet.runtime.presets import get_dataset
 from mrcnet.runtime.render.mesh import MeshError, load_mesh
@@ -45,6 +46,21 @@ class ExportError(RuntimeError):
     """A user-facing export failure: one line naming the input (checkpoint, objects, models...)."""
 
 
+class ExportParameterError(ExportError, ParameterError):
+    """An ExportError about one parameter of :func:`export_checkpoint` (``param``; ``mrcnet-export``
+    names it by its flag)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
+
+
+def as_export_error(e: Exception) -> ExportError:
+    """``e`` as an ExportError, keeping the parameter it names (an ExportParameterError then)."""
+    if isinstance(e, ParameterError):
+        return ExportParameterError(e.param, e.detail, e.value)
+    return ExportError(str(e))
+
+
 def default_checkpoint() -> Path:
     """The shipped demo model's checkpoint (``mrcnet.runtime.manifest.DEMO_CHECKPOINT``)."""
     return DEMO_CHECKPOINT
@@ -65,8 +81,8 @@ def official_checkpoint(dataset: str, cwd=None) -> Path:
     what to pass) when it is not there."""
     path = Path("." if cwd is None else cwd) / f"chkpt_{dataset}" / f"{dataset}.pth"
     if not path.is_file():
-        raise ExportError(f"--checkpoint not given and no {path} (the official layout chkpt_{dataset}/{dataset}.pth "
-                          f"in {Path(path.parent.parent).resolve()}); pass --checkpoint FILE")
+        raise ExportParameterError("checkpoint", f"not given and no {path} (the official layout chkpt_{dataset}/"
+                                   f"{dataset}.pth in {Path(path.parent.parent).resolve()}); pass {{checkpoint}} FILE")
     return path
 
 
@@ -77,8 +93,8 @@ def dataset_models_dir(dataset: str, env=None) -> Path:
     try:
         return render_models_dir(find_dataset(dataset, env=env), dataset, None)
     except DatasetPathError as e:
-        raise ExportError(f"--models not given and no {dataset} models (looked in {', '.join(e.looked)}); pass "
-                          f"--models DIR, or set {BOP_PATH_ENV} to the folder holding {dataset}/") from None
+        raise ExportParameterError("models_dir", f"not given and no {dataset} models (looked in {', '.join(e.looked)}); "
+                                   f"pass {{models_dir}} DIR, or set {BOP_PATH_ENV} to the folder holding {dataset}/") from None
 
 
 @dataclass
@@ -109,23 +125,25 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise ExportError(f"--checkpoint: file not found: {path}")
+        raise ExportParameterError("checkpoint", f"file not found: {path}")
     try:
         return load_checkpoint(path, dataset=dataset)
     except CheckpointFileError as e:
-        raise ExportError(f"--{e}") from None
+        raise ExportParameterError("checkpoint", e.detail, path) from None
     except CheckpointError as e:
         first_error = str(e)
     except Exception as e:  # anything else from a non-checkpoint file: one line, even for an empty message
         text = str(e).strip()
-        raise ExportError(f"--checkpoint {path}: cannot load ({text.splitlines()[0][:200] if text else type(e).__name__})") from None
+        why = text.splitlines()[0][:200] if text else type(e).__name__
+        raise ExportParameterError("checkpoint", f"cannot load ({why})", path) from None
     if object_ids is None or dataset is None:
-        hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs --object-ids)"
-        raise ExportError(f"--checkpoint {path}: {first_error}{hint}")
+        hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs {object_ids})"
+        raise ExportParameterError("checkpoint", f"{first_error}{hint}", path)
     try:
         return load_checkpoint(path, dataset=dataset, obj_ids=list(object_ids))
-    except CheckpointError as e:  # in the CLI's words: obj_ids is --object-ids
-        raise ExportError(f"--checkpoint {path}: {first_error}; {str(e).replace('obj_ids', '--object-ids')}") from None
+    except CheckpointError as e:  # load_checkpoint's obj_ids is this function's object_ids
+        second = str(e).replace("obj_ids", "{object_ids}")
+        raise ExportParameterError("checkpoint", f"{first_error}; {second}", path) from None
 
 
 def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
@@ -134,16 +152,16 @@ def check_models(models_dir, obj_ids: Sequence[int]) -> Path:
     or with bad face indices raises ExportError here, not later on the device."""
     src = Path(models_dir)
     if not src.is_dir():
-        raise ExportError(f"--models: folder not found: {src}")
+        raise ExportParameterError("models_dir", f"folder not found: {src}")
     names = [f"obj_{int(i):06d}.ply" for i in obj_ids]
     missing = [n for n in names if not (src / n).is_file()]
     if missing:
-        raise ExportError(f"--models {src}: missing {', '.join(missing)}")
+        raise ExportParameterError("models_dir", f"missing {', '.join(missing)}", src)
     for n in names:
         try:
             load_mesh(src / n)
         except MeshError as e:
-            raise ExportError(f"--models: {e}") from None
+            raise ExportParameterError("models_dir", str(e)) from None
     return src
 
 
@@ -175,14 +193,14 @@ def check_export_dir(out_dir) -> Path:
     export would overwrite its ``models/``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a folder")
+        raise ExportParameterError("out_dir", "exists and is not a folder", out)
     if not out.is_dir():
         return out
     foreign = sorted(p.name for p in out.iterdir()
                      if not (p.name in EXPORT_ENTRIES or p.suffix == ".onnx" or p.name.startswith(".")))
     if foreign:
-        raise ExportError(f"--out {out}: not an export directory (holds {', '.join(foreign[:3])}"
-                          f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        raise ExportParameterError("out_dir", f"not an export directory (holds {', '.join(foreign[:3])}"
+                                   f"{'...' if len(foreign) > 3 else ''}); choose an empty or new folder", out)
     return out
 
 
@@ -190,7 +208,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                       models_dir=None, backend: str = "onnx", precision: str = "fp32", max_detections: int = 8,
                       calib_data=None, calib_split: str | None = None, calib_count: int = 32,
                       parity_detections: int = 2, progress: Callable[[str], None] | None = None,
-                      box_rule: str | None = None) -> ExportResult:
+                      box_rule: str | None = None, crops_per_detection: int = TTA_GROUP) -> ExportResult:
     """Export a checkpoint to ``out_dir`` (see the module docstring).
 
     dataset: preset name (depth range, object ids of an official checkpoint); object_ids: BOP ids
@@ -199,7 +217,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     max_detections: TensorRT profile maximum (N = 4 x detections); calib_data: BOP dataset root
     (or split folder) for int8 calibration crops; box_rule: how the runtime turns detection boxes
     into crop squares (``clip`` | ``official``; None = the checkpoint's, ``official`` for official
-    checkpoints). Raises :class:`ExportError` (one line).
+    checkpoints); crops_per_detection: the TTA group (4 in-plane rotations, the BatchNorm group of
+    a detection; 1 = one crop per detection, ONNX only). Raises :class:`ExportError` (one line).
     """
     from mrcnet.checkpoint import normalise_fov_variant  # torch-backed, as in load_model
 
@@ -211,16 +230,19 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     if backend not in BACKENDS:
-        raise ExportError(f"--backend: {backend!r} is not one of {BACKENDS}")
+        raise ExportParameterError("backend", f"{backend!r} is not one of {BACKENDS}")
     if precision not in PRECISIONS:
-        raise ExportError(f"--precision: {precision!r} is not one of {PRECISIONS}")
+        raise ExportParameterError("precision", f"{precision!r} is not one of {PRECISIONS}")
     if backend == "onnx" and precision == "fp16":
-        raise ExportError("--precision fp16 needs --backend tensorrt (ONNX Runtime CPU graphs are fp32 or int8)")
+        raise ExportParameterError("precision", "needs {backend} tensorrt (ONNX Runtime CPU graphs are fp32 or int8)", "fp16")
 
     if box_rule is not None and box_rule not in BOX_RULES:
-        raise ExportError(f"--box-rule: {box_rule!r} is not one of {BOX_RULES}")
+        raise ExportParameterError("box_rule", f"{box_rule!r} is not one of {BOX_RULES}")
     if max_detections < 1:
-        raise ExportError(f"--max-detections: {max_detections} must be >= 1")
+        raise ExportParameterError("max_detections", "must be >= 1", max_detections)
+    if crops_per_detection not in (1, TTA_GROUP) or (crops_per_detection != TTA_GROUP and backend != "onnx"):
+        raise ExportParameterError("crops_per_detection", f"must be {TTA_GROUP} (or 1 with {{backend}} onnx)",
+                                   crops_per_detection)
     out = check_export_dir(out_dir)  # before anything slow: never write into a dataset or home folder
     try:
         prepare_out_dir(out)
@@ -234,12 +256,12 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         except TensorRTUnavailable as e:
             trt_missing = str(e).split(": ", 1)[-1]
         except EngineBuildError as e:
-            raise ExportError(str(e)) from None
+            raise as_export_error(e) from None
     if dataset is not None:
         try:
             get_dataset(dataset)
         except KeyError as e:
-            raise ExportError(f"--dataset: {e.args[0]}") from None
+            raise ExportParameterError("dataset", str(e.args[0])) from None
 
     ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     say(f"loading {ckpt_path}")
@@ -248,14 +270,14 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     try:
         keep = resolve_object_ids(object_ids, meta["obj_ids"])
     except SubsetError as e:
-        raise ExportError(str(e)) from None
+        raise ExportParameterError(e.param, e.detail, e.value) from None
     n_full = sum(p.numel() for p in model.parameters())
     if keep != list(meta["obj_ids"]):
         idx = [list(meta["obj_ids"]).index(i) for i in keep]
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
-    model.set_bn_group(TTA_GROUP)
-    optimize_for_export(model)
+    model.set_bn_group(crops_per_detection)
+    optimize_for_export(model, int8=backend == "onnx" and precision == "int8")
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
@@ -267,7 +289,8 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         dataset=meta.get("dataset") or dataset or "", preset=meta["preset"], obj_ids=keep,
         depth_range=meta["depth_range"], bins=model.cfg.bins,
         fov_variant=normalise_fov_variant(meta.get("fov_variant", "inference")),
-        crop_size=model.cfg.crop_size, bn_group=TTA_GROUP, project_version=__version__,
+        crop_size=model.cfg.crop_size, bn_group=crops_per_detection, n_rot=crops_per_detection,
+        project_version=__version__,
         checkpoint_sha256=sha256_file(ckpt_path), box_rule=box_rule or meta.get("box_rule", "clip"))
     res = ExportResult(out, keep)
     paths = export_onnx(model, out, manifest, progress=say)
@@ -275,7 +298,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     res.n_params = {"checkpoint": int(n_full), "exported_model": int(sum(p.numel() for p in model.parameters())),
                     **{g: onnx_param_count(p) for g, p in paths.items()}}
 
-    n_crop = TTA_GROUP * max(1, parity_detections)
+    n_crop = crops_per_detection * max(1, parity_detections)
     feeds = example_inputs(len(keep), n_crop, seed=1, crop_size=model.cfg.crop_size)
     res.parity["onnxruntime_fp32"] = onnx_parity(model, paths, feeds)
     say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"
@@ -313,7 +336,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
                 entry, parity = build_engines(graphs, out, precision=precision, max_detections=max_detections,
                                               check_feeds=feeds, progress=say)
             except (EngineBuildError, ValueError) as e:
-                raise ExportError(str(e)) from None
+                raise as_export_error(e) from None
             manifest.engines[precision] = entry
             res.engines[precision] = entry
             res.parity[f"tensorrt_{precision}"] = parity

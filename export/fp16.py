@@ -14,8 +14,9 @@ exporter writes ``classifier.fp16.onnx`` / ``regressor.fp16.onnx`` from the fp32
     nodes ``/module/path/Op``; the decoding of bins and residuals into R and t, the logits' argmax
     and score path (ArgMax, ReduceMax) are functions, named ``/Op_k``);
   * the **normalisation statistics**: every node of a module scope that computes batch statistics
-    (``GroupBatchNorm2d``: ReduceMean ... Sqrt, i.e. the scope holds both a ReduceMean and a Sqrt)
-    and every ``InstanceNormalization`` (GroupNorm);
+    (``GroupBatchNorm2d`` in its ReduceMean form: ReduceMean ... Sqrt, i.e. the scope holds both a
+    ReduceMean and a Sqrt) and every ``InstanceNormalization`` (GroupNorm, and the export form of
+    ``GroupBatchNorm2d``, :class:`mrcnet.export.optimize.InstanceGroupBatchNorm2d`);
   * the ops of ``FP32_OPS`` wherever they are (argmax / max scores, L2 norms of the geometry);
 
 - graph inputs and outputs keep their float32 type (the runtime and the TensorRT backend chain the

@@ -16,10 +16,19 @@ detections (at least one) is held out for :func:`quant_agreement`.
 
 Quantisation (:func:`quantize_graphs`): ``onnxruntime.quantization.quantize_static``, QDQ format,
 Conv, MatMul and Gemm quantised, MinMax calibration over batches of one detection (4 crops:
-BatchNorm groups), in one of two styles (:data:`QUANT_STYLES`):
+BatchNorm groups), in one of two styles (:data:`QUANT_STYLES`; every key can be overridden per call):
 
 - ``onnxruntime`` (``<graph>.int8.onnx``, the ONNX Runtime CPU graph): uint8 activations with
-  zero points, int8 per-channel weights, int32 biases (U8S8, the VNNI path of x86 CPUs);
+  zero points, int8 per-channel weights, int32 biases (U8S8, the VNNI path of x86 CPUs). ONNX
+  Runtime fuses every ``DQ -> Conv -> Q`` into ``QLinearConv``, the heads into ``QGemm`` and the
+  correlations into ``QLinearMatMul`` (:func:`optimized_op_counts` shows it). Chosen by
+  measurement (``benchmarks/int8_variants.py``, AVX-512 VNNI CPU): int8 (S8S8) activations are not
+  fused on x86 unless the session sets ``session.qdqisint8allowed``, and then run 4x slower than
+  U8S8; per-tensor weights and 7-bit ranges (``reduce_range``) buy no speed with VNNI; quantising the
+  residual Adds / Concats as well (``residual_adds``) added Q/DQ pairs and error; the QOperator
+  format was slower. What stays float between the int8 convolutions is the batch-statistics
+  normalisation, exported as one InstanceNormalization per layer
+  (:class:`mrcnet.export.optimize.InstanceGroupBatchNorm2d`);
 - ``tensorrt`` (``<graph>.trt-int8.onnx``, TensorRT explicit quantisation): symmetric int8 (zero
   point 0) activations and per-channel weights, biases left in float32, Percentile (99.99 %)
   calibration; besides the pose geometry, the layers the fp16 graph keeps in float32
@@ -47,6 +56,7 @@ from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.pipeline import render_inputs
 from mrcnet.runtime.preprocess import mask_box_xyxy, prepare_detection
 from mrcnet.runtime.render import Renderer, load_mesh
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.rotations import random_rotation, rotation_angle_deg
 
 from .fp16 import fp32_nodes
@@ -57,6 +67,13 @@ log = logging.getLogger(__name__)
 
 class CalibrationError(RuntimeError):
     """No usable calibration data (one line naming the input)."""
+
+
+class CalibrationParameterError(CalibrationError, ParameterError):
+    """A CalibrationError about one parameter (``calib_data``, ``calib_split``)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 @dataclass
@@ -87,14 +104,14 @@ def _find_split(root: Path, split: str | None) -> tuple[Path, str]:
     """(dataset root, split folder name) of ``root`` (a dataset root or a split folder)."""
     if split:
         if not (root / split).is_dir():
-            raise CalibrationError(f"--calib-split: {root / split} not found")
+            raise CalibrationParameterError("calib_split", f"{root / split} not found")
         return root, split
     if scene_dirs(root):  # a split folder itself
         return root.parent, root.name
     prefer = ("test_primesense", "test", "val", "train_real", "train_pbr", "train")
     cands = split_folders(root)
     if not cands:
-        raise CalibrationError(f"--calib-data {root}: no BOP split folder (with scene folders) found")
+        raise CalibrationParameterError("calib_data", "no BOP split folder (with scene folders) found", root)
     cands.sort(key=lambda n: prefer.index(n) if n in prefer else len(prefer))
     return root, cands[0]
 
@@ -104,7 +121,7 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
     evenly over the split's visible instances."""
     root = Path(calib_data)
     if not root.is_dir():
-        raise CalibrationError(f"--calib-data: folder not found: {root}")
+        raise CalibrationParameterError("calib_data", f"folder not found: {root}")
     root, split_name = _find_split(root, split)
     models = "models"
     if not (root / "models" / "models_info.json").is_file() and models_dir is not None:
@@ -112,13 +129,13 @@ def bop_detections(calib_data, obj_ids: Sequence[int], count: int, split: str | 
     try:
         ds = BopDataset(root, split_name, models=models)
     except BopFormatError as e:
-        raise CalibrationError(f"--calib-data: {e}") from None
+        raise CalibrationParameterError("calib_data", str(e)) from None
     wanted = set(int(i) for i in obj_ids)
     rows = [(rec, inst) for rec, inst in ds.instances(MIN_VISIB_FRACT) if inst.obj_id in wanted
             and inst.info is not None and inst.info.get("bbox_visib") is not None
             and min(inst.info["bbox_visib"][2:]) > MIN_BOX_PX]
     if not rows:
-        raise CalibrationError(f"--calib-data {root / split_name}: no visible instance of objects {sorted(wanted)}")
+        raise CalibrationParameterError("calib_data", f"no visible instance of objects {sorted(wanted)}", root / split_name)
     pick = np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))
     out, cache = [], {}
     for i in pick:
@@ -250,39 +267,63 @@ def geometry_nodes(model_path, min_k: int = 16) -> list[str]:
     return out
 
 
-#: quantisation styles: file suffix, activation type, activation symmetry, bias quantisation,
-#: calibration (MinMax, or Percentile with ``CalibPercentile``), module scopes left in float
+#: quantisation styles: file suffix, activation / weight types, activation symmetry, bias
+#: quantisation, calibration (MinMax, or Percentile with ``CalibPercentile``), module scopes left in
+#: float, the op types quantised, per-channel weights, 7-bit ranges, the ONNX format (``QDQ`` or
+#: ``QOperator``) and ``residual_adds`` (also quantise the Adds and Concats of two activations so
+#: the chains between convolutions stay int8). Every key can be overridden per call
+#: (:func:`quantize_graph` ``options``; ``benchmarks/int8_variants.py`` measures the variants).
 QUANT_STYLES = {
-    "onnxruntime": {"suffix": "int8", "activation": "QUInt8", "ActivationSymmetric": False, "QuantizeBias": True,
-                    "calibration": "MinMax", "float_scopes": ()},
-    "tensorrt": {"suffix": "trt-int8", "activation": "QInt8", "ActivationSymmetric": True, "QuantizeBias": False,
-                 "calibration": "Percentile", "CalibPercentile": 99.99, "float_scopes": HEAD_SCOPES},
+    "onnxruntime": {"suffix": "int8", "activation": "QUInt8", "weight": "QInt8", "ActivationSymmetric": False,
+                    "QuantizeBias": True, "calibration": "MinMax", "float_scopes": (),
+                    "op_types": ("Conv", "MatMul", "Gemm"), "per_channel": True, "reduce_range": False,
+                    "format": "QDQ", "residual_adds": False},
+    "tensorrt": {"suffix": "trt-int8", "activation": "QInt8", "weight": "QInt8", "ActivationSymmetric": True,
+                 "QuantizeBias": False, "calibration": "Percentile", "CalibPercentile": 99.99,
+                 "float_scopes": HEAD_SCOPES, "op_types": ("Conv", "MatMul", "Gemm"), "per_channel": True,
+                 "reduce_range": False, "format": "QDQ", "residual_adds": False},
 }
 
 
-def _excluded_nodes(model_path, style: str) -> list[str]:
-    """Nodes left in float: the geometry MatMuls; for TensorRT also the fp16 graph's float32 set
-    and the nodes under the style's ``float_scopes``."""
-    out = geometry_nodes(model_path)
+def _excluded_nodes(model_path, style: str, float_scopes: Sequence[str] = ()) -> list[str]:
+    """Nodes left in float: the geometry MatMuls, the nodes under ``float_scopes``; for TensorRT
+    also the fp16 graph's float32 set."""
+    out = set(geometry_nodes(model_path))
+    m = onnx.load(str(model_path), load_external_data=False)
+    out |= {n.name for n in m.graph.node if any(f"/{s}" in n.name for s in float_scopes)}
     if style == "tensorrt":
-        m = onnx.load(str(model_path), load_external_data=False)
-        scopes = QUANT_STYLES[style]["float_scopes"]
-        heads = {n.name for n in m.graph.node if any(f"/{s}" in n.name for s in scopes)}
-        out = sorted(set(out) | fp32_nodes(m) | heads)
-    return out
+        out |= fp32_nodes(m)
+    return sorted(out)
+
+
+def activation_joins(model_path) -> list[str]:
+    """Add and Concat nodes whose inputs are all activations (no initializer / Constant): the
+    residual sums and the feature concatenations between convolutions, not the normalisation's
+    ``var + eps`` / ``x * w + b`` (one constant input each)."""
+    m = onnx.load(str(model_path), load_external_data=False)
+    consts = {t.name for t in m.graph.initializer}
+    consts |= {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in m.graph.node if n.op_type in ("Add", "Concat") and len(n.input) >= 2
+            and not any(i in consts for i in n.input)]
 
 
 def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarray]],
-                   op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"), style: str = "onnxruntime") -> Path:
-    """Static QDQ quantisation of one graph in ``style`` (see the module docstring); atomic write.
-    The pose geometry MatMuls (:func:`geometry_nodes`) stay float."""
+                   op_types: Sequence[str] | None = None, style: str = "onnxruntime",
+                   options: Mapping | None = None) -> Path:
+    """Static quantisation of one graph in ``style`` (see the module docstring), ``options``
+    overriding the style's keys (:data:`QUANT_STYLES`); atomic write. The pose geometry MatMuls
+    (:func:`geometry_nodes`) stay float."""
     # onnxruntime: an optional extra (cpu / gpu; not in gpu-trt11)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if style not in QUANT_STYLES:
         raise ValueError(f"quantisation style {style!r} is not one of {sorted(QUANT_STYLES)}")
-    st = QUANT_STYLES[style]
+    st = {**QUANT_STYLES[style], **(options or {})}
+    unknown = set(options or {}) - set(QUANT_STYLES[style]) - {"CalibPercentile"}
+    if unknown:
+        raise ValueError(f"quantisation options: unknown keys {sorted(unknown)}")
+    ops = list(op_types or st["op_types"])
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as td:
         pre = Path(td) / "pre.onnx"
@@ -291,11 +332,19 @@ def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarr
         except Exception as e:  # pre-processing is an optimisation; quantise the raw graph then
             log.warning("quant_pre_process failed (%s); quantising the raw graph", str(e).splitlines()[0])
             pre = Path(fp32_path)
+        excluded = _excluded_nodes(pre, style, st["float_scopes"])
+        nodes = None
+        if st["residual_adds"]:  # the listed op types plus the activation joins, nothing else
+            m = onnx.load(str(pre), load_external_data=False)
+            nodes = [n.name for n in m.graph.node if n.op_type in ops] + activation_joins(pre)
+            ops = sorted(set(ops) | {"Add", "Concat"})
         tmp = Path(td) / "q.onnx"
-        quantize_static(str(pre), str(tmp), _Reader(batches).reader, quant_format=QuantFormat.QDQ,
-                        nodes_to_exclude=_excluded_nodes(pre, style),
-                        activation_type=getattr(QuantType, st["activation"]), weight_type=QuantType.QInt8,
-                        per_channel=True, op_types_to_quantize=list(op_types),
+        quantize_static(str(pre), str(tmp), _Reader(batches).reader,
+                        quant_format=getattr(QuantFormat, st["format"]),
+                        nodes_to_quantize=nodes, nodes_to_exclude=excluded,
+                        activation_type=getattr(QuantType, st["activation"]),
+                        weight_type=getattr(QuantType, st["weight"]),
+                        per_channel=st["per_channel"], reduce_range=st["reduce_range"], op_types_to_quantize=ops,
                         calibrate_method=getattr(CalibrationMethod, st["calibration"]),
                         extra_options={"ActivationSymmetric": st["ActivationSymmetric"], "WeightSymmetric": True,
                                        "QuantizeBias": st["QuantizeBias"],
@@ -322,13 +371,23 @@ def quantize_graphs(paths: Mapping[str, Path], calib: CalibrationSet,
 
 
 def quant_agreement(fp32_paths: Mapping[str, Path], int8_paths: Mapping[str, Path], feeds: Mapping[str, np.ndarray],
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None, reference: Mapping[str, np.ndarray] | None = None) -> dict:
     """int8 vs fp32 ONNX Runtime on held-out detections (both chained stage 1 -> 2, the same
-    renders): argmax agreement per head, logits error, final rotation / translation differences."""
-    from .onnx_export import ort_session, rel_err, run_ort  # imports torch (this module is torch-free)
+    renders): argmax agreement per head, logits error, final rotation / translation differences.
+    ``reference``: the fp32 outputs on ``feeds`` when already computed (then ``fp32_paths`` is unused)."""
+    from .onnx_export import ort_session, run_ort  # imports torch (this module is torch-free)
 
-    ref = run_ort({g: ort_session(p, threads) for g, p in fp32_paths.items()}, feeds)
+    ref = reference if reference is not None else run_ort(
+        {g: ort_session(p, threads) for g, p in fp32_paths.items()}, feeds)
     got = run_ort({g: ort_session(p, threads) for g, p in int8_paths.items()}, feeds)
+    return output_agreement(ref, got)
+
+
+def output_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> dict:
+    """Chained outputs ``got`` against ``ref`` (same crops): argmax agreement per head, pose logits
+    relative error, median rotation (degrees) / translation (mm) differences, shares within 5 deg / 5 mm."""
+    from .onnx_export import rel_err  # imports torch (this module is torch-free)
+
     out = {f"{k}_argmax_agree": float((got[k].argmax(1) == ref[k].argmax(1)).mean())
            for k in ("pose_logits", "depth_logits", "trans_logits")}
     out["pose_logits_err"] = rel_err(got["pose_logits"], ref["pose_logits"])
@@ -338,5 +397,26 @@ def quant_agreement(fp32_paths: Mapping[str, Path], int8_paths: Mapping[str, Pat
     out["t_diff_mm_median"] = float(np.median(dt))
     out["rot_agree_5deg"] = float((ang < 5).mean())
     out["t_agree_5mm"] = float((dt < 5).mean())
-    out["crops"] = int(len(feeds["crops"]))
+    out["crops"] = int(len(ref["R"]))
     return out
+
+
+def optimized_op_counts(path, session_config: Mapping[str, str] | None = None) -> dict[str, int]:
+    """{op type: count} of ``path`` after ONNX Runtime CPU's graph optimisations (all levels, the
+    QDQ fusions: ``DequantizeLinear -> Conv -> QuantizeLinear`` becomes ``QLinearConv``, etc.), read
+    from the optimised model ORT writes (``SessionOptions.optimized_model_filepath``)."""
+    import onnxruntime as ort  # an optional extra (cpu / gpu; not in gpu-trt11)
+
+    with tempfile.TemporaryDirectory() as td:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(td) / "opt.onnx")
+        for k, v in (session_config or {}).items():
+            so.add_session_config_entry(k, v)
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        m = onnx.load(so.optimized_model_filepath, load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in m.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts

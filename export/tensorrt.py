@@ -46,10 +46,11 @@ import numpy as np
 
 from mrcnet.runtime import trt_compat
 from mrcnet.runtime.backends import OnnxRuntimeBackend, TensorRTBackend, compare_backends
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_copy
-from mrcnet.runtime.manifest import ManifestError, load_manifest
+from mrcnet.runtime.manifest import Manifest, ManifestError, load_manifest
 
-from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, update_file_records
+from .manifest import ENGINES_DIR, atomic_write_bytes, sha256_file, write_manifest
 
 GRAPHS = ("classifier", "regressor")
 WORKSPACE_BYTES = 8 << 30
@@ -66,16 +67,32 @@ class TensorRTUnavailable(RuntimeError):
     """TensorRT is not installed (or too old) or no CUDA GPU is visible (one-line message)."""
 
 
+class NoTensorRTHere(TensorRTUnavailable, ParameterError):
+    """TensorRTUnavailable for ``backend="tensorrt"``: no TensorRT or no GPU on this machine."""
+
+    def __init__(self, detail: str, param: str = "backend", value="tensorrt"):
+        ParameterError.__init__(self, param, detail, value)
+
+    __reduce__ = ParameterError.__reduce__
+
+
 class EngineBuildError(RuntimeError):
     """An engine could not be built (one line: the node, the memory, the precision, the graph)."""
+
+
+class PrecisionUnsupported(EngineBuildError, ParameterError):
+    """EngineBuildError for a ``precision`` the GPU has no support for."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 def _import_trt():
     try:
         import tensorrt as trt  # heavy, optional: only where engines are built
     except ImportError:
-        raise TensorRTUnavailable(
-            "--backend tensorrt: TensorRT is not installed (pip install 'mrcnet-edge[gpu]' on x86-64; JetPack's on "
+        raise NoTensorRTHere(
+            "TensorRT is not installed (pip install 'mrcnet-edge[gpu]' on x86-64; JetPack's on "
             "Jetson)") from None
     try:
         trt_compat.check_trt_version(trt)
@@ -105,7 +122,7 @@ def gpu_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         line = ""
     if not line:
-        raise TensorRTUnavailable("--backend tensorrt: no CUDA GPU found (a TensorRT engine is built on the GPU that runs it)")
+        raise NoTensorRTHere("no CUDA GPU found (a TensorRT engine is built on the GPU that runs it)")
     name, cc = [s.strip() for s in line.split(",")[:2]]
     return {"name": name, "compute_capability": cc}
 
@@ -127,9 +144,9 @@ def check_precision(precision: str, env: Mapping) -> None:
     except ValueError:
         return
     if cc < need:
-        raise EngineBuildError(f"--precision {precision}: {env['name']} (compute capability "
-                               f"{env['compute_capability']}) has no {precision} support in TensorRT "
-                               f"(needs {need[0]}.{need[1]}+): use {'fp16' if precision == 'int8' else 'fp32'}")
+        raise PrecisionUnsupported("precision", f"{env['name']} (compute capability {env['compute_capability']}) has "
+                                   f"no {precision} support in TensorRT (needs {need[0]}.{need[1]}+): use "
+                                   f"{'fp16' if precision == 'int8' else 'fp32'}", precision)
 
 
 @dataclass(frozen=True)
@@ -152,7 +169,7 @@ def build_plan(trt_version: str, precision: str, graphs: Sequence[str]) -> Build
     m = re.match(r"(\d+)", str(trt_version))
     major = int(m.group(1)) if m else 0
     if precision not in ("fp32", "fp16", "int8"):
-        raise ValueError(f"--precision: {precision!r} is not one of fp32, fp16, int8")
+        raise ParameterError("precision", f"{precision!r} is not one of fp32, fp16, int8")
     if precision == "fp32":
         return BuildPlan("fp32", major >= 11, clear_flags=("TF32",))
     if precision in graphs:
@@ -160,11 +177,13 @@ def build_plan(trt_version: str, precision: str, graphs: Sequence[str]) -> Build
             return BuildPlan(precision, True)
         return BuildPlan("int8", False, set_flags=("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_fp32=True)
     if precision == "int8":
-        raise ValueError("--precision int8: the export has no TensorRT int8 graphs (classifier.trt-int8.onnx): "
-                         "export with --backend tensorrt --precision int8 (calibration runs the PyTorch model)")
+        raise ParameterError("precision", "the export has no TensorRT int8 graphs (classifier.trt-int8.onnx): "
+                             "export with mrcnet-export --backend tensorrt --precision int8 (calibration runs the "
+                             "PyTorch model)", "int8")
     if major >= 11:
-        raise ValueError(f"--precision fp16: TensorRT {trt_version} takes precision from the graph and the export "
-                         "has no fp16 graphs (classifier.fp16.onnx): export with --backend tensorrt --precision fp16")
+        raise ParameterError("precision", f"TensorRT {trt_version} takes precision from the graph and the export "
+                             "has no fp16 graphs (classifier.fp16.onnx): export with mrcnet-export --backend "
+                             "tensorrt --precision fp16", "fp16")
     return BuildPlan("fp32", False, set_flags=("FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_fp32=True)
 
 
@@ -429,14 +448,14 @@ def compare_with_ort(onnx_paths: Mapping[str, Path], engine_paths: Mapping[str, 
         ref.close()
 
 
-def precision_graphs(export_dir, raw: Mapping) -> dict[str, dict[str, Path]]:
+def precision_graphs(manifest: Manifest) -> dict[str, dict[str, Path]]:
     """{precision: {graph: path}} of an export directory's manifest (``fp32`` from ``onnx_fp32`` or
     the graph entries; the others from ``precision_graphs``), files that exist only."""
-    out_dir = Path(export_dir)
-    fp32 = raw.get("onnx_fp32") or {g: raw[g]["onnx"] for g in GRAPHS}
-    out = {"fp32": {g: out_dir / fp32[g] for g in GRAPHS}}
-    for prec, files in (raw.get("precision_graphs") or {}).items():
-        paths = {g: out_dir / files[g] for g in GRAPHS if g in files}
+    fp32 = manifest.extra.get("onnx_fp32") or {"classifier": manifest.classifier.onnx,
+                                                "regressor": manifest.regressor.onnx}
+    out = {"fp32": {g: manifest.path(fp32[g]) for g in GRAPHS}}
+    for prec, files in manifest.precision_graphs.items():
+        paths = {g: manifest.path(files[g]) for g in GRAPHS if g in files}
         if len(paths) == len(GRAPHS) and all(p.is_file() for p in paths.values()):
             out[prec] = paths
     return out
@@ -451,14 +470,12 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
     directory's manifest atomically; returns its new engines entry."""
     out = Path(export_dir)
     try:
-        load_manifest(out)
+        manifest = load_manifest(out)  # one read: unknown keys travel in manifest.extra
     except ManifestError as e:
         raise ValueError(str(e)) from None
-    raw = json.loads((out / "manifest.json").read_text())
-    graphs = precision_graphs(out, raw)
+    graphs = precision_graphs(manifest)
     build_plan(f"{trt_compat.SUPPORTED_TRT_MAJORS[0]}.{trt_compat.MIN_TRT_10_MINOR}", precision, list(graphs))
     entry, _ = build_engines(graphs, out, precision=precision, max_detections=max_detections, progress=progress)
-    raw.setdefault("engines", {})[precision] = entry
-    update_file_records(out, raw)  # the new engines' sizes and hashes
-    atomic_write_bytes(out / "manifest.json", (json.dumps(raw, indent=2) + "\n").encode())
+    manifest.engines[precision] = entry
+    write_manifest(out, manifest)  # the new engines' sizes and hashes recorded
     return entry

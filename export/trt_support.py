@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from mrcnet.runtime.manifest import load_manifest
+
 from .fp16 import elem_types
 from .quantize import QUANT_STYLES
 from .tensorrt import precision_graphs
@@ -289,7 +291,7 @@ def op_counts(path_or_model) -> Counter:
 def export_graphs(export_dir) -> dict[str, dict[str, Path]]:
     """{precision: {graph: path}} of every TensorRT graph an export directory's manifest lists
     (:func:`mrcnet.export.tensorrt.precision_graphs`)."""
-    return precision_graphs(export_dir, json.loads((Path(export_dir) / "manifest.json").read_text()))
+    return precision_graphs(load_manifest(export_dir))
 
 
 def check_export(export_dir, versions: Iterable[str] = tuple(TRT_VERSIONS), profile: Sequence[int] = (4, 32)) -> dict:

@@ -33,6 +33,7 @@ import torch
 
 from mrcnet.geometry import BinTables
 from mrcnet.model import MRCNet, ModelConfig, get_config
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.preprocess import BOX_RULES, FOV_VARIANTS
@@ -191,8 +192,12 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], depth_range, cfg="pape
     return model.eval()
 
 
-class CheckpointFileError(CheckpointError):
-    """A checkpoint file that cannot be read at all (missing, empty, truncated, not PyTorch)."""
+class CheckpointFileError(CheckpointError, ParameterError):
+    """A checkpoint file that cannot be read at all (missing, empty, truncated, not PyTorch):
+    ``param`` is the parameter that named it (``checkpoint``), ``value`` the path."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") -> Any:
@@ -200,9 +205,9 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
     unsafe (arbitrary pickle) file raises :class:`CheckpointError` with one line naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointFileError(f"{what} {path}: file not found")
+        raise CheckpointFileError(what, "file not found", path)
     if os.path.getsize(path) == 0:
-        raise CheckpointFileError(f"{what} {path}: empty file (0 bytes)")
+        raise CheckpointFileError(what, "empty file (0 bytes)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
@@ -210,7 +215,7 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
         why = text.splitlines()[0][:200] if text else type(e).__name__
         if "weights_only" in text or "Unsupported global" in text:
             why = "holds Python objects other than tensors (refused: weights_only loading)"
-        raise CheckpointFileError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
+        raise CheckpointFileError(what, f"not a readable PyTorch checkpoint ({why})", path) from None
 
 
 def load_checkpoint(path: "str | os.PathLike", dataset: str | None = None, preset=None, device="cpu",

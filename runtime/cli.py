@@ -13,6 +13,7 @@ import click
 
 from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
+from .cliopts import cli_message
 from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
 from .formats.camera import Camera, CameraFileError, camera_matrix
 from .formats.files import OutputError, prepare_out_dir
@@ -20,6 +21,9 @@ from .pipeline import Pipeline
 from .preprocess import InputError, check_camera
 from .runner import CSV_NAME, POSES_NAME, STDOUT, SUMMARY_NAME, RunConfig, RunError, make_renderer, run
 from .video_io import FrameSource, SourceError
+
+#: run() parameters whose flag is not ``--`` + the name (cliopts.flag)
+RUN_FLAGS = {"out_dir": "--out"}
 
 
 def _camera(camera, intrinsics) -> Camera:
@@ -190,7 +194,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                            pipelined=pipelined, show=show)
         summary = run(source, pipe, cam, detect, out_dir, config)
     except (RunError, OutputError, SourceError) as e:  # SourceError: the overlay video cannot be written
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(cli_message(e, RUN_FLAGS)) from None
     finally:
         pipe.close()
         release = getattr(renderer, "release", None)

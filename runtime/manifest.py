@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import mrcnet as _mrcnet_pkg  # torch-free at import; its folder holds the shipped assets
-
+# the demo's paths (mrcnet.runtime.assets); also importable from here, as before
+from .assets import (DEMO_CAMERA, DEMO_CHECKPOINT, DEMO_CLIP,  # noqa: F401
+                     DEMO_DETECTIONS, DEMO_DIR, DEMO_EXPORT_DIR, DEMO_MODELS)
 from .formats.files import atomic_write_text, sha256_file
 from .geometry import TTA_GROUP, BinSpec
 from .preprocess import BOX_RULES, FOV_VARIANTS
@@ -28,17 +29,6 @@ from .render.mesh import load_mesh
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# The shipped demo (one place for its paths): the demo model's checkpoint and its objects' BOP
-# models, the demo clip (the layout of mrcnet.data.video.generate_video) with camera and detections.
-# The checkpoint is exported once (`mrcnet-export`, torch) into DEMO_EXPORT_DIR, which
-# `mrcnet-run --demo` and the `--model` default read (torch-free).
-DEMO_DIR = Path(_mrcnet_pkg.__file__).resolve().parent / "assets" / "demo"  # source tree and wheels alike
-DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
-DEMO_MODELS = DEMO_DIR / "models"
-DEMO_CLIP = "video.mp4"  # inside DEMO_DIR
-DEMO_DETECTIONS = "detections.json"  # inside DEMO_DIR
-DEMO_CAMERA = "camera.json"  # inside DEMO_DIR
-DEMO_EXPORT_DIR = Path(os.environ.get("MRCNET_DEMO_EXPORT", Path.home() / ".cache" / "mrcnet-edge" / "demo-export"))
 
 
 def demo_export_problem(export_dir=None) -> str | None:
@@ -56,6 +46,7 @@ def demo_export_problem(export_dir=None) -> str | None:
     if have != sha256_file(DEMO_CHECKPOINT):
         return f"{d} was exported from another checkpoint than the shipped {DEMO_CHECKPOINT.name}"
     return None
+
 
 # Names of the graph interface (docs/ARCHITECTURE.md "Network graph names").
 CLASSIFIER_INPUTS = ("crops", "obj_index", "fov", "K_roi")
@@ -110,6 +101,8 @@ class Manifest:
     written by the exporter; :func:`load_manifest` checks them (a damaged file is refused).
     precision_graphs: precision ("fp16" | "int8") -> {"classifier": file, "regressor": file}, the
     TensorRT precision graphs engines are built from.
+    extra: every other key of the JSON as read (``onnx_fp32``, ``parity``, ``calibration``...): the
+    runtime does not use them; :meth:`to_dict` writes them back, so a read-modify-write keeps them.
     root: the export directory (absolute), not stored in the JSON.
     """
 
@@ -132,6 +125,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     precision_graphs: dict[str, dict[str, str]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     root: Path = Path(".")
 
     # ---------------------------------------------------------------- paths
@@ -162,10 +156,13 @@ class Manifest:
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
+        """The JSON form: the fields, then the ``extra`` keys (a field wins over an extra key)."""
         d = asdict(self)
         d.pop("root")
+        extra = d.pop("extra")
         d["bins"] = {"n_side": self.bins.n_side, "n_depth": self.bins.n_depth, "n_cells": self.bins.n_cells}
         d["depth_range"] = list(self.depth_range)
+        d.update({k: v for k, v in extra.items() if k not in d})
         return d
 
     def save(self, directory) -> Path:
@@ -203,6 +200,7 @@ class Manifest:
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
                 files={str(k): dict(v) for k, v in (d.get("files") or {}).items()},
                 precision_graphs={str(k): dict(v) for k, v in (d.get("precision_graphs") or {}).items()},
+                extra={k: v for k, v in d.items() if k not in _FIELDS},
                 root=Path(root).resolve(),
             )
         except ManifestError:
@@ -240,6 +238,9 @@ class Manifest:
         for n in SCORE_OUTPUTS:
             if n not in self.classifier.outputs and n not in self.regressor.outputs:
                 raise ManifestError(f"{where}: no graph outputs {n!r} (needed for the TTA selection)")
+
+
+_FIELDS = frozenset(f.name for f in fields(Manifest))
 
 
 def precision_problem(backend_name: str, precision) -> str | None:

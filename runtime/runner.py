@@ -36,6 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
+from .errors import ParameterError
 from .formats.camera import Camera
 from .formats.files import OutputError, atomic_write_text, prepare_out_dir
 from .formats.poses_jsonl import PosesFormatError, PosesJsonlStream, PosesJsonlWriter, read_poses_jsonl
@@ -64,8 +65,13 @@ STDOUT = "-"
 
 
 class RunError(RuntimeError):
-    """A run that cannot start or go on (earlier results in --out, repeated backend failures);
-    one line naming the input or folder."""
+    """A run that cannot start or go on (earlier results in the output folder, repeated backend
+    failures); one line naming the input or folder."""
+
+
+class RunParameterError(ParameterError, RunError):
+    """A run refused because of a parameter's value (``out_dir``, ``resume``, ...): the message names
+    parameters; the CLI writes them as its flags (:func:`mrcnet.runtime.cliopts.cli_message`)."""
 
 
 @dataclass
@@ -182,22 +188,22 @@ class _Outputs:
         neither ``resume`` nor ``overwrite`` is set, or when it cannot be resumed."""
         if self.to_stdout:
             if cfg.resume or cfg.bop_csv or cfg.video:
-                raise RunError("out_dir '-' (poses to stdout) writes no files: resume, bop_csv and video "
-                               "need an output folder")
+                raise RunParameterError("out_dir", "poses to stdout write no files: {resume}, {bop_csv} and "
+                                        "the overlay video need an output folder", value=STDOUT)
             return set(), []
         if cfg.resume and getattr(source, "live", False):
-            raise RunError(f"--resume: input {source.name} is a live source; a live stream cannot be resumed "
-                           "(its frames are not read again): use another --out or --overwrite")
+            raise RunParameterError("resume", f"input {source.name} is a live source; a live stream cannot be "
+                                    "resumed (its frames are not read again): use another {out_dir} or {overwrite}")
         poses_path = self.out / POSES_NAME
         if not (poses_path.is_file() and poses_path.stat().st_size > 0) or cfg.overwrite:
             return set(), []
         if not cfg.resume:
-            raise RunError(f"--out {self.out}: holds {POSES_NAME} of an earlier run; use --resume to continue it "
-                           "or --overwrite to replace it")
+            raise RunParameterError("out_dir", f"holds {POSES_NAME} of an earlier run; use {{resume}} to continue "
+                                    "it or {overwrite} to replace it", value=self.out)
         try:
             records = read_poses_jsonl(poses_path, repair=True)
         except PosesFormatError as e:
-            raise RunError(f"--resume: {e}; use --overwrite to start afresh") from None
+            raise RunParameterError("resume", f"{e}; use {{overwrite}} to start afresh") from None
         return {int(r["frame"]) for r in records if "frame" in r}, records
 
     def open_files(self, cfg: RunConfig, fps: float) -> None:

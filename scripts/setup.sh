@@ -13,7 +13,7 @@ if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libEGL_mesa
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libegl1 libgl1 libgl1-mesa-dri libegl-mesa0 >/dev/null
 fi
 
-# ffmpeg: the loopback stream test (tests/test_sources.py) serves a clip with it (optional; that one test skips without it).
+# ffmpeg: the loopback stream test (tests/runtime/test_sources.py) serves a clip with it (optional; that one test skips without it).
 if ! command -v ffmpeg >/dev/null 2>&1; then
   echo "[setup] installing ffmpeg (for the stream test)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

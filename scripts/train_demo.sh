@@ -30,11 +30,11 @@ DATA=$OUT/data
 [ -f "$DATA/models/models_info.json" ] || $BIN/mrcnet-synth objects --count 3 --seed 0 --out "$DATA"
 # 2. scenes: training split, a held-out split (another seed, same objects) and the demo clip; the
 #    'table' layout (objects resting on a table, camera from above) is the demo clip's setting
-$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split train_pbr --images 2400 --seed 1 --objects-per-image 2 5 --layout table
-$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split test --images 60 --seed 2 --objects-per-image 2 5 --layout table
-[ -f "$DATA/clip/video.mp4" ] || $BIN/mrcnet-synth video --models "$DATA/models" --out "$DATA/clip" --frames 90 --seed 3
+$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split train_pbr --count 2400 --seed 1 --objects-per-image 2 5 --layout table
+$BIN/mrcnet-synth scenes --models "$DATA/models" --out "$DATA" --split test --count 60 --seed 2 --objects-per-image 2 5 --layout table
+[ -f "$DATA/clip/video.mp4" ] || $BIN/mrcnet-synth video --models "$DATA/models" --out "$DATA/clip" --count 90 --seed 3
 # 3. training
-ARGS=(--data "$DATA" --split train_pbr --preset small --dataset synth --objects 1,2,3
+ARGS=(--data "$DATA" --split train_pbr --preset small --dataset synth --object-ids 1,2,3
       --epochs "$EPOCHS" --batch-size "$BATCH" --workers "$WORKERS" --lr "$LR" --warmup "$WARMUP"
       --val-data "$DATA" --val-split test --val-max 100 --val-box-jitter 0.1 --ckpt-every 200 --out "$OUT/train")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")

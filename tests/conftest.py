@@ -6,8 +6,27 @@ import sys
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-DATA = pathlib.Path(__file__).parent / "data"
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+TESTS = pathlib.Path(__file__).resolve().parent  # the helper modules (infer_fixtures, trt_fakes, ...) live here
+ROOT = TESTS.parent  # the repository
+DATA = TESTS / "data"
+BENCHMARKS = ROOT / "benchmarks"  # the benchmark scripts, imported by their tests as top-level modules
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    """A fresh ``mrcnet.runtime.render.Renderer`` per test module (EGL; Mesa llvmpipe without a GPU),
+    released after the module; skips the module's tests where no EGL exists. A module that needs
+    objects in it extends this fixture under the same name (``def renderer(renderer): ...``)."""
+    from mrcnet.runtime.render import RenderContextError, Renderer
+
+    try:
+        r = Renderer()
+    except RenderContextError as e:  # pragma: no cover - no EGL at all
+        pytest.skip(f"no EGL renderer: {e}")
+    yield r
+    r.release()
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def test_export_without_checkpoint_says_where_it_looked(bop_root, tmp_path, monk
     assert "$BOP_PATH is not set" in line and "--models DIR" in line
     res = CliRunner().invoke(export_cli.main, ["--dataset", "ycbv", "--checkpoint", "chkpt_ycbv/ycbv.pth",
                                                "--out", "o"])  # a named checkpoint: the dataset's models too
-    assert res.exit_code == 2 and "--models not given and no ycbv models" in res.output
+    assert res.exit_code == 2 and "--models: not given and no ycbv models" in res.output
     monkeypatch.setenv("BOP_PATH", str(tmp_path / "nowhere"))
     res = CliRunner().invoke(export_cli.main, ["--dataset", "ycbv"])
     assert res.exit_code == 2 and str(tmp_path / "nowhere" / "ycbv") in res.output

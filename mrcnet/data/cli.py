@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
 from mrcnet.runtime.render import Renderer
@@ -78,7 +79,8 @@ def main():
 @click.option("--families", default=None, help="Comma-separated part families to cycle through.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Render each part at R and R*S for its declared symmetries S and compare masks.")
-@click.option("--device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device for --check: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def objects(count, out, seed, families, check, device):
     _out_dir(out)
     t0 = time.perf_counter()
@@ -112,7 +114,8 @@ def objects(count, out, seed, families, check, device):
 @click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
               help="Models folder (or a dataset folder with models/).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder.")
-@click.option("--images", "-n", type=click.IntRange(min=1), required=True)
+@click.option("--count", "-n", "images", type=click.IntRange(min=1), default=None, help="Images to render.")
+@deprecated_alias("--images", "--count", "images", type=click.IntRange(min=1))
 @_camera_options
 @click.option("--depth-range", type=(float, float), default=(300.0, 800.0), show_default=True,
               help="Camera z of object centres, mm.")
@@ -130,10 +133,13 @@ def objects(count, out, seed, families, check, device):
                    "table seen from above at 20-70 deg elevation (bin picking, the demo clip).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a split made with other settings.")
-@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
            distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
            overwrite, device):
+    if images is None:
+        raise click.UsageError("Missing option '--count' / '-n' (images to render).")
     width, height, K = _camera(width, height, fx, fy, cx, cy)
     _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
@@ -159,15 +165,18 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
 @click.option("--models", type=click.Path(exists=True, file_okay=False), required=True,
               help="Models folder (or a dataset folder with models/).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--frames", "-n", type=click.IntRange(min=1), default=90, show_default=True)
+@click.option("--count", "-n", "frames", type=click.IntRange(min=1), default=90, show_default=True, help="Frames to render.")
+@deprecated_alias("--frames", "--count", "frames", type=click.IntRange(min=1))
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @_camera_options
-@click.option("--objects", "n_objects", type=click.IntRange(min=1), default=None,
+@click.option("--instances", "n_objects", type=click.IntRange(min=1), default=None,
               help="Instances on the table (default: one of each object).")
+@deprecated_alias("--objects", "--instances", "n_objects", type=click.IntRange(min=1))
 @click.option("--box-jitter", type=float, default=0.0, show_default=True)
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, box_jitter,
           backgrounds, seed, device):
     width, height, K = _camera(width, height, fx, fy, cx, cy)
@@ -187,9 +196,11 @@ def video(models, out, frames, fps, width, height, fx, fy, cx, cy, n_objects, bo
                    "as $BOP_PATH).")
 @click.option("--dataset", type=click.Choice(["tless", "lmo", "ycbv", "itodd"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder playing $BOP_PATH.")
-@click.option("--images", "-n", type=click.IntRange(min=1), default=2, show_default=True, help="Test images.")
+@click.option("--count", "-n", "images", type=click.IntRange(min=1), default=2, show_default=True, help="Test images.")
+@deprecated_alias("--images", "--count", "images", type=click.IntRange(min=1))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
+@deprecated_alias("--device", "--render-device", "device")
 def lookalike(dataset, out, images, seed, device):
     _out_dir(out)
     try:
@@ -212,20 +223,21 @@ def lookalike(dataset, out, images, seed, device):
               help="Label only instances with at least this visible fraction (scene_gt_info visib_fract).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of the images in val (0: val = train).")
-@click.option("--obj-ids", default=None, help="Comma-separated object ids to label (default: all in models_info.json).")
+@click.option("--object-ids", "obj_ids", default=None, help="Comma-separated object ids to label (default: all in models_info.json).")
+@deprecated_alias("--obj-ids", "--object-ids", "obj_ids")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def yolo(scenes, out, split, models, min_visib, val_fraction, obj_ids, overwrite, quiet):
     try:
         ids = [int(v) for v in obj_ids.split(",") if v.strip()] if obj_ids else None
     except ValueError:
-        raise click.UsageError(f"--obj-ids {obj_ids!r}: expected comma-separated integers") from None
+        raise click.UsageError(f"--object-ids {obj_ids!r}: expected comma-separated integers") from None
     _out_dir(out)
     try:
         s = write_yolo_dataset(scenes, out, split=split, models=models, min_visib_fract=min_visib,
                                val_fraction=val_fraction, obj_ids=ids, overwrite=overwrite, progress=not quiet)
     except (ValueError, bop.BopFormatError, OutputError) as e:
-        raise click.ClickException(str(e).splitlines()[0])
+        raise click.ClickException(cli_message(e, {"obj_ids": "--object-ids", "min_visib_fract": "--min-visib"}).splitlines()[0])
     click.echo(f"{out}: {s['images']} images ({s['train']} train, {s['val']} val), {s['labels']} labels of "
                f"{len(s['classes'])} classes (objects {', '.join(map(str, s['classes']))}), "
                f"{s['skipped_instances']} instances not labelled, {s['seconds']:.1f} s")

@@ -120,7 +120,7 @@ def make_bracket(rng):
     """Asymmetric bracket: block with a corner notch (through z), a rebate along one edge (through
     x), an off-centre hole and an off-centre side pin. No symmetry, and none of its outlines along
     the block's axes is symmetric either, so a turned bracket never shows the same silhouette
-    (tests/test_synth.py; with a through notch only, a roll about the pin kept the end-on outline)."""
+    (tests/reference/data/test_synth.py; with a through notch only, a roll about the pin kept the end-on outline)."""
     a, b, c = _distinct(rng, 25, 110, 3)
     body = _box(a, b, c)
     notch = _box(a * 0.5, b * 0.55, c * 1.2, centre=(a * 0.5, b * 0.4, 0))

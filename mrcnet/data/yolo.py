@@ -30,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from mrcnet.runtime.detectors.base import DATA_YAML_OBJ_IDS
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_copy, atomic_write_text, prepare_out_dir
 
 from . import bop
@@ -64,17 +65,17 @@ def resolve_split(path, split: str | None = None) -> tuple[Path, str]:
     line otherwise."""
     p = Path(path)
     if not p.is_dir():
-        raise ValueError(f"--scenes {p}: folder not found")
+        raise ParameterError("scenes", "folder not found", p)
     if split is not None:
         if not (p / split).is_dir():
-            raise ValueError(f"--scenes {p}: no split folder {split!r}")
+            raise ParameterError("scenes", f"no split folder {split!r}", p)
         return p, split
     if bop.scene_dirs(p):
         return p.parent, p.name
     splits = bop.split_folders(p)
     if len(splits) != 1:
-        raise ValueError(f"--scenes {p}: " + ("no BOP split folder (folders of numbered scenes) in it" if not splits
-                                              else f"several splits ({', '.join(splits)}): give --split"))
+        raise ParameterError("scenes", "no BOP split folder (folders of numbered scenes) in it" if not splits
+                             else f"several splits ({', '.join(splits)}): give {{split}}", p)
     return p, splits[0]
 
 
@@ -101,19 +102,19 @@ def write_yolo_dataset(scenes, out, *, split: str | None = None, models: str = "
         ``scene_gt_info.json``.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val-fraction {val_fraction}: expected 0 <= fraction < 1")
+        raise ParameterError("val_fraction", "expected 0 <= fraction < 1", val_fraction)
     t0 = time.perf_counter()
     root, split_name = resolve_split(scenes, split)
     ds = bop.BopDataset(root, split_name, models=models, strict=True)
     classes = sorted(int(o) for o in (obj_ids if obj_ids else ds.obj_ids))
     unknown = sorted(set(classes) - set(ds.obj_ids))
     if unknown:
-        raise ValueError(f"--obj-ids: {unknown} not in {ds.models_dir / 'models_info.json'}")
+        raise ParameterError("obj_ids", f"{unknown} not in {ds.models_dir / 'models_info.json'}")
     class_of = {o: c for c, o in enumerate(classes)}
     out = prepare_out_dir(out)
     if (out / DATA_YAML).exists():
         if not overwrite:
-            raise ValueError(f"--out {out}: holds a dataset ({DATA_YAML}); use --overwrite to replace it")
+            raise ParameterError("out", f"holds a dataset ({DATA_YAML}); use {{overwrite}} to replace it", out)
         for sub in ("images", "labels"):
             shutil.rmtree(out / sub, ignore_errors=True)
     records = list(ds)

@@ -2,8 +2,9 @@
 
 - :mod:`mrcnet.eval.pose_errors`: the pose error functions in numpy (VSD from rendered depth,
   MSSD, MSPD, ADD/ADI, rotation/translation errors) and ``pose_accuracy`` for training validation.
-- :mod:`mrcnet.eval.bop_eval`: targets, matching of estimates to ground truth, recalls and AR as
-  the BOP toolkit computes them; JSON and markdown reports (``evaluate_bop19``, ``write_report``).
+- :mod:`mrcnet.eval.bop_eval`: ``evaluate_bop19`` (recalls and AR as the BOP toolkit computes
+  them) chaining :mod:`mrcnet.eval.bop19` (``load``, ``errors`` (one function per metric),
+  ``matching``, ``scores``); JSON and markdown reports (``write_report``).
 - :mod:`mrcnet.eval.cli`: the ``mrcnet-eval`` console script.
 
 Torch-free: importing this package pulls numpy only (the renderer and the BOP reader are imported

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from mrcnet.runtime.cliopts import deprecated_alias
 from mrcnet.runtime.datasets import DatasetPathError, find_dataset
 from mrcnet.runtime.formats.bop import BopFormatError
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
@@ -43,7 +44,8 @@ def split_options(f):
 @click.option("--vsd-delta", default=None, type=float,
               help="VSD visibility tolerance, mm [default: 15; 5 when the dataset folder is "
                    "named itodd, as bop_toolkit].")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "no_progress", is_flag=True, help="No progress bar.")
+@deprecated_alias("--no-progress", "--quiet", "no_progress", is_flag=True)
 def main(data_dir, split, split_type, results, out_dir, targets, models, metrics, visib_gt_min, vsd_delta,
          no_progress):
     """Evaluate RESULTS on a BOP split with the BOP'19 metrics and print the table."""

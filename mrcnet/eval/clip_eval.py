@@ -18,7 +18,7 @@ from mrcnet.eval import pose_errors as pe
 from mrcnet.eval.bop_eval import MSPD_REF_WIDTH, Bop19Params
 from mrcnet.runtime.formats.files import OutputError, check_out_file
 from mrcnet.runtime.formats.poses_jsonl import PosesFormatError, read_poses_jsonl
-from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
+from mrcnet.runtime.assets import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
 from mrcnet.runtime.render import load_mesh
 
 

@@ -43,6 +43,7 @@ from mrcnet.data import bop
 from mrcnet.runtime.backends import BackendError, create_backend
 from mrcnet.runtime.datasets import DatasetPathError, dataset_name, find_dataset, render_models_dir
 from mrcnet.runtime.detections import Detection
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.bop import (DEFAULT_METHOD, RESULTS_HEADER, bop_results_name, format_result_row,
                                        load_bop_results)
 from mrcnet.runtime.formats.files import check_out_file
@@ -62,6 +63,14 @@ PARTIAL_SUFFIX = ".partial"
 
 class InferError(ValueError):
     """Unusable inference input (model, backend, dataset, detections); the message names it."""
+
+
+class InferParameterError(InferError, ParameterError):
+    """An InferError about one parameter (``model``, ``backend``, ``data_dir``; ``mrcnet-infer``
+    names it by its flag)."""
+
+    __init__ = ParameterError.__init__
+    __reduce__ = ParameterError.__reduce__
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -108,28 +117,28 @@ def open_model(model, backend: Optional[str] = None, *, models_root=None, models
     threads: ONNX Runtime intra-op threads (0 = default). Raises :class:`InferError` (one line).
     """
     if backend is not None and backend not in BACKENDS:
-        raise InferError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        raise InferParameterError("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
     path = Path(model)
     if not path.exists():
-        raise InferError(f"--model: not found: {path} (expected a .pth checkpoint or an export directory)")
+        raise InferParameterError("model", f"not found: {path} (expected a .pth checkpoint or an export directory)")
     if is_checkpoint(path):
         if backend not in (None, "torch"):
-            raise InferError(f"--model {path}: a checkpoint runs on --backend torch only; "
-                             f"export it (mrcnet-export) to run on {backend}")
+            raise InferParameterError("model", "a checkpoint runs on {backend} torch only; "
+                                      f"export it (mrcnet-export) to run on {backend}", path)
         from mrcnet.checkpoint import CheckpointError  # torch-backed, as above
         from mrcnet.inference import TorchBackend  # torch-backed, as above
 
         try:
             be = TorchBackend.from_checkpoint(path, dataset=dataset, device=device)
         except CheckpointError as e:
-            raise InferError(f"--model {path}: {e}") from None
+            raise InferParameterError("model", str(e), path) from None
         if models_root is None:
-            raise InferError(f"--model {path}: a checkpoint needs the dataset's models folder for rendering")
+            raise InferParameterError("model", "a checkpoint needs the dataset's models folder for rendering", path)
         man = checkpoint_manifest(be.model, models_root, models_dir)
         return be, man
 
     if backend == "torch":
-        raise InferError(f"--model {path}: --backend torch needs a .pth checkpoint, not an export directory")
+        raise InferParameterError("model", "{backend} torch needs a .pth checkpoint, not an export directory", path)
     try:
         man = load_manifest(path)
         be = create_backend(man, backend or "auto", threads=threads, precision=precision)
@@ -383,8 +392,8 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                         require_gt=not has_targets_file)
     no_gt = sorted({rec.scene_id for rec in ds if not (rec.scene_dir / "scene_gt.json").is_file()})
     if no_gt and detections is None:
-        raise InferError(f"--data {root}: split {split_folder} has no ground truth (scene {no_gt[0]:06d} has no "
-                         f"scene_gt.json): pass --detections (e.g. the BOP'22 default detections)")
+        raise InferParameterError("data_dir", f"split {split_folder} has no ground truth (scene {no_gt[0]:06d} has no "
+                                  "scene_gt.json): pass {detections} (e.g. the BOP'22 default detections)", root)
     target_list = ds.targets(targets)
     tpath = ds.targets_path(targets)
     unknown = []
@@ -395,7 +404,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
             say(f"{tpath}: {len(unknown)} target image(s) are not in {ds.split_dir} (first: scene {unknown[0][0]} "
                 f"image {unknown[0][1]}); they count as misses")
     if not target_list:
-        raise InferError(f"--data {root}: split {bop.split_dirname(split, split_type)} has no targets")
+        raise InferParameterError("data_dir", f"split {bop.split_dirname(split, split_type)} has no targets", root)
     grouped_dets = None
     if detections is not None:
         grouped_dets = bop.group_detections(bop.load_detections(detections))
@@ -418,7 +427,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     except ManifestError as e:  # a model of another dataset (T-LESS weights on LM-O data...)
         if opened is None:
             be.close()
-        raise InferError(f"--model {model}: {e}") from None
+        raise InferParameterError("model", str(e), model) from None
     writer = ResumableResultsWriter(out, settings, resume=resume)
     by_image: dict = {}
     for t in target_list:

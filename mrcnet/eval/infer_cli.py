@@ -6,6 +6,7 @@ import json
 
 import click
 
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 from mrcnet.runtime.formats.bop import BopFormatError
 from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
 from mrcnet.runtime.render import MeshError, RenderContextError
@@ -46,7 +47,8 @@ from .infer import InferError, infer_split
               help="Continue an interrupted run with the same settings.")
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the run summary as JSON here.")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "no_progress", is_flag=True, help="No progress bar.")
+@deprecated_alias("--no-progress", "--quiet", "no_progress", is_flag=True)
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, method, models,
          all_detections, dataset, device, threads, resume, summary_path, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
@@ -59,7 +61,7 @@ def main(data_dir, split, split_type, model, backend, precision, detections, tar
                         models=models, all_detections=all_detections, method=method,
                         report=lambda msg: click.echo(msg, err=True))
     except (InferError, BopFormatError, MeshError, RenderContextError, OutputError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(cli_message(e, {"data_dir": "--data"})) from None
     for line in s.lines():
         click.echo(line)
     if summary_path:

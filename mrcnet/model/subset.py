@@ -16,10 +16,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mrcnet.runtime.errors import ParameterError
+
 from .layers import CondConv2d
 
 
-class SubsetError(ValueError):
+class SubsetError(ParameterError):
     """Object ids that the checkpoint does not hold; the message names them."""
 
 
@@ -51,13 +53,13 @@ def resolve_object_ids(requested: Sequence[int] | None, available: Sequence[int]
         return available
     req = [int(i) for i in requested]
     if not req:
-        raise SubsetError("--object-ids: empty list")
+        raise SubsetError("object_ids", "empty list")
     dup = sorted({i for i in req if req.count(i) > 1})
     if dup:
-        raise SubsetError(f"--object-ids: duplicate id(s) {dup}")
+        raise SubsetError("object_ids", f"duplicate id(s) {dup}")
     missing = [i for i in req if i not in available]
     if missing:
-        raise SubsetError(f"--object-ids: object(s) {missing} not in the checkpoint (it holds {available})")
+        raise SubsetError("object_ids", f"object(s) {missing} not in the checkpoint (it holds {available})")
     return req
 
 
@@ -73,7 +75,7 @@ def parse_object_ids(text: str | None) -> list[int] | None:
         try:
             out.append(int(tok))
         except ValueError:
-            raise SubsetError(f"--object-ids: {tok!r} is not an integer object id") from None
+            raise SubsetError("object_ids", f"{tok!r} is not an integer object id") from None
     return out
 
 
@@ -86,10 +88,10 @@ def subset_model(model: nn.Module, indices: Sequence[int], inplace: bool = False
     """
     idx = [int(i) for i in indices]
     if not idx:
-        raise SubsetError("subset_model: no object indices")
+        raise SubsetError("indices", "no object indices")
     bad = [i for i in idx if not 0 <= i < model.n_obj]
     if bad:
-        raise SubsetError(f"subset_model: object index(es) {bad} outside 0..{model.n_obj - 1}")
+        raise SubsetError("indices", f"object index(es) {bad} outside 0..{model.n_obj - 1}")
     if not inplace:
         model = copy.deepcopy(model)
     sel = torch.tensor(idx, dtype=torch.long)

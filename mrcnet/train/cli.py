@@ -1,6 +1,6 @@
 """``mrcnet-train``: train MRC-Net on a BOP split (one process, or one per device under torchrun).
 
-    mrcnet-train --data DIR --preset small --objects 1,2,3 --epochs 10 --batch-size 8 --out runs/demo
+    mrcnet-train --data DIR --preset small --object-ids 1,2,3 --epochs 10 --batch-size 8 --out runs/demo
     mrcnet-train --data tless --split train_pbr,train_primesense --preset paper --dataset tless \
         --backbone-init resnet34-imagenet.pth --backgrounds VOC2012/JPEGImages --out runs/tless
     torchrun --nproc_per_node 8 -m mrcnet.train.cli --data DIR --preset paper --batch-size 16 --out runs/x
@@ -13,6 +13,7 @@ import sys
 import click
 
 from mrcnet.data.samples import BG_PROB, BG_RULES, BOX_MAP_MODES
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias
 from mrcnet.runtime.formats.files import OutputError
 
 from .backbone_init import STEM_RULES, BackboneInitError
@@ -38,7 +39,8 @@ def _ids(ctx, param, value):
                    "(default: the only one, else train_pbr/train)")
 @click.option("--preset", type=click.Choice(["paper", "small"]), default="small", help="model preset")
 @click.option("--dataset", default="synth", help="dataset preset of runtime.presets (depth range)")
-@click.option("--objects", callback=_ids, default=None, help="object ids in class order, e.g. 1,2,3 (default: all)")
+@click.option("--object-ids", "objects", callback=_ids, default=None, help="BOP object ids in class order, e.g. 1,2,3 (default: all)")
+@deprecated_alias("--objects", "--object-ids", "objects", callback=_ids)
 @click.option("--epochs", type=click.IntRange(1), default=1)
 @click.option("--batch-size", type=click.IntRange(1), default=16, help="per process")
 @click.option("--lr", type=float, default=2e-4)
@@ -78,7 +80,7 @@ def _ids(ctx, param, value):
               help="training box map: centred (official: the box centred in the zoomed crop, a noisy "
                    "detection) or exact (the ground-truth box in the shifted crop)")
 @click.option("--no-amp", is_flag=True, help="disable mixed precision on GPU")
-@click.option("--device", default=None, help="cpu, cuda:0 ... (default: cuda:LOCAL_RANK if available)")
+@click.option("--device", default=None, help="torch device: cpu, cuda:0 ... (default: cuda:LOCAL_RANK if available)")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, warmup, weight_decay, workers, seed,
          bn_group, ckpt_every, max_steps, out, resume, init, val_data, val_split, val_max, val_box_jitter, bg_prob,
@@ -102,7 +104,7 @@ def main(data, split, preset, dataset, objects, epochs, batch_size, lr, min_lr, 
     except BackboneInitError as e:
         raise click.ClickException(f"--backbone-init: {e}") from None
     except (ValueError, FileNotFoundError, KeyError, OutputError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(cli_message(e)) from None
     except TrainingInterrupted as e:
         click.echo(f"mrcnet-train: {e}", err=True)
         sys.exit(143 if e.signal == "SIGTERM" else 130)

@@ -43,6 +43,7 @@ from mrcnet.eval import pose_errors as pe
 from mrcnet.eval.bop_eval import evaluate_bop19
 from mrcnet.geometry import tta_select
 from mrcnet.model import CondConv2d, STAGE2_FEATURES, build_model, get_config
+from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.formats.files import atomic_open, atomic_write_text, prepare_out_dir
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.preprocess import prepare_detection
@@ -395,7 +396,7 @@ def train(cfg: TrainConfig) -> dict:
     resume_ck = None  # checkpoint files are read before the (slow) data set set-up: fail fast
     if cfg.resume:
         if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
+            raise ParameterError("resume", f"no checkpoint {ckpt_path}")
         resume_ck = read_checkpoint_file(ckpt_path, "--resume")
     if cfg.init:
         read_checkpoint_file(cfg.init, "--init")
@@ -426,7 +427,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.init:
         model = load_checkpoint(cfg.init, dataset=cfg.dataset, preset=cfg.preset, device="cpu")
         if model.n_obj != len(obj_ids):
-            raise ValueError(f"--init {cfg.init}: checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}")
+            raise ParameterError("init", f"checkpoint has {model.n_obj} objects, training uses {len(obj_ids)}", cfg.init)
     else:
         model = build_model(len(obj_ids), preset.depth_range, mcfg)
         if imagenet is not None and not cfg.resume:  # a resumed run's checkpoint holds the trained weights
@@ -450,8 +451,9 @@ def train(cfg: TrainConfig) -> dict:
         old = ck.get("train_config", {})
         diff = [k for k in RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
         if diff:
-            raise ValueError(f"--resume {ckpt_path}: settings differ from the checkpoint's: "
-                             + ", ".join(f"{k}={asdict(cfg)[k]!r} (was {old[k]!r})" for k in diff))
+            raise ParameterError("resume", "settings differ from the checkpoint's: "
+                                 + ", ".join(f"{k}={asdict(cfg)[k]!r} (was {old[k]!r})" for k in diff),
+                                 ckpt_path)
         model.load_state_dict(ck["network"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

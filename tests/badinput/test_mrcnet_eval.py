@@ -40,7 +40,7 @@ def test_bad_results_csv_is_one_line(case, data, tmp_path):
     res = tmp_path / "r.csv"
     res.write_bytes(content)
     before = tree_digest(tmp_path)
-    r = invoke(main, ["--data", data, "--results", res, "--metrics", "mssd,mspd", "--no-progress",
+    r = invoke(main, ["--data", data, "--results", res, "--metrics", "mssd,mspd", "-q",
                       "--out", tmp_path / "out"])
     assert_one_line_error(r, 1, *needles)
     assert tree_digest(tmp_path) == before

@@ -30,7 +30,7 @@ def test_bad_checkpoint_is_one_line(kind, needle, assets, tmp_path):
     out = tmp_path / "r.csv"
     out.write_text("earlier results\n")
     m = bad_model(kind, tmp_path / f"{kind}.pth")
-    r = invoke(main, ["--data", assets.data, "--model", m, "--out", out, "--no-progress"])
+    r = invoke(main, ["--data", assets.data, "--model", m, "--out", out, "-q"])
     assert_one_line_error(r, 1, m.name, needle)
     assert out.read_text() == "earlier results\n"
 
@@ -39,7 +39,7 @@ def test_bad_checkpoint_is_one_line(kind, needle, assets, tmp_path):
 def test_unwritable_outputs_are_one_line(option, assets, tmp_path):
     (tmp_path / "f").write_text("x")
     before = tree_digest(tmp_path)
-    args = ["--data", assets.data, "--model", assets.export, "--no-progress", "--out", tmp_path / "o.csv"]
+    args = ["--data", assets.data, "--model", assets.export, "-q", "--out", tmp_path / "o.csv"]
     args += [option, tmp_path / "f" / "x.json"]
     r = invoke(main, args)
     assert_one_line_error(r, 1, option, "f/x.json", "not a folder")
@@ -59,7 +59,7 @@ def test_targets_naming_missing_images_are_reported(assets, tmp_path):
     tp = tmp_path / "targets.json"
     tp.write_text(json.dumps(targets + extra))
     r = invoke(main, ["--data", assets.data, "--model", assets.export, "--backend", "onnxruntime",
-                      "--targets", tp, "--out", tmp_path / "r.csv", "--no-progress", "--summary", tmp_path / "s.json"])
+                      "--targets", tp, "--out", tmp_path / "r.csv", "-q", "--summary", tmp_path / "s.json"])
     assert_ok(r)
     assert "2 target image(s) are not in" in r.output and "scene 0 image 77" in r.output
     assert json.loads((tmp_path / "s.json").read_text())["unknown_targets"] == [[0, 77], [5, 0]]
@@ -68,6 +68,6 @@ def test_targets_naming_missing_images_are_reported(assets, tmp_path):
 def test_precision_on_onnx_runtime_is_refused(assets, tmp_path):
     """Class 6: --precision was silently ignored on ONNX Runtime."""
     r = invoke(main, ["--data", assets.data, "--model", assets.export, "--backend", "onnxruntime",
-                      "--precision", "fp16", "--out", tmp_path / "r.csv", "--no-progress"])
+                      "--precision", "fp16", "--out", tmp_path / "r.csv", "-q"])
     assert_one_line_error(r, 1, "--precision fp16", "TensorRT")
     assert not (tmp_path / "r.csv").exists()

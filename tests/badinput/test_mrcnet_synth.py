@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_writes_nothing(command, case, models, tmp_pat
     extra = [a.format(tmp=tmp_path) for a in extra]
     if "--out" in extra:
         base.pop("--out")
-    size = ["--images", "1"] if command == "scenes" else ["--frames", "2"]
+    size = ["-n", "1"] if command == "scenes" else ["-n", "2"]
     before = tree_digest(tmp_path)
     r = invoke(main, [command, *[x for kv in base.items() for x in kv], *size, *extra])
     assert_one_line_error(r, code, *needles)

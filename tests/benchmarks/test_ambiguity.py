@@ -1,7 +1,5 @@
 """benchmarks/ambiguity.py: look-alike crops and their symmetry-aware rotation gaps."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -10,7 +8,6 @@ from mrcnet.runtime.geometry import quat_to_matrix
 
 from train_fixtures import write_tiny_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ambiguity  # noqa: E402
 
 RZ180 = np.diag([-1.0, -1.0, 1.0])

@@ -276,7 +276,7 @@ def test_run_interrupted_keeps_finished_frames(export_dir, frames_dir, tmp_path)
         return [Detection(1, (100, 90, 160, 150)), Detection(9, (0, 0, 30, 30))]
 
     # sequential stages: detection of frame 3 starts after frame 2 was written (pipelined, it would
-    # overlap frame 2: tests/test_realtime.py covers interrupts of a pipelined run)
+    # overlap frame 2: tests/runtime/test_realtime.py covers interrupts of a pipelined run)
     s = runner.run(FrameSource(frames_dir), make_pipeline(export_dir), Camera(K), detect, tmp_path / "out",
                    bop_csv=True, progress=False, pipelined=False)
     assert s.interrupted and s.frames == 3 and s.frames_failed == 1 and s.poses == 2 and s.skipped_detections == 2

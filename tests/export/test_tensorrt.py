@@ -190,9 +190,9 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     for name in ("classifier.onnx", "regressor.onnx", "classifier.fp16.onnx", "regressor.fp16.onnx"):
         (tmp_path / name).write_bytes(name.encode())
     monkeypatch.setattr("mrcnet.runtime.manifest.Manifest.validate", lambda self: None, raising=False)
-    monkeypatch.setattr(T, "load_manifest", lambda d: man)
     write_manifest(tmp_path, man, precision_graphs={"fp16": {"classifier": "classifier.fp16.onnx",
-                                                             "regressor": "regressor.fp16.onnx"}})
+                                                             "regressor": "regressor.fp16.onnx"}},
+                   parity={"onnxruntime_fp32": {"max": 1e-6}})
     trt = fake_tensorrt(version)
     monkeypatch.setattr(T, "_import_trt", lambda: trt)
     monkeypatch.setattr(T, "gpu_info", lambda: {"name": "Orin", "compute_capability": "8.7"})
@@ -203,6 +203,9 @@ def test_engines_for_export_uses_the_graph_of_the_version(tmp_path, monkeypatch,
     assert entry["graph"] == "fp16" and entry["strongly_typed"] and entry["tensorrt"] == version
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert raw["engines"]["fp16"]["classifier"] == "engines/classifier.fp16.engine"
+    # one read of the manifest, written back whole: keys the runtime does not parse are kept
+    assert raw["parity"] == {"onnxruntime_fp32": {"max": 1e-6}} and "fp16" in raw["precision_graphs"]
+    assert raw["files"]["engines/classifier.fp16.engine"]["bytes"] == len(b"ENGINE")
     from mrcnet.export.manifest import sha256_file  # the runtime's load check compares the fp32 graph
 
     key = json.loads((tmp_path / "engines" / "classifier.fp16.json").read_text())["key"]
@@ -228,7 +231,7 @@ def test_engines_only_cli_imports_no_torch(tmp_path, version):
         (out / f"{g}.fp16.onnx").write_bytes((out / f"{g}.onnx").read_bytes())
     raw["precision_graphs"] = {"fp16": {g: f"{g}.fp16.onnx" for g in ("classifier", "regressor")}}
     (out / "manifest.json").write_text(json.dumps(raw))
-    tests = Path(__file__).resolve().parent
+    from conftest import TESTS as tests
     script = F.BLOCK_TORCH + textwrap.dedent(f"""
         sys.path.insert(0, {str(tests)!r})
         from trt_fakes import fake_tensorrt
@@ -263,7 +266,7 @@ def trt_export(tmp_path_factory):
     from mrcnet.export.onnx_export import export_onnx
     from mrcnet.export.optimize import optimize_for_export
     from mrcnet.export.quantize import calibration_feeds, quantize_graphs
-    from mrcnet.runtime.manifest import DEMO_CHECKPOINT, DEMO_MODELS
+    from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
 
     model = load_checkpoint(DEMO_CHECKPOINT)
     model.set_bn_group(4)

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 
 from mrcnet.eval.clip_eval import evaluate_clip  # noqa: E402
 from mrcnet.runtime import cli as run_cli  # noqa: E402
-from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_CHECKPOINT, DEMO_DETECTIONS, DEMO_DIR, DEMO_MODELS  # noqa: E402
+from mrcnet.runtime.assets import DEMO_CAMERA, DEMO_CHECKPOINT, DEMO_DETECTIONS, DEMO_DIR, DEMO_MODELS  # noqa: E402
 from mrcnet.runtime.video_io import read_jsonl  # noqa: E402
 
 pytestmark = [pytest.mark.slow,

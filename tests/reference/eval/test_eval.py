@@ -37,10 +37,11 @@ GT = {
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    from mrcnet.runtime.render import Mesh, Renderer
+def renderer(renderer):
+    """conftest's renderer holding the two cuboids."""
+    from mrcnet.runtime.render import Mesh
 
-    r = Renderer()
+    r = renderer
     mesh = Mesh.from_arrays(*box_mesh())
     for obj_id in (1, 2):
         r.add_object(obj_id, mesh)
@@ -401,3 +402,41 @@ def test_symmetry_aware_rotation_error():
     assert pe.re_sym(est, R_gt, syms) == pytest.approx(4.0, abs=1e-6)
     assert pe.re_sym(est, R_gt, syms[:1]) > 170.0  # without the symmetry: nearly 180 deg
     np.testing.assert_array_equal(pe.within_5deg_5cm([4.9, 5.0, 1.0], [10.0, 10.0, 50.0]), [True, False, False])
+
+
+def test_own_renderer_released_after_an_error_mid_evaluation(dataset, tmp_path, monkeypatch):
+    """evaluate_bop19 creates a Renderer when given none; an error at the second image (its depth
+    is missing) still releases it, and so does a normal return."""
+    import shutil
+
+    from mrcnet.runtime.render import Renderer
+
+    made = []
+
+    class Recording(Renderer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.released, self.rendered = False, 0
+            made.append(self)
+
+        def render(self, *a, **kw):
+            self.rendered += 1
+            return super().render(*a, **kw)
+
+        def release(self):
+            self.released = True
+            super().release()
+
+    monkeypatch.setattr(be, "Renderer", Recording)
+    copy = tmp_path / "half"
+    shutil.copytree(dataset, copy)
+    (copy / "test" / "000001" / "depth" / "000001.png").unlink()  # image 0 fine, image 1 fails
+    path = tmp_path / "res.csv"
+    bop.save_bop_results(path, gt_rows())
+    with pytest.raises(be.EvalError, match="VSD needs the depth images"):
+        be.evaluate_bop19(copy, path)
+    assert len(made) == 1 and made[0].rendered > 0 and made[0].released  # failed mid-way: released
+    rep = be.evaluate_bop19(dataset, path)
+    assert rep["AR"] == 1.0 and len(made) == 2 and made[1].released
+    rep = be.evaluate_bop19(dataset, path, metrics=("mssd",))
+    assert len(made) == 2  # no VSD: no renderer

@@ -12,18 +12,11 @@ import pytest
 
 from mrcnet.data import bop, objects, scenes
 from mrcnet.data.scenes import SceneConfig, generate_scenes
-from mrcnet.runtime.render import Renderer, load_mesh
+from mrcnet.runtime.render import load_mesh
 
 W, H = 160, 120
 CFG = dict(width=W, height=H, objects_per_image=(2, 3), distractors_per_image=(1, 1),
            images_per_scene=2, depth_range=(250.0, 450.0))
-
-
-@pytest.fixture(scope="module")
-def renderer():
-    r = Renderer()
-    yield r
-    r.release()
 
 
 @pytest.fixture(scope="module")
@@ -279,14 +272,14 @@ def test_cli_objects_scenes_video(tmp_path):
     r = run.invoke(main, ["objects", "--count", "2", "--out", str(tmp_path), "--seed", "1"])
     assert r.exit_code == 0, r.output
     assert "wrote 2 objects" in r.output and "worst mask IoU" in r.output
-    args = ["scenes", "--models", str(tmp_path / "models"), "--out", str(tmp_path), "--images", "2",
+    args = ["scenes", "--models", str(tmp_path / "models"), "--out", str(tmp_path), "--count", "2",
             "--width", "96", "--height", "64", "--objects-per-image", "1", "2", "--seed", "1"]
     r = run.invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "2 images (2 rendered, 0 resumed)" in r.output and "images/s" in r.output
     r = run.invoke(main, args[:-2] + ["--seed", "2"])
     assert r.exit_code != 0 and "other settings (seed)" in r.output
-    r = run.invoke(main, ["video", "--models", str(tmp_path), "--out", str(tmp_path / "clip"), "--frames", "2",
+    r = run.invoke(main, ["video", "--models", str(tmp_path), "--out", str(tmp_path / "clip"), "-n", "2",
                           "--width", "96", "--height", "64"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "clip" / "video.mp4").is_file() and "frames/s" in r.output
@@ -378,7 +371,7 @@ def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
 
     root, _ = split
     out = tmp_path / "yolo"
-    args = ["yolo", "--scenes", str(root / "test"), "--out", str(out), "--val-fraction", "0.25", "--obj-ids", "1,2,3",
+    args = ["yolo", "--scenes", str(root / "test"), "--out", str(out), "--val-fraction", "0.25", "--object-ids", "1,2,3",
             "-q"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
@@ -423,14 +416,14 @@ def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
     labels = [line for p in (out / "labels").rglob("*.txt") for line in p.read_text().splitlines()]
     assert labels and {line.split()[0] for line in labels} == {"0"}  # object 2 is class 0 of the one class
     # a dataset folder with one split works as well; unknown objects and missing folders: one line
-    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y2"), "--obj-ids", "1,2,3",
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y2"), "--object-ids", "1,2,3",
                                   "-q"])
     assert r.exit_code == 0, r.output
     y2 = list((tmp_path / "y2" / "labels" / "train").glob("*.txt"))
     assert len(y2) == 4 and not (tmp_path / "y2" / "labels" / "val").exists()  # 0.1 of 4 images: no val
     assert sum(len(p.read_text().splitlines()) for p in y2) == n_labels
     assert yaml.safe_load((tmp_path / "y2" / "data.yaml").read_text())["val"] == "images/train"
-    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y3"), "--obj-ids", "99"])
-    assert r.exit_code != 0 and "--obj-ids: [99] not in" in r.output
+    r = CliRunner().invoke(main, ["yolo", "--scenes", str(root), "--out", str(tmp_path / "y3"), "--object-ids", "99"])
+    assert r.exit_code != 0 and "--object-ids: [99] not in" in r.output
     r = CliRunner().invoke(main, ["yolo", "--scenes", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code != 0 and "nope" in r.output

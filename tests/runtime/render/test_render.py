@@ -37,16 +37,16 @@ def rot(axis, deg):
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    r = Renderer()
+def renderer(renderer):
+    """conftest's renderer holding this module's meshes."""
+    r = renderer
     r.add_object(1, plate(40.0, 30.0))
     r.add_object(2, cube(20.0))
     # two parallel plates 30 mm apart in one mesh, the nearer drawn first: the depth test must
     # keep it where the farther one is drawn afterwards
     a, b = plate(30.0, 30.0, z=-15.0), plate(10.0, 10.0, z=15.0)
     r.add_object(3, Mesh.from_arrays(np.vstack([a.vertices, b.vertices]), np.vstack([a.faces, b.faces + 4])))
-    yield r
-    r.release()
+    return r
 
 
 def expected_box(u, v):

@@ -20,7 +20,7 @@ from mrcnet.train.trainer import BlockSampler, TrainConfig, lr_factor, param_gro
 
 from train_fixtures import write_tiny_split
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -326,7 +326,10 @@ def test_cli_engines_only(small_ckpt, tmp_path):
         check_tensorrt()
     except TensorRTUnavailable as e:
         r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
-        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"mrcnet-export: error: {e}"
+        from mrcnet.runtime.cliopts import cli_message
+
+        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"mrcnet-export: error: {cli_message(e)}"
+        assert cli_message(e).startswith("--backend tensorrt: ")
     else:
         r = _cli(["--engines-only", "--out", out, "--precision", "fp16"])
         assert r.exit_code == 0, r.output
@@ -494,6 +497,9 @@ def test_condconv_form_choice(small_model):
     from mrcnet.export.optimize import StackedCondConv2d, UnfoldCondConv2d, condconv_form, optimize_for_export
 
     assert condconv_form(1) == "stacked" and condconv_form(3) == "gather" and condconv_form(3, "stacked") == "stacked"
+    # int8 graphs: the stacked form up to INT8_STACKED_MAX_OBJECTS (the one-hot im2col is slow in int8)
+    assert condconv_form(3, int8=True) == "stacked" and condconv_form(4, int8=True) == "gather"
+    assert condconv_form(2, "gather", int8=True) == "gather"
     with pytest.raises(ValueError, match="'fast'"):
         condconv_form(2, "fast")
     torch.manual_seed(5)
@@ -508,6 +514,56 @@ def test_condconv_form_choice(small_model):
     multi = optimize_for_export(copy.deepcopy(small_model))
     assert not any(isinstance(m, StackedCondConv2d) for m in multi.modules())
     assert sum(isinstance(m, UnfoldCondConv2d) for m in multi.modules()) == 2
+
+
+@pytest.mark.parametrize("group", [4, 1, 0])
+def test_instance_group_batchnorm_same_numbers(group):
+    """The export form of the batch-statistics normalisation (Transpose + InstanceNorm) gives the
+    GroupBatchNorm2d numbers for TTA groups, per-sample and whole-batch statistics."""
+    from mrcnet.export.optimize import InstanceGroupBatchNorm2d
+    from mrcnet.model import GroupBatchNorm2d
+
+    torch.manual_seed(group)
+    bn = GroupBatchNorm2d(6, group_size=group)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    x = torch.randn(8, 6, 5, 7) * 3 + 1
+    inst = InstanceGroupBatchNorm2d.of(bn)
+    assert inst.weight is bn.weight and inst.group_size == group
+    assert rel_err(inst(x).detach().numpy(), bn(x).detach().numpy()) < 1e-5
+
+
+def test_norm_form_choice_and_graph(small_model, tmp_path):
+    """optimize_for_export swaps every GroupBatchNorm2d (names kept, set_bn_group still reaches
+    them, same outputs); the exported graph normalises with InstanceNormalization, not ReduceMeans."""
+    import copy
+
+    from mrcnet.export.optimize import InstanceGroupBatchNorm2d, optimize_for_export
+    from mrcnet.model import GroupBatchNorm2d
+
+    with pytest.raises(ValueError, match="'fused'"):
+        optimize_for_export(copy.deepcopy(small_model), norm="fused")
+    n_bn = sum(type(m) is GroupBatchNorm2d for m in small_model.modules())
+    kept = optimize_for_export(copy.deepcopy(small_model), norm="reduce")
+    assert sum(type(m) is GroupBatchNorm2d for m in kept.modules()) == n_bn
+    opt = optimize_for_export(copy.deepcopy(small_model))
+    assert sum(type(m) is InstanceGroupBatchNorm2d for m in opt.modules()) == n_bn > 0
+    assert not any(type(m) is GroupBatchNorm2d for m in opt.modules())
+    assert list(opt.state_dict()) == list(small_model.state_dict())
+    opt.set_bn_group(1)
+    assert {m.group_size for m in opt.modules() if isinstance(m, GroupBatchNorm2d)} == {1}
+    opt.set_bn_group(4)
+    feeds = example_inputs(3, 8, seed=24)
+    a, b = run_torch(small_model, feeds), run_torch(opt, feeds)
+    for k in ("feat_x4", "pose_logits", "R", "t"):
+        assert rel_err(b[k], a[k]) < 1e-5, k
+    paths = export_onnx(opt, tmp_path, _manifest(small_model, OBJ_IDS))
+    ops = [n.op_type for n in onnx.load(str(paths["classifier"]), load_external_data=False).graph.node]
+    assert ops.count("InstanceNormalization") >= n_bn // 2 and ops.count("ReduceMean") < 10, ops.count("ReduceMean")
+    got = run_ort({g: ort_session(p, threads=2) for g, p in paths.items()}, feeds)
+    for k in ("pose_logits", "R", "t"):
+        assert rel_err(got[k], a[k]) < 1e-4, k
 
 
 def test_export_graphs_are_lean(small_model, small_export, sessions):

@@ -208,7 +208,7 @@ def test_pipeline_runs_with_torch_unimportable(export_dir):
 def test_runtime_sources_never_import_torch():
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "runtime"
+    root = DATA.parent.parent / "runtime"
     offenders = [str(p) for p in root.rglob("*.py")
                  if any(line.strip().startswith(("import torch", "from torch"))
                         for line in p.read_text().splitlines())]

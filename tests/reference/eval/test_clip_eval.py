@@ -7,7 +7,7 @@ import pytest
 from mrcnet.data import bop
 from mrcnet.eval.clip_eval import evaluate_clip
 from mrcnet.runtime.geometry import rotz
-from mrcnet.runtime.manifest import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
+from mrcnet.runtime.assets import DEMO_CAMERA, DEMO_DIR, DEMO_MODELS
 
 
 def _write_track(path, gt, edit=lambda oid, R, t: (R, t), drop=()):

@@ -1,8 +1,6 @@
 """The official training-data rules: centred box map, background rule, zoom-in cap, cleaned mask,
 continuous-symmetry sampling, the label cache keyed by the rotation, jittered validation boxes."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from train_fixtures import write_tiny_split
 
 BINS = get_config("small").bins
 DEPTH = (0.05, 1.7)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="module")

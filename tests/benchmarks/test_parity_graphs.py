@@ -3,8 +3,6 @@ the fp16 graph's float32 stand-in, ``ort-trt-int8``) on the tiny split: skipped 
 export lacks the graphs, measured against torch when it has them."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,16 +12,14 @@ pytest.importorskip("onnx")
 from click.testing import CliRunner  # noqa: E402
 
 from infer_fixtures import tiny_assets  # noqa: E402
+from mrcnet.export import convert_graphs  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import parity  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 def test_parity_rows_of_the_precision_graphs(tmp_path, tmp_path_factory):
-    from mrcnet.export.fp16 import convert_graphs
-
     a = tiny_assets(tmp_path_factory)
     export = tmp_path / "export"
     shutil.copytree(a.export, export)

@@ -54,18 +54,6 @@ def small_export(tmp_path_factory):
     return out, model
 
 
-@pytest.fixture(scope="module")
-def renderer():
-    from mrcnet.runtime.render import RenderContextError, Renderer
-
-    try:
-        r = Renderer()
-    except RenderContextError as e:  # pragma: no cover - no EGL at all
-        pytest.skip(f"no EGL renderer: {e}")
-    yield r
-    r.release()
-
-
 def synthetic_frames(renderer, meshes, n=4):
     """Frames of objects 1 and 3 moving slowly in front of a textured background, and their poses."""
     for oid in (1, 3):

@@ -14,8 +14,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from infer_fixtures import tiny_assets  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fps  # noqa: E402
+import int8_variants  # noqa: E402
 import ort_options  # noqa: E402
 import parity  # noqa: E402
 
@@ -123,3 +123,26 @@ def test_parity_on_tiny_split(tmp_path, tmp_path_factory):
         assert (out / "results" / f"{key}_eval" / "scores_bop19.json").is_file()
     md = (out / "parity.md").read_text()
     assert "| ort-fp32 |" in md and "100.0%" in md
+
+
+def test_int8_variants_table(tmp_path, monkeypatch, capsys):
+    """benchmarks/int8_variants.py: the FP32 export and calibration made once in --work, the
+    variant quantised from it, timed round-robin with FP32, its fused op counts and agreement in
+    the table and the JSON; a second run reuses the files; unknown variants are refused."""
+    work, out = tmp_path / "w", tmp_path / "v.json"
+    argv = ["int8_variants.py", "--preset", "small", "--n-obj", "1", "--work", str(work), "--repeats", "1",
+            "--calib-count", "4", "--variants", "u8s8 per-channel (default)", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    int8_variants.main()
+    rows = {r["variant"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fp32", "u8s8 per-channel (default)"} and rows["fp32"]["speedup_vs_fp32"] == 1.0
+    q = rows["u8s8 per-channel (default)"]
+    assert q["ops"]["QLinearConv"] > 0 and q["ops"]["Conv"] == 0 and rows["fp32"]["ops"]["QLinearConv"] == 0
+    assert q["ms_per_det"] > 0 and q["vs_fp32"]["crops"] == 4
+    assert "| u8s8 per-channel (default) |" in capsys.readouterr().out
+    stamp = (work / "classifier.default.int8.onnx").stat().st_mtime
+    int8_variants.main()  # reuses the export, calibration and quantised graphs
+    assert (work / "classifier.default.int8.onnx").stat().st_mtime == stamp
+    monkeypatch.setattr(sys, "argv", argv[:-4] + ["--variants", "u8s8 magic"])
+    with pytest.raises(SystemExit, match="u8s8 magic"):
+        int8_variants.main()

@@ -224,7 +224,7 @@ def test_rerun_into_an_earlier_run_is_refused_then_resumed(export_dir, tmp_path)
     before = (out / "poses.jsonl").read_bytes()
     with open(out / "poses.jsonl", "ab") as f:
         f.write(b'{"frame": 3, "na')  # a torn last line (killed mid-write)
-    with pytest.raises(runner.RunError, match="--resume to continue it or --overwrite"):
+    with pytest.raises(runner.RunError, match="resume to continue it or overwrite"):
         runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, progress=False)
     assert (out / "poses.jsonl").read_bytes().startswith(before)  # untouched
     s2 = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), one_box, out, bop_csv=True, progress=False,
@@ -250,7 +250,7 @@ def test_sigterm_is_handled_like_ctrl_c(export_dir, tmp_path):
 
     old = signal.getsignal(signal.SIGTERM)
     # sequential: the signal interrupts frame 2 (pipelined runs finish the frames in flight:
-    # tests/test_realtime.py)
+    # tests/runtime/test_realtime.py)
     s = runner.run(V.FrameSource(d), pipeline_of(export_dir), Camera(K), term_at_2, out, progress=False,
                    pipelined=False)
     assert signal.getsignal(signal.SIGTERM) == old  # restored

@@ -29,17 +29,10 @@ def assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    from mrcnet.runtime.render import Renderer
-
-    return Renderer()
-
-
-@pytest.fixture(scope="module")
 def torch_csv(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "torch.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.checkpoint),
-                                              "--out", str(out), "--no-progress"])
+                                              "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert "backend torch-cpu" in res.output
     return out
@@ -49,7 +42,7 @@ def torch_csv(assets, tmp_path_factory):
 def ort_csv(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("ort") / "ort.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.export),
-                                              "--backend", "onnxruntime", "--out", str(out), "--no-progress"])
+                                              "--backend", "onnxruntime", "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert "backend onnxruntime" in res.output
     return out
@@ -87,7 +80,7 @@ def test_mrcnet_eval_reads_the_csvs(assets, torch_csv, ort_csv, tmp_path):
     scores = {}
     for name, path in (("torch", torch_csv), ("ort", ort_csv)):
         res = CliRunner().invoke(eval_cli.main, ["--data", str(assets.data), "--results", str(path),
-                                                 "--out", str(tmp_path / name), "--no-progress"])
+                                                 "--out", str(tmp_path / name), "-q"])
         assert res.exit_code == 0, res.output
         s = json.loads((tmp_path / name / "scores_bop19.json").read_text())
         assert 0.0 <= s["AR"] <= 1.0
@@ -130,7 +123,7 @@ def test_gt_boxes_vs_detections(assets, ort_csv, tmp_path):
     bop.save_detections(det_file, [d for d in dets if not (d["image_id"] == dropped["im_id"]
                                                             and d["category_id"] == dropped["obj_id"])])
     res = CliRunner().invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.export),
-                                              "--detections", str(det_file), "--out", str(out), "--no-progress",
+                                              "--detections", str(det_file), "--out", str(out), "-q",
                                               "--no-resume"])
     assert res.exit_code == 0, res.output
     assert "1 target instance(s) had no detection" in res.output
@@ -163,7 +156,7 @@ def test_corrupt_image_is_skipped_with_message(assets, ort_csv, tmp_path):
     bad.write_bytes(b"not a png at all")
     out = tmp_path / "bad.csv"
     res = CliRunner().invoke(infer_cli.main, ["--data", str(data), "--model", str(assets.export),
-                                                              "--out", str(out), "--no-progress"])
+                                                              "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output + res.stderr
     assert "skipped scene 0 image 1" in res.stderr and "000001.png" in res.stderr
     assert "1 image(s) skipped" in res.stdout
@@ -198,16 +191,16 @@ def test_interrupted_run_resumes(assets, ort_csv, tmp_path, renderer):
 
 def test_bad_inputs_are_one_line_errors(assets, tmp_path):
     r = CliRunner()
-    res = r.invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(tmp_path / "nope"), "--no-progress"])
+    res = r.invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(tmp_path / "nope"), "-q"])
     assert res.exit_code != 0 and "--model" in res.output and "nope" in res.output
     res = r.invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.checkpoint),
-                                    "--backend", "onnxruntime", "--no-progress"])
+                                    "--backend", "onnxruntime", "-q"])
     assert res.exit_code != 0 and "export it" in res.output
     res = r.invoke(infer_cli.main, ["--data", str(assets.data), "--model", str(assets.export),
-                                    "--backend", "torch", "--no-progress"])
+                                    "--backend", "torch", "-q"])
     assert res.exit_code != 0 and "needs a .pth checkpoint" in res.output
     res = r.invoke(infer_cli.main, ["--data", str(tmp_path / "nodata"), "--model", str(assets.export),
-                                    "--no-progress"])
+                                    "-q"])
     assert res.exit_code != 0 and "nodata" in res.output and "Traceback" not in res.output
 
 

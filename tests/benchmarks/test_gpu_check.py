@@ -2,14 +2,11 @@
 pointed at the CPU, run and report (so they are ready for a GPU machine)."""
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
+from conftest import ROOT  # noqa: E402
+import gpu_check  # noqa: E402  (benchmarks/ is on sys.path through tests/conftest.py)
 
 
 def test_gpu_check_script_skips_the_gpu_parts_and_says_so(tmp_path):
