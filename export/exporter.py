@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from mrcnet import __version__
 from mrcnet.runtime.datasets import BOP_PATH_ENV, DatasetPathError, find_dataset, render_models_dir
-from mrcnet.runtime.errors import ParameterError
+from mrcnet.runtime.errors import ParameterError, error_line
 from mrcnet.runtime.formats.files import OutputError, atomic_copy, prepare_out_dir
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.assets import DEMO_CHECKPOINT, DEMO_MODELS
@@ -133,9 +133,7 @@ def load_model(checkpoint, dataset: str | None, object_ids: Sequence[int] | None
     except CheckpointError as e:
         first_error = str(e)
     except Exception as e:  # anything else from a non-checkpoint file: one line, even for an empty message
-        text = str(e).strip()
-        why = text.splitlines()[0][:200] if text else type(e).__name__
-        raise ExportParameterError("checkpoint", f"cannot load ({why})", path) from None
+        raise ExportParameterError("checkpoint", f"cannot load ({error_line(e, 200)})", path) from None
     if object_ids is None or dataset is None:
         hint = "" if object_ids is not None else " (a checkpoint with fewer objects than the preset needs {object_ids})"
         raise ExportParameterError("checkpoint", f"{first_error}{hint}", path)

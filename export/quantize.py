@@ -52,11 +52,11 @@ import onnx
 
 from mrcnet.data.bop import BopDataset, BopFormatError, scene_dirs, split_folders
 from mrcnet.data.samples import MIN_BOX_PX, MIN_VISIB_FRACT  # the training rule (docs/MODEL.md §5), one place
+from mrcnet.runtime.errors import ParameterError, error_line
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.pipeline import render_inputs
 from mrcnet.runtime.preprocess import mask_box_xyxy, prepare_detection
 from mrcnet.runtime.render import Renderer, load_mesh
-from mrcnet.runtime.errors import ParameterError
 from mrcnet.runtime.rotations import random_rotation, rotation_angle_deg
 
 from .fp16 import fp32_nodes
@@ -330,7 +330,7 @@ def quantize_graph(fp32_path, int8_path, batches: Sequence[Mapping[str, np.ndarr
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception as e:  # pre-processing is an optimisation; quantise the raw graph then
-            log.warning("quant_pre_process failed (%s); quantising the raw graph", str(e).splitlines()[0])
+            log.warning("quant_pre_process failed (%s); quantising the raw graph", error_line(e))
             pre = Path(fp32_path)
         excluded = _excluded_nodes(pre, style, st["float_scopes"])
         nodes = None

@@ -33,7 +33,7 @@ import torch
 
 from mrcnet.geometry import BinTables
 from mrcnet.model import MRCNet, ModelConfig, get_config
-from mrcnet.runtime.errors import ParameterError
+from mrcnet.runtime.errors import ParameterError, error_line
 from mrcnet.runtime.formats.files import atomic_open
 from mrcnet.runtime.geometry import TTA_GROUP
 from mrcnet.runtime.preprocess import BOX_RULES, FOV_VARIANTS
@@ -211,8 +211,8 @@ def read_checkpoint_file(path: "str | os.PathLike", what: str = "checkpoint") ->
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
-        text = str(e).strip()
-        why = text.splitlines()[0][:200] if text else type(e).__name__
+        text = str(e)
+        why = error_line(e, 200)
         if "weights_only" in text or "Unsupported global" in text:
             why = "holds Python objects other than tensors (refused: weights_only loading)"
         raise CheckpointFileError(what, f"not a readable PyTorch checkpoint ({why})", path) from None

@@ -15,6 +15,7 @@ from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
 from .cliopts import cli_message
 from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
+from .errors import error_line
 from .formats.camera import Camera, CameraFileError, camera_matrix
 from .formats.files import OutputError, prepare_out_dir
 from .pipeline import Pipeline
@@ -66,7 +67,7 @@ def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> 
         return Pipeline(be, man, renderer, max_detections=chunk_size), renderer
     except (RuntimeError, ValueError) as e:
         be.close()
-        raise click.ClickException(str(e).splitlines()[0])
+        raise click.ClickException(error_line(e))
 
 
 # ------------------------------------------------------------------------------------- click

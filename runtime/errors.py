@@ -37,3 +37,14 @@ class ParameterError(ValueError):
 
     def __reduce__(self):  # picklable across processes (DataLoader workers, multiprocessing)
         return (type(self), (self.param, self.detail, self.value))
+
+
+def error_line(error: BaseException, limit: int = 300, with_type: bool = False) -> str:
+    """One line for a user from ``error``: the first non-empty line of its message, cut to ``limit``
+    characters; its type name when the message is empty (``str(e)`` of many library errors is).
+    ``with_type``: ``"TypeName: line"``."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    line = lines[0][:limit]
+    return f"{type(error).__name__}: {line}" if with_type else line

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ParameterError
+from .errors import ParameterError, error_line
 from .formats.camera import Camera
 from .formats.files import OutputError, atomic_write_text, prepare_out_dir
 from .formats.poses_jsonl import PosesFormatError, PosesJsonlStream, PosesJsonlWriter, read_poses_jsonl
@@ -106,11 +106,6 @@ class RunConfig:
     show: bool = False
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
-
-
 def _say(message: str) -> None:
     """A message of the run on stderr (above the progress bar; stdout may carry the poses)."""
     tqdm.write(message, file=sys.stderr)
@@ -137,7 +132,7 @@ def make_renderer(device=None):
         r = Renderer(device=device)
         warning = software_fallback_warning(r.description)  # creates the context: errors surface here
     except Exception as e:
-        raise RuntimeError(f"cannot create the EGL renderer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise RuntimeError(f"cannot create the EGL renderer: {error_line(e)}") from None
     if warning:
         print(warning, file=sys.stderr)
     return r
@@ -306,7 +301,7 @@ class _Run:
         except InputError as e:
             w.error = str(e)
         except Exception as e:  # one failing frame (detector, camera) must not end the run
-            w.error, w.failed = _first_line(e), True
+            w.error, w.failed = error_line(e, with_type=True), True
         w.proc_ms += _ms_since(t0)
         return w
 
@@ -329,7 +324,7 @@ class _Run:
         except InputError as e:
             w.error = str(e)
         except Exception as e:  # one failing frame (backend, renderer, detector) must not end the run
-            w.error, w.failed = _first_line(e), True
+            w.error, w.failed = error_line(e, with_type=True), True
         w.prep = None  # the crops are not needed any more
         w.proc_ms += _ms_since(t0)
         if w.result is not None and (self.outs.video or self.outs.preview):

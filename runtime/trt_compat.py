@@ -27,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
+from .errors import error_line
+
 SUPPORTED_TRT_MAJORS = (10, 11)
 #: oldest TensorRT 10 minor supported (JetPack 6 ships 10.3)
 MIN_TRT_10_MINOR = 3
@@ -175,7 +177,7 @@ def cuda_runtime(import_cudart_fn: Callable = import_cudart, import_pycuda_fn: C
     except ImportError:
         raise TrtCompatError(f"tensorrt backend: {problem}; pycuda is not installed either") from None
     except Exception as e:  # pycuda.autoinit: no device / driver problem (pycuda's own exception types)
-        raise TrtCompatError(f"tensorrt backend: {problem}; pycuda failed too: {str(e).splitlines()[0]}") from None
+        raise TrtCompatError(f"tensorrt backend: {problem}; pycuda failed too: {error_line(e)}") from None
     note = f"{problem} -> using pycuda" if cudart is not None else ""
     if note:
         warn(note)

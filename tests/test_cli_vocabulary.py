@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from mrcnet.runtime.cliopts import RETIRED, cli_message, flag  # noqa: E402
-from mrcnet.runtime.errors import ParameterError  # noqa: E402
+from mrcnet.runtime.errors import ParameterError, error_line  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
 
@@ -199,3 +199,14 @@ def test_export_errors_reach_the_user_as_flags(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     assert run("--checkpoint", str(tmp_path / "empty.pth")) == \
         f"mrcnet-export: error: --checkpoint {tmp_path / 'empty.pth'}: empty file (0 bytes)"
+
+
+@pytest.mark.parametrize("error, kw, expected", [
+    (RuntimeError("first line\nsecond line"), {}, "first line"),
+    (RuntimeError("\n  \n  after blank lines  \nmore"), {}, "after blank lines"),
+    (EOFError(), {}, "EOFError"),                        # empty message: the type, never IndexError
+    (ValueError("x" * 50), {"limit": 10}, "x" * 10),
+    (KeyError("k"), {"with_type": True}, "KeyError: 'k'"),
+])
+def test_error_line_is_one_line_for_any_message(error, kw, expected):
+    assert error_line(error, **kw) == expected

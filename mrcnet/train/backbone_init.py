@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from mrcnet.model.config import ModelConfig
+from mrcnet.runtime.errors import error_line
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def read_imagenet_state(path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle of anything but tensors, a damaged file: the loader's reason, one line
-        raise BackboneInitError(f"{path}: not a readable state dict ({str(e).splitlines()[0][:200]})") from None
+        raise BackboneInitError(f"{path}: not a readable state dict ({error_line(e, 200)})") from None
     return check_imagenet_state(sd, path)
 
 

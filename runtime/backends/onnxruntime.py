@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import error_line
 from ..manifest import Manifest
 from .base import Backend, BackendError
 
@@ -176,8 +177,7 @@ def create_session(path, providers=None, threads: int = 0, what: str = "onnxrunt
     try:
         return ort.InferenceSession(path, sess_options=so, providers=list(providers or ort_providers("auto")))
     except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(f"{what} {path}: cannot load ({why})") from None
+        raise BackendError(f"{what} {path}: cannot load ({error_line(e)})") from None
 
 
 def _dtype(ort_type: str):

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..errors import error_line
 from ..manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, sha256_file
 from ..trt_compat import TrtCompatError, check_trt_version, deserialize_engine, io_names
 from .base import Backend, BackendError
@@ -161,7 +162,7 @@ def ensure_engines(manifest: Manifest, precision: str, env: dict, builder: Optio
         build(manifest.root, precision=precision, max_detections=n, progress=progress)
         manifest = load_manifest(manifest.root)
     except (ManifestError, ValueError, RuntimeError) as e:
-        raise BackendError(f"tensorrt: rebuilding the engines failed ({str(e).splitlines()[0]}); "
+        raise BackendError(f"tensorrt: rebuilding the engines failed ({error_line(e)}); "
                            f"run: {cmd}") from None
     problems = engine_mismatches(manifest, precision, env)
     if problems:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import error_line
+
 
 class OutputError(OSError):
     """An output that cannot be written (folder is a file, read-only, disk full); names the path."""
@@ -40,7 +42,7 @@ def load_yaml(path):
     except OSError as e:
         raise InputFileError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise InputFileError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise InputFileError(f"{path}: not valid YAML ({error_line(e)})") from None
 
 
 def file_mode() -> int:

@@ -24,6 +24,8 @@ from typing import Optional, Union
 
 import moderngl
 
+from ..errors import error_line
+
 GL_REQUIRE = 330  # OpenGL 3.3 core: what the shaders use
 
 _EGL_EXTENSIONS = 0x3055
@@ -196,7 +198,7 @@ def _create(index: int):
         return moderngl.create_context(**kwargs)
     except Exception as e:
         where = f"EGL device {index}"
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = error_line(e)
         raise RenderContextError(f"cannot create a headless OpenGL {GL_REQUIRE // 100}.{GL_REQUIRE % 100 // 10} "
                                  f"context on the {where}: {msg}") from e
 

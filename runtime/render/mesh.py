@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import error_line
+
 
 class MeshError(ValueError):
     """A mesh file that cannot be rendered (missing, unreadable, no faces, bad indices)."""
@@ -134,7 +136,7 @@ def load_mesh(path) -> Mesh:
     try:  # fix_texture=False: never split vertices by texture coordinate (keep the file's vertices)
         tm = trimesh.load(path, force="mesh", process=False, maintain_order=True, fix_texture=False)
     except Exception as e:  # trimesh raises many types; one clear line for the user
-        raise MeshError(f"cannot read mesh {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise MeshError(f"cannot read mesh {path}: {error_line(e, with_type=True)}") from e
     faces = getattr(tm, "faces", None)
     if faces is None or len(faces) == 0:
         raise MeshError(f"mesh {path} has no faces (a point cloud cannot be rendered)")
