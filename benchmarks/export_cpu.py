@@ -63,7 +63,8 @@ def main() -> None:
         torch.manual_seed(0)
         obj_ids, depth = list(range(1, a.n_obj + 1)), (0.05, 1.7)
         model = build_model(a.n_obj, depth, a.preset).eval()
-    exported = optimize_for_export(copy.deepcopy(model))  # as mrcnet-export does; ``model`` stays eager
+    # as mrcnet-export --backend onnx does; ``model`` stays eager
+    exported = optimize_for_export(copy.deepcopy(model), target="onnxruntime")
     n = model.bn_group * a.detections  # crops: TTA_GROUP per detection
     res = {"preset": model.cfg.name, "n_obj": model.n_obj, "detections": a.detections, "threads": a.threads,
            "cpu": os.cpu_count()}

@@ -75,7 +75,7 @@ def prepare(work: Path, preset: str, n_obj: int, checkpoint, calib_count: int):
         torch.manual_seed(0)
         obj_ids, depth = list(range(1, n_obj + 1)), (0.05, 1.7)
         model = build_model(n_obj, depth, preset).eval()
-    exported = optimize_for_export(copy.deepcopy(model))
+    exported = optimize_for_export(copy.deepcopy(model), target="onnxruntime")  # as mrcnet-export --backend onnx
     man = build_manifest(dataset="bench", preset=model.cfg.name, obj_ids=obj_ids, depth_range=depth,
                          bins=model.cfg.bins, fov_variant="inference", crop_size=model.cfg.crop_size, bn_group=4,
                          project_version="bench", checkpoint_sha256="")

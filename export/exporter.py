@@ -222,7 +222,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
 
     # torch-backed, as in load_model
     from .onnx_export import export_onnx, onnx_param_count, onnx_parity, example_inputs
-    from .optimize import optimize_for_export
+    from .optimize import condconv_form, optimize_for_export
     from mrcnet.model.subset import SubsetError, resolve_object_ids, subset_model
 
     t0 = time.perf_counter()
@@ -275,7 +275,9 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
         say(f"keeping objects {keep} of {list(meta['obj_ids'])}")
         model = subset_model(model, idx, inplace=True)
     model.set_bn_group(crops_per_detection)
-    optimize_for_export(model, int8=backend == "onnx" and precision == "int8")
+    target = "onnxruntime" if backend == "onnx" else "tensorrt"
+    condconv = condconv_form(len(keep), target=target)
+    optimize_for_export(model, condconv=condconv, target=target)
     models_src = check_models(models_dir if models_dir is not None else default_models_dir(), keep)
     stale = out / "manifest.json"
     if stale.exists():  # the manifest is written last: none while the directory is incomplete
@@ -302,7 +304,7 @@ def export_checkpoint(checkpoint, out_dir, *, dataset: str | None = None, object
     say("parity ORT fp32 vs torch: max rel. error %.2e, argmax agreement %.3f"
         % (res.parity["onnxruntime_fp32"]["max"], res.parity["onnxruntime_fp32"]["argmax_agree"]))
 
-    extras = {}
+    extras = {"condconv_form": condconv}  # engines_for_export refuses the ONNX Runtime-only "sorted" form
     if backend == "onnx" and precision == "int8":
         # imports onnx (the train extra): importing the exporter must not (--engines-only on a Jetson)
         from .quantize import calibration_feeds, quantize_graphs, quant_agreement

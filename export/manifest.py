@@ -22,7 +22,9 @@ statistics per group of 4 consecutive crops, so N must be a multiple of 4), ``mo
 {classifier, regressor, ...}}, ``project_version``, ``checkpoint_sha256``; informative extras the
 runtime ignores: ``parity`` (figures measured at export time), ``n_params``, ``sizes_bytes``,
 ``precision_graphs`` {fp16|int8: {classifier, regressor}} (the TensorRT precision graphs, read by
-``mrcnet-export --engines-only``).
+``mrcnet-export --engines-only``), ``condconv_form`` (the per-object convolutions' export form,
+:func:`mrcnet.export.optimize.condconv_form`; ``--engines-only`` refuses the ONNX Runtime-only
+``sorted``).
 
 The format itself (parsing, validation, the graph I/O and file names and :func:`build_manifest`) is
 :mod:`mrcnet.runtime.manifest` (re-exported here); this module writes it (file records, ONNX metadata).

@@ -473,6 +473,9 @@ def engines_for_export(export_dir, *, precision: str = "fp16", max_detections: i
         manifest = load_manifest(out)  # one read: unknown keys travel in manifest.extra
     except ManifestError as e:
         raise ValueError(str(e)) from None
+    if manifest.extra.get("condconv_form") == "sorted":
+        raise ValueError(f"{out}: an ONNX Runtime export (per-object convolutions in the sorted form, not TensorRT "
+                         f"layers); export for TensorRT with mrcnet-export --backend tensorrt")
     graphs = precision_graphs(manifest)
     build_plan(f"{trt_compat.SUPPORTED_TRT_MAJORS[0]}.{trt_compat.MIN_TRT_10_MINOR}", precision, list(graphs))
     entry, _ = build_engines(graphs, out, precision=precision, max_detections=max_detections, progress=progress)

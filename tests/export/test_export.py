@@ -311,15 +311,22 @@ def test_cli_tensorrt_absent_or_no_gpu(small_ckpt, tmp_path):
 
 
 def test_cli_engines_only(small_ckpt, tmp_path):
-    """--engines-only works on an existing ONNX export without torch: a missing export or an int8
+    """--engines-only works on an existing TensorRT export without torch: a missing export, an
+    ONNX Runtime export (its sorted per-object convolutions are no TensorRT layers) or an int8
     request is a one-line error; without TensorRT / a GPU, that is the one line."""
     from mrcnet.export.tensorrt import TensorRTUnavailable, check_tensorrt
 
     r = _cli(["--engines-only", "--out", tmp_path / "none", "--backend", "tensorrt"])
     assert r.exit_code == 2 and "export directory not found" in r.stderr.strip().splitlines()[-1]
     ckpt, models = small_ckpt
+    ort_out = tmp_path / "ort"
+    assert _cli(["--checkpoint", ckpt, "--models", models, "--out", ort_out, "--quiet"]).exit_code == 0
+    r = _cli(["--engines-only", "--out", ort_out, "--precision", "fp16"])
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 2 and "an ONNX Runtime export" in last and "--backend tensorrt" in last, r.stderr
     out = tmp_path / "o"
-    assert _cli(["--checkpoint", ckpt, "--models", models, "--out", out, "--quiet"]).exit_code == 0
+    assert _cli(["--checkpoint", ckpt, "--models", models, "--out", out, "--backend", "tensorrt",
+                 "--quiet"]).exit_code == 0
     r = _cli(["--engines-only", "--out", out, "--precision", "int8"])
     assert r.exit_code == 2 and "no TensorRT int8 graphs" in r.stderr.strip().splitlines()[-1]
     try:
@@ -491,15 +498,13 @@ def test_stacked_condconv_same_numbers(n_obj, k):
 
 
 def test_condconv_form_choice(small_model):
-    """One object: the stacked (plain Conv) form; several: gather + matmul; bad names refused."""
+    """TensorRT graphs: one object the stacked (plain Conv) form, several gather + matmul; bad names refused."""
     import copy
 
     from mrcnet.export.optimize import StackedCondConv2d, UnfoldCondConv2d, condconv_form, optimize_for_export
 
     assert condconv_form(1) == "stacked" and condconv_form(3) == "gather" and condconv_form(3, "stacked") == "stacked"
-    # int8 graphs: the stacked form up to INT8_STACKED_MAX_OBJECTS (the one-hot im2col is slow in int8)
-    assert condconv_form(3, int8=True) == "stacked" and condconv_form(4, int8=True) == "gather"
-    assert condconv_form(2, "gather", int8=True) == "gather"
+    assert condconv_form(2, "gather", target="onnxruntime") == "gather"
     with pytest.raises(ValueError, match="'fast'"):
         condconv_form(2, "fast")
     torch.manual_seed(5)
@@ -514,6 +519,45 @@ def test_condconv_form_choice(small_model):
     multi = optimize_for_export(copy.deepcopy(small_model))
     assert not any(isinstance(m, StackedCondConv2d) for m in multi.modules())
     assert sum(isinstance(m, UnfoldCondConv2d) for m in multi.modules()) == 2
+
+
+@pytest.mark.parametrize("obj_index", [[2] * 4 + [0] * 4 + [2] * 4, [1] * 4, [0, 2, 1, 0, 2, 2, 1, 0]])
+def test_sorted_decoder_same_numbers(small_model, obj_index):
+    """The ONNX Runtime form (rows sorted by object, one static convolution per object's rows,
+    absent objects' slices empty, rows put back) keeps the outputs, in torch and in the graph."""
+    import copy
+
+    from mrcnet.export.optimize import SlicedCondConv2d, SortedPoseDecoder, optimize_for_export
+
+    opt = optimize_for_export(copy.deepcopy(small_model), target="onnxruntime")
+    assert isinstance(opt.backbone.decoder, SortedPoseDecoder)
+    assert sum(isinstance(m, SlicedCondConv2d) for m in opt.modules()) == 6
+    assert list(opt.state_dict()) == list(small_model.state_dict())
+    feeds = example_inputs(3, len(obj_index), obj_index=obj_index, seed=23)
+    a, b = run_torch(small_model, feeds), run_torch(opt, feeds)
+    for k in ("feat_x4", "pose_logits", "R", "t"):
+        assert rel_err(b[k], a[k]) < 1e-5, k
+
+
+def test_sorted_form_is_onnxruntime_only(demo_export):
+    """auto: sorted for ONNX Runtime exports, stacked / gather for TensorRT; the demo export (the
+    CLI's defaults) records its form and holds the sorting TopK; engines_for_export refuses it in
+    one line."""
+    from mrcnet.export.optimize import condconv_form
+    from mrcnet.export.tensorrt import engines_for_export
+
+    assert condconv_form(3, target="onnxruntime") == "sorted" == condconv_form(1, target="onnxruntime")
+    assert condconv_form(3, target="tensorrt") == "gather"
+    with pytest.raises(ValueError, match="ONNX Runtime only"):
+        condconv_form(3, "sorted", target="tensorrt")
+    with pytest.raises(ValueError, match="'cuda'"):
+        condconv_form(3, target="cuda")
+    assert json.loads((demo_export / "manifest.json").read_text())["condconv_form"] == "sorted"
+    for g in ("classifier", "regressor"):
+        ops = [n.op_type for n in onnx.load(demo_export / f"{g}.onnx").graph.node]
+        assert ops.count("TopK") == 2, g  # the sort and its inverse
+    with pytest.raises(ValueError, match="ONNX Runtime export.*--backend tensorrt"):
+        engines_for_export(demo_export, precision="fp16")
 
 
 @pytest.mark.parametrize("group", [4, 1, 0])
