@@ -55,16 +55,24 @@ TARGETS = ("onnxruntime", "tensorrt")
 NORM_FORMS = ("instance", "reduce")
 
 
-class UnfoldCondConv2d(nn.Module):
-    """Drop-in for a k x k :class:`CondConv2d` (k > 1). x (N, in, H, W), obj_index (N,) int64 ->
-    (N, out, H, W). ``weights`` (n_obj, out, in, k, k) and ``bias`` (n_obj, out, 1, 1) are the
-    original module's parameters."""
+class CondConvForm(nn.Module):
+    """Base of the export forms of a :class:`CondConv2d`: its sizes and its ``weights`` (n_obj,
+    out, in, k, k) and ``bias`` (n_obj, out, 1, 1) parameters, shared (same state-dict names)."""
 
     def __init__(self, cond: CondConv2d):
         super().__init__()
         self.n_obj, self.cin, self.cout, self.k = cond.n_obj, cond.cin, cond.cout, cond.k
         self.weights = cond.weights
         self.bias = cond.bias
+
+
+class UnfoldCondConv2d(CondConvForm):
+    """Drop-in for a k x k :class:`CondConv2d` (k > 1). x (N, in, H, W), obj_index (N,) int64 ->
+    (N, out, H, W). ``weights`` (n_obj, out, in, k, k) and ``bias`` (n_obj, out, 1, 1) are the
+    original module's parameters."""
+
+    def __init__(self, cond: CondConv2d):
+        super().__init__(cond)
         k2 = self.k * self.k
         eye = torch.zeros(self.cin * k2, 1, self.k, self.k)
         for c in range(self.cin):
@@ -81,17 +89,11 @@ class UnfoldCondConv2d(nn.Module):
         return (torch.matmul(weight, cols) + bias).reshape(n, self.cout, h, w)
 
 
-class StackedCondConv2d(nn.Module):
+class StackedCondConv2d(CondConvForm):
     """Drop-in for a :class:`CondConv2d`: one convolution with all objects' weights stacked
     (``weights.reshape(n_obj * out, in, k, k)``), then sample i keeps the channels of object
     ``obj_index[i]``. x (N, in, H, W), obj_index (N,) int64 -> (N, out, H, W). With one object
     the graph has no Gather and ignores ``obj_index``."""
-
-    def __init__(self, cond: CondConv2d):
-        super().__init__()
-        self.n_obj, self.cin, self.cout, self.k = cond.n_obj, cond.cin, cond.cout, cond.k
-        self.weights = cond.weights
-        self.bias = cond.bias
 
     def forward(self, x: Tensor, obj_index: Tensor) -> Tensor:
         k, m = self.k, self.n_obj * self.cout
@@ -104,17 +106,11 @@ class StackedCondConv2d(nn.Module):
         return y.reshape(-1, self.cout, h, w).index_select(0, rows)
 
 
-class SlicedCondConv2d(nn.Module):
+class SlicedCondConv2d(CondConvForm):
     """Drop-in for a :class:`CondConv2d` inside :class:`SortedPoseDecoder` only: ``obj_index``
     must be sorted ascending. Rows ``[start_o, end_o)`` (those of object o) go through one static
     convolution with object o's weights; the outputs are concatenated in row order.
     x (N, in, H, W), obj_index (N,) int64 sorted -> (N, out, H, W)."""
-
-    def __init__(self, cond: CondConv2d):
-        super().__init__()
-        self.n_obj, self.cin, self.cout, self.k = cond.n_obj, cond.cin, cond.cout, cond.k
-        self.weights = cond.weights
-        self.bias = cond.bias
 
     def forward(self, x: Tensor, obj_index: Tensor) -> Tensor:
         if self.n_obj == 1:
