@@ -19,7 +19,8 @@ export by :func:`optimize_for_export` from the number of objects kept:
     Slices with run-time bounds, empty for absent objects), the rows put back in order at the end.
     The multiplies of one convolution per crop on ONNX Runtime's best kernels, and int8 QLinearConv
     with constant weights. TopK with a run-time K and data-dependent Slice bounds are not TensorRT
-    layers (:mod:`mrcnet.export.trt_support` flags them): TensorRT exports keep the two forms above.
+    layers (:func:`mrcnet.export.trt_support.check_graph` flags the TopK): TensorRT exports keep the
+    two forms above.
 
 Measured on this project's 2-core CPU (ONNX Runtime 1.32, 4 crops, CPU time of one thread; see
 ``STACKED_MAX_OBJECTS``): the stacked form wins by a wide margin at 1 object and stays ahead up to a
@@ -190,8 +191,8 @@ def condconv_form(n_obj: int, form: str = "auto", target: str = "tensorrt") -> s
 def optimize_for_export(model: nn.Module, condconv: str = "auto", norm: str = "instance",
                         target: str = "tensorrt") -> nn.Module:
     """Swap every :class:`CondConv2d` for its export form (:func:`condconv_form` of the model's
-    object count for ``target``, ``"onnxruntime"`` or ``"tensorrt"``), in place: every :class:`~mrcnet.model.mrcnet.PoseDecoder` for a :class:`SortedPoseDecoder`, or
-    each CondConv for a :class:`StackedCondConv2d`, or an :class:`UnfoldCondConv2d` for k > 1 and
+    object count for ``target``, ``"onnxruntime"`` or ``"tensorrt"``), in place: every
+    :class:`~mrcnet.model.mrcnet.PoseDecoder` for a :class:`SortedPoseDecoder`, or each CondConv for a :class:`StackedCondConv2d`, or an :class:`UnfoldCondConv2d` for k > 1 and
     the module's own gather + matmul for k = 1; and (``norm="instance"``) every
     :class:`GroupBatchNorm2d` for :class:`InstanceGroupBatchNorm2d` (``"reduce"`` keeps the
     ReduceMean form). Returns ``model``; its state dict keys are unchanged."""

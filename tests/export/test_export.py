@@ -545,6 +545,7 @@ def test_sorted_form_is_onnxruntime_only(demo_export):
     one line."""
     from mrcnet.export.optimize import condconv_form
     from mrcnet.export.tensorrt import engines_for_export
+    from mrcnet.export.trt_support import check_graph
 
     assert condconv_form(3, target="onnxruntime") == "sorted" == condconv_form(1, target="onnxruntime")
     assert condconv_form(3, target="tensorrt") == "gather"
@@ -556,6 +557,8 @@ def test_sorted_form_is_onnxruntime_only(demo_export):
     for g in ("classifier", "regressor"):
         ops = [n.op_type for n in onnx.load(demo_export / f"{g}.onnx").graph.node]
         assert ops.count("TopK") == 2, g  # the sort and its inverse
+        assert any("(TopK): input 1" in p and "must be a constant" in p
+                   for p in check_graph(demo_export / f"{g}.onnx", "11")), g  # the TensorRT check says no
     with pytest.raises(ValueError, match="ONNX Runtime export.*--backend tensorrt"):
         engines_for_export(demo_export, precision="fp16")
 
