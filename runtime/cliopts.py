@@ -48,6 +48,20 @@ def cli_message(error: BaseException, flags: Optional[Mapping[str, str]] = None)
     return str(error)
 
 
+def object_ids(ctx, param, value) -> Optional[list]:
+    """click callback of ``--object-ids``: ``"1,2,3"`` -> ``[1, 2, 3]`` (None stays None); not
+    integers, none, or repeated ids -> a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        ids = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated object ids, got {value!r}") from None
+    if not ids or len(set(ids)) != len(ids):
+        raise click.BadParameter(f"expected distinct object ids, got {value!r}")
+    return ids
+
+
 def deprecated_alias(old: str, new: str, dest: str, callback: Optional[Callable] = None, **kw):
     """A hidden option ``old`` kept for existing scripts: its value goes to ``dest`` (the parameter of
     the option ``new``) after ``callback(ctx, param, value)`` if given, with a one-line warning on

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mrcnet.runtime.cliopts import cli_message, deprecated_alias
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias, object_ids
 from mrcnet.runtime.formats.files import OutputError, prepare_out_dir
 from mrcnet.runtime.preprocess import InputError, check_camera
 from mrcnet.runtime.render import Renderer
@@ -15,7 +15,7 @@ from mrcnet.runtime.render import Renderer
 from . import bop
 from . import objects as objs
 from .lookalike import write_lookalike
-from .scenes import SceneConfig, default_image_size, default_K, generate_scenes
+from .scenes import LIGHTINGS, SceneConfig, default_image_size, default_K, generate_scenes
 from .video import generate_video
 from .yolo import write_yolo_dataset
 
@@ -131,13 +131,18 @@ def objects(count, out, seed, families, check, device):
 @click.option("--layout", type=click.Choice(["random", "table"]), default="random", show_default=True,
               help="random: objects float at uniform rotations (BOP PBR-like); table: objects rest on a "
                    "table seen from above at 20-70 deg elevation (bin picking, the demo clip).")
+@click.option("--object-ids", "obj_ids", callback=object_ids, default=None,
+              help="Comma-separated object ids to place (default: all in models_info.json).")
+@click.option("--lighting", type=click.Choice(LIGHTINGS), default="camera", show_default=True,
+              help="camera: 1-3 lights from the camera side; room: a sun above the table and a dim head "
+                   "light (the demo clip's light; --layout table); mixed: each image one of the two.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a split made with other settings.")
 @click.option("--render-device", "device", default=None, help="Renderer device: EGL index, cpu, cuda:K.")
 @deprecated_alias("--device", "--render-device", "device")
 def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, objects_per_image,
-           distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, seed,
-           overwrite, device):
+           distractors, images_per_scene, split, depth_scale, box_jitter, backgrounds, layout, obj_ids,
+           lighting, seed, overwrite, device):
     if images is None:
         raise click.UsageError("Missing option '--count' / '-n' (images to render).")
     width, height, K = _camera(width, height, fx, fy, cx, cy)
@@ -145,7 +150,8 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
                       objects_per_image=objects_per_image, distractors_per_image=distractors,
                       images_per_scene=images_per_scene, split=split, depth_scale=depth_scale,
-                      box_jitter=box_jitter, backgrounds=backgrounds, layout=layout)
+                      box_jitter=box_jitter, backgrounds=backgrounds, layout=layout,
+                      obj_ids=obj_ids, lighting=lighting)
     try:
         s = generate_scenes(models, out, images, cfg, seed=seed, renderer=Renderer(_device(device)),
                             overwrite=overwrite)
@@ -223,19 +229,16 @@ def lookalike(dataset, out, images, seed, device):
               help="Label only instances with at least this visible fraction (scene_gt_info visib_fract).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of the images in val (0: val = train).")
-@click.option("--object-ids", "obj_ids", default=None, help="Comma-separated object ids to label (default: all in models_info.json).")
-@deprecated_alias("--obj-ids", "--object-ids", "obj_ids")
+@click.option("--object-ids", "obj_ids", callback=object_ids, default=None,
+              help="Comma-separated object ids to label (default: all in models_info.json).")
+@deprecated_alias("--obj-ids", "--object-ids", "obj_ids", callback=object_ids)
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def yolo(scenes, out, split, models, min_visib, val_fraction, obj_ids, overwrite, quiet):
-    try:
-        ids = [int(v) for v in obj_ids.split(",") if v.strip()] if obj_ids else None
-    except ValueError:
-        raise click.UsageError(f"--object-ids {obj_ids!r}: expected comma-separated integers") from None
     _out_dir(out)
     try:
         s = write_yolo_dataset(scenes, out, split=split, models=models, min_visib_fract=min_visib,
-                               val_fraction=val_fraction, obj_ids=ids, overwrite=overwrite, progress=not quiet)
+                               val_fraction=val_fraction, obj_ids=obj_ids, overwrite=overwrite, progress=not quiet)
     except (ValueError, bop.BopFormatError, OutputError) as e:
         raise click.ClickException(cli_message(e, {"obj_ids": "--object-ids", "min_visib_fract": "--min-visib"}).splitlines()[0])
     click.echo(f"{out}: {s['images']} images ({s['train']} train, {s['val']} val), {s['labels']} labels of "

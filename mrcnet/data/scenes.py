@@ -70,6 +70,9 @@ def default_K(width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+LIGHTINGS = ("camera", "room", "mixed")  # SceneConfig.lighting
+
+
 @dataclass
 class SceneConfig:
     """Settings of a synthetic split (lengths in mm, sizes in pixels).
@@ -79,6 +82,9 @@ class SceneConfig:
     the table centre). ``layout``: ``"random"`` (uniform rotations, anywhere in view) or
     ``"table"`` (every object resting on a table, :func:`place_on_table_view`). ``box_jitter``:
     detections' box corners move by up to this fraction of the box size (0 = exact GT boxes).
+    ``lighting``: ``"camera"`` (1-3 lights from the camera side, :func:`sample_lights`), ``"room"``
+    (a sun from above the table plus a dim head light, :func:`sample_room_lights`: the demo clip's
+    kind of light; ``layout="table"`` only) or ``"mixed"`` (each image one of the two, evenly).
     """
 
     width: int | None = None
@@ -96,6 +102,7 @@ class SceneConfig:
     noise_std: tuple = (0.0, 3.0)
     obj_ids: list | None = None  # default: every object of models_info.json
     layout: str = "random"  # "random" | "table"
+    lighting: str = "camera"  # "camera" | "room" | "mixed"
 
     def resolved(self) -> "SceneConfig":
         """A copy with width/height/K filled in and tuples normalised (JSON-comparable)."""
@@ -130,6 +137,10 @@ class SceneConfig:
             raise ValueError(f"depth_scale must be > 0, got {self.depth_scale}")
         if self.layout not in ("random", "table"):
             raise ValueError(f"layout must be 'random' or 'table', got {self.layout!r}")
+        if self.lighting not in LIGHTINGS:
+            raise ValueError(f"lighting must be one of {', '.join(LIGHTINGS)}, got {self.lighting!r}")
+        if self.lighting != "camera" and self.layout != "table":
+            raise ValueError(f"lighting {self.lighting!r} needs layout 'table' (a sun above the table)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +164,27 @@ def sample_lights(rng):
         else:
             lights.append(Light.directional(d, tint / (1 + 0.5 * i)))
     ambient = tuple(float(v) for v in np.full(3, rng.uniform(0.1, 0.4)))
+    return lights, ambient
+
+
+ROOM_SUN_ELEVATION_DEG = (35.0, 90.0)  # "room" lighting: the sun's elevation above the table
+
+
+def sample_room_lights(rng, R_w2c: np.ndarray):
+    """A sun above the table (elevation in :data:`ROOM_SUN_ELEVATION_DEG`, any azimuth, a warm or
+    neutral white) and a dim head light, with an ambient term: a room or workshop light.
+
+    :param R_w2c: (3, 3) table (world, z up) -> camera rotation.
+    :return: ``(lights, ambient)`` as :func:`sample_lights`, directions in the camera frame.
+    """
+    az = rng.uniform(0, 2 * np.pi)
+    el = np.radians(rng.uniform(*ROOM_SUN_ELEVATION_DEG))
+    towards_w = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    sun = np.asarray(_hsv_colour(rng, sat=(0.0, 0.15), val=(0.6, 0.95)))
+    head = rng.uniform(0.1, 0.35)
+    lights = [Light.directional(np.asarray(R_w2c, float) @ towards_w, sun),
+              Light.directional((0.0, 0.0, -1.0), (head, head, head))]
+    ambient = tuple(float(v) for v in np.full(3, rng.uniform(0.15, 0.35)))
     return lights, ambient
 
 
@@ -290,6 +322,7 @@ class SceneWriter:
         if path.is_file():
             theirs = bop.load_json(path)
             theirs.get("config", {}).setdefault("layout", "random")  # splits made before layouts existed
+            theirs.get("config", {}).setdefault("lighting", "camera")  # ... and before lightings
             if theirs != mine:
                 if not overwrite:
                     diff = sorted(k for k in set(mine["config"]) | set(theirs.get("config", {}))
@@ -331,7 +364,8 @@ class SceneWriter:
             objects.append(SceneObject(oid, pose[0], pose[1], color=colour, specular=spec, shininess=shin))
             if oid < DISTRACTOR_ID0:
                 targets.append(len(objects) - 1)
-        lights, ambient = sample_lights(rng)
+        room = cfg.lighting == "room" or (cfg.lighting == "mixed" and rng.random() < 0.5)
+        lights, ambient = sample_room_lights(rng, table.R) if room else sample_lights(rng)
         background = self.backgrounds(rng, self.W, self.H)
         res = self.renderer.render_scene(objects, self.K, self.W, self.H, lights=lights,
                                          background=background, ambient=ambient)

@@ -13,23 +13,11 @@ import sys
 import click
 
 from mrcnet.data.samples import BG_PROB, BG_RULES, BOX_MAP_MODES
-from mrcnet.runtime.cliopts import cli_message, deprecated_alias
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias, object_ids
 from mrcnet.runtime.formats.files import OutputError
 
 from .backbone_init import STEM_RULES, BackboneInitError
 from .trainer import TrainConfig, TrainingInterrupted, train
-
-
-def _ids(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        ids = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated object ids, got {value!r}") from None
-    if not ids or len(set(ids)) != len(ids):
-        raise click.BadParameter(f"expected distinct object ids, got {value!r}")
-    return ids
 
 
 @click.command(context_settings={"show_default": True})
@@ -39,8 +27,8 @@ def _ids(ctx, param, value):
                    "(default: the only one, else train_pbr/train)")
 @click.option("--preset", type=click.Choice(["paper", "small"]), default="small", help="model preset")
 @click.option("--dataset", default="synth", help="dataset preset of runtime.presets (depth range)")
-@click.option("--object-ids", "objects", callback=_ids, default=None, help="BOP object ids in class order, e.g. 1,2,3 (default: all)")
-@deprecated_alias("--objects", "--object-ids", "objects", callback=_ids)
+@click.option("--object-ids", "objects", callback=object_ids, default=None, help="BOP object ids in class order, e.g. 1,2,3 (default: all)")
+@deprecated_alias("--objects", "--object-ids", "objects", callback=object_ids)
 @click.option("--epochs", type=click.IntRange(1), default=1)
 @click.option("--batch-size", type=click.IntRange(1), default=16, help="per process")
 @click.option("--lr", type=float, default=2e-4)

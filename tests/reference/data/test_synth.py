@@ -427,3 +427,43 @@ def test_yolo_dataset_labels_are_the_visible_boxes(split, tmp_path):
     assert r.exit_code != 0 and "--object-ids: [99] not in" in r.output
     r = CliRunner().invoke(main, ["yolo", "--scenes", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code != 0 and "nope" in r.output
+
+
+def test_room_lighting_shines_from_above_the_table(models, renderer, tmp_path):
+    """lighting="room": the sun comes from above the table (world z up) whatever the camera, plus a
+    head light; the same seed gives the same objects and poses as camera lighting, other pixels;
+    --object-ids places only those objects; a split made before lightings existed still resumes."""
+    from mrcnet.data.layout import look_at
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        el, az = rng.uniform(0.2, 1.4), rng.uniform(0, 2 * np.pi)
+        R_w2c, _ = look_at(500 * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)]), np.zeros(3))
+        lights, ambient = scenes.sample_room_lights(rng, R_w2c)
+        sun_w = R_w2c.T @ np.asarray(lights[0].vector) / np.linalg.norm(lights[0].vector)
+        assert sun_w[2] >= np.sin(np.radians(scenes.ROOM_SUN_ELEVATION_DEG[0])) - 1e-9
+        assert lights[1].vector == (0.0, 0.0, -1.0) and 0 < ambient[0] < 1
+    root, _ = models
+    base = dict(CFG, distractors_per_image=(0, 0), layout="table", obj_ids=[1])
+    outs = {}
+    for lighting in ("camera", "room"):
+        out = tmp_path / lighting
+        generate_scenes(root / "models", out, 2, SceneConfig(lighting=lighting, **base), seed=3,
+                        renderer=renderer, progress=False)
+        outs[lighting] = list(bop.BopDataset(out, "test"))
+    for a, b in zip(outs["camera"], outs["room"]):
+        assert [i.obj_id for i in a.instances] == [i.obj_id for i in b.instances]
+        assert all(i.obj_id == 1 for i in a.instances)
+        for ia, ib in zip(a.instances, b.instances):
+            np.testing.assert_allclose(ia.R, ib.R)
+        assert np.abs(a.load_image().astype(int) - b.load_image().astype(int)).mean() > 2
+    settings = tmp_path / "camera" / "test" / scenes.PROGRESS_DIR / "settings.json"
+    d = json.loads(settings.read_text())
+    del d["config"]["lighting"]
+    settings.write_text(json.dumps(d))
+    s = generate_scenes(root / "models", tmp_path / "camera", 2, SceneConfig(lighting="camera", **base), seed=3,
+                        renderer=renderer, progress=False)
+    assert (s["resumed"], s["generated"]) == (2, 0)
+    for bad, match in ((dict(lighting="sun"), "lighting must be one of"),
+                       (dict(lighting="room", layout="random"), "needs layout 'table'")):
+        with pytest.raises(ValueError, match=match):
+            SceneConfig(**bad).validate()
