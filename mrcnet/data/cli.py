@@ -15,7 +15,8 @@ from mrcnet.runtime.render import Renderer
 from . import bop
 from . import objects as objs
 from .lookalike import write_lookalike
-from .scenes import LIGHTINGS, SceneConfig, default_image_size, default_K, generate_scenes
+from .scenes import (LIGHTINGS, SceneConfig, default_image_size, default_K, generate_scenes, resolve_models_dir,
+                     scene_objects)
 from .video import generate_video
 from .yolo import write_yolo_dataset
 
@@ -146,12 +147,17 @@ def scenes(models, out, images, width, height, fx, fy, cx, cy, depth_range, obje
     if images is None:
         raise click.UsageError("Missing option '--count' / '-n' (images to render).")
     width, height, K = _camera(width, height, fx, fy, cx, cy)
-    _out_dir(out)
     cfg = SceneConfig(width=width, height=height, K=K.reshape(-1).tolist(), depth_range=depth_range,
                       objects_per_image=objects_per_image, distractors_per_image=distractors,
                       images_per_scene=images_per_scene, split=split, depth_scale=depth_scale,
                       box_jitter=box_jitter, backgrounds=backgrounds, layout=layout,
                       obj_ids=obj_ids, lighting=lighting)
+    try:  # settings and objects checked before --out is made: a refused run writes nothing
+        cfg.validate()
+        scene_objects(resolve_models_dir(models), obj_ids)
+    except (ValueError, bop.BopFormatError) as e:
+        raise click.ClickException(str(e))
+    _out_dir(out)
     try:
         s = generate_scenes(models, out, images, cfg, seed=seed, renderer=Renderer(_device(device)),
                             overwrite=overwrite)

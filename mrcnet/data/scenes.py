@@ -278,12 +278,7 @@ class SceneWriter:
         self.progress_dir = self.split_dir / PROGRESS_DIR
         self.K = np.asarray(self.cfg.K, float).reshape(3, 3)
         self.W, self.H = self.cfg.width, self.cfg.height
-        self.infos = bop.load_models_info(self.models_dir / "models_info.json")
-        ids = self.cfg.obj_ids or sorted(self.infos)
-        missing = [i for i in ids if i not in self.infos]
-        if missing:
-            raise bop.BopFormatError(f"{self.models_dir / 'models_info.json'}: unknown object id(s) {missing}")
-        self.obj_ids = list(ids)
+        self.infos, self.obj_ids = scene_objects(self.models_dir, self.cfg.obj_ids)
         self.spheres = {}
         for oid in self.obj_ids:
             path = self.models_dir / f"obj_{oid:06d}.ply"
@@ -472,6 +467,17 @@ def _copy_models(models_dir: Path, out: Path) -> Path:
         if p.is_file():
             shutil.copyfile(p, dst / p.name)
     return dst
+
+
+def scene_objects(models_dir: Path, obj_ids=None) -> tuple[dict, list]:
+    """The models' infos and the object ids a split places (``obj_ids``, default every object of
+    ``models_dir/models_info.json``); an id not in it -> :class:`bop.BopFormatError` naming the file."""
+    infos = bop.load_models_info(Path(models_dir) / "models_info.json")
+    ids = list(obj_ids or sorted(infos))
+    missing = [i for i in ids if i not in infos]
+    if missing:
+        raise bop.BopFormatError(f"{Path(models_dir) / 'models_info.json'}: unknown object id(s) {missing}")
+    return infos, ids
 
 
 def resolve_models_dir(path) -> Path:

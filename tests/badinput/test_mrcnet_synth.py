@@ -50,3 +50,20 @@ def test_video_fps_zero_and_objects_out(models, tmp_path):
     (tmp_path / "f").write_text("x")
     r = invoke(main, ["objects", "--out", tmp_path / "f" / "o", "--no-check"])
     assert_one_line_error(r, 2, "f/o", "cannot create")
+
+
+SCENE_CASES = {
+    "--object-ids 9 (unknown)": (["--object-ids", "9"], 1, ["models_info.json", "unknown object id", "9"]),
+    "--object-ids a": (["--object-ids", "a"], 2, ["--object-ids", "expected comma-separated object ids"]),
+    "--object-ids 1,1": (["--object-ids", "1,1"], 2, ["--object-ids", "distinct"]),
+    "--lighting room without --layout table": (["--lighting", "room"], 1, ["lighting 'room'", "layout 'table'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SCENE_CASES))
+def test_scenes_bad_objects_and_lighting(case, models, tmp_path):
+    extra, code, needles = SCENE_CASES[case]
+    before = tree_digest(tmp_path)
+    r = invoke(main, ["scenes", "--models", str(models), "--out", str(tmp_path / "ds"), "-n", "1", *extra])
+    assert_one_line_error(r, code, *needles)
+    assert tree_digest(tmp_path) == before and not (tmp_path / "ds").exists()
