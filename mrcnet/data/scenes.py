@@ -171,8 +171,8 @@ ROOM_SUN_ELEVATION_DEG = (35.0, 90.0)  # "room" lighting: the sun's elevation ab
 
 
 def sample_room_lights(rng, R_w2c: np.ndarray):
-    """A sun above the table (elevation in :data:`ROOM_SUN_ELEVATION_DEG`, any azimuth, a warm or
-    neutral white) and a dim head light, with an ambient term: a room or workshop light.
+    """A sun above the table (elevation in :data:`ROOM_SUN_ELEVATION_DEG`, any azimuth, white with a
+    slight random tint) and a dim grey head light, with an ambient term: a room or workshop light.
 
     :param R_w2c: (3, 3) table (world, z up) -> camera rotation.
     :return: ``(lights, ambient)`` as :func:`sample_lights`, directions in the camera frame.
