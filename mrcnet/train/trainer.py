@@ -434,13 +434,16 @@ def train(cfg: TrainConfig) -> dict:
             init_backbone_from_imagenet(model, imagenet, cfg.backbone_stem)
     model.set_bn_group(cfg.bn_group)
     model.to(device).train()
+    # The optimizer before the renderer: torch's optimizers import torch._dynamo, and with it Triton's
+    # LLVM, which crashes (SIGSEGV) when Mesa's llvmpipe has already loaded its own LLVM (a CUDA build
+    # of torch with a software-rendered EGL context; seen with torch 2.13+cu130 and Mesa 22.3).
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.lr, cfg.min_lr))
     rdev = f"cuda:{device.index or 0}" if device.type == "cuda" else None
     renderer = StageTwoRenderer(ds.models_dir, obj_ids, mcfg.crop_size, device=rdev)
     step_mod = TrainStep(model, renderer)
     if distributed:
         step_mod = nn.parallel.DistributedDataParallel(step_mod, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.lr, cfg.min_lr))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = LossWeights()

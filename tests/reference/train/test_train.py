@@ -146,6 +146,28 @@ def _cfg(data, out, **kw):
     return replace(base, **kw)
 
 
+def test_optimizer_is_built_before_the_renderer(tiny, tmp_path, monkeypatch):
+    # the optimizer imports torch._dynamo (Triton's LLVM), which crashes after Mesa's llvmpipe loaded
+    # its own LLVM: the trainer must build the optimizer before it opens a rendering context
+    import mrcnet.train.trainer as trainer_mod
+
+    order = []
+    real_adamw, real_renderer = torch.optim.AdamW, trainer_mod.StageTwoRenderer
+
+    def adamw(*a, **k):
+        order.append("optimizer")
+        return real_adamw(*a, **k)
+
+    def renderer(*a, **k):
+        order.append("renderer")
+        return real_renderer(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(trainer_mod, "StageTwoRenderer", renderer)
+    train(_cfg(tiny, tmp_path / "order", max_steps=1))
+    assert order == ["optimizer", "renderer"]
+
+
 @pytest.mark.slow
 def test_loss_decreases_when_overfitting(tiny, tmp_path):
     torch.set_num_threads(2)
