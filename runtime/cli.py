@@ -13,7 +13,7 @@ import click
 
 from . import manifest as M
 from .backends import BACKEND_CHOICES, BackendError, create_backend
-from .cliopts import cli_message
+from .cliopts import cli_message, tta_select_option
 from .detectors import DETECTOR_MIN_SCORE, NMS_IOU, DetectionError, make_detector
 from .errors import error_line
 from .formats.camera import Camera, CameraFileError, camera_matrix
@@ -41,7 +41,7 @@ def _camera(camera, intrinsics) -> Camera:
     raise click.UsageError("missing camera: give --camera K.json or all of --fx --fy --cx --cy")
 
 
-def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> tuple[Pipeline, object]:
+def _pipeline(model, backend, threads, precision, chunk_size, render_device, tta_select="score") -> tuple[Pipeline, object]:
     """(Pipeline, renderer) of the export ``model`` on ``backend``; UsageError / ClickException
     (one line) for a stale demo export, a bad manifest or a backend / renderer that cannot start."""
     if Path(model) == M.DEMO_EXPORT_DIR and M.DEMO_CHECKPOINT.is_file():
@@ -64,7 +64,7 @@ def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> 
         raise click.UsageError(problem)
     try:
         renderer = make_renderer(render_device)
-        return Pipeline(be, man, renderer, max_detections=chunk_size), renderer
+        return Pipeline(be, man, renderer, max_detections=chunk_size, tta_select=tta_select), renderer
     except (RuntimeError, ValueError) as e:
         be.close()
         raise click.ClickException(error_line(e))
@@ -120,10 +120,11 @@ def _pipeline(model, backend, threads, precision, chunk_size, render_device) -> 
                    "of this one (threads); the poses are the same.")
 @click.option("--show", is_flag=True, help="Preview window of the overlay (q / Esc ends the run); without a display or "
                                            "a GUI-capable OpenCV a one-line note, and the run goes on.")
+@tta_select_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, det_min_score, det_iou, scene_id, track,
          track_min_score, track_patience, backend, precision, threads, out_dir, resume, overwrite, bop_csv, no_video,
-         max_frames, render_device, chunk_size, demo, realtime, pipelined, show, quiet):
+         max_frames, render_device, chunk_size, demo, realtime, pipelined, show, tta_select, quiet):
     """Estimate object poses in INPUT and write
     OUT/poses.jsonl, OUT/overlay.mp4, OUT/summary.json and (--bop-csv) OUT/results.csv
     (--out -: the poses as JSON lines on stdout, nothing else).
@@ -186,7 +187,7 @@ def main(input, model, camera, fx, fy, cx, cy, detections, detector, class_map, 
                 cam.check_frame(first.index, first.image.shape[1], first.image.shape[0])
             except InputError as e:
                 raise click.UsageError(str(e))
-    pipe, renderer = _pipeline(model, backend, threads, precision, chunk_size, render_device)
+    pipe, renderer = _pipeline(model, backend, threads, precision, chunk_size, render_device, tta_select)
     try:
         config = RunConfig(track=track, track_min_score=track_min_score, track_patience=track_patience,
                            bop_csv=bop_csv, scene_id=scene_id or 0, video=not (no_video or to_stdout),

@@ -18,6 +18,7 @@ import click
 from click.core import ParameterSource
 
 from .errors import ParameterError
+from .geometry import TTA_AGREE_DEG, TTA_SELECT_MODES
 
 #: option name -> its one meaning (the vocabulary test reads this table)
 VOCABULARY = {
@@ -27,6 +28,7 @@ VOCABULARY = {
     "--device": "torch device of the network (cpu, cuda:0, ...)",
     "--render-device": "renderer device (EGL index, cuda:K, cpu)",
     "--out": "output folder",
+    "--tta-select": "how the rotation of a detection's TTA group is picked (score | agreement)",
 }
 #: spellings that must not be visible options any more (the hidden deprecated aliases may keep them)
 RETIRED = {"--objects": "--object-ids or --count", "--no-progress": "--quiet", "--images": "--count",
@@ -80,3 +82,11 @@ def deprecated_alias(old: str, new: str, dest: str, callback: Optional[Callable]
 
     kw.setdefault("default", None)
     return click.option(old, f"deprecated_{dest}", hidden=True, expose_value=False, callback=_apply, **kw)
+
+
+def tta_select_option(f: Callable) -> Callable:
+    """``--tta-select`` (``mrcnet-run``, ``mrcnet-infer``): :data:`mrcnet.runtime.geometry.TTA_SELECT_MODES`."""
+    return click.option("--tta-select", type=click.Choice(TTA_SELECT_MODES), default="score", show_default=True,
+                        help="Rotation of each detection's TTA group: score (the official rule: the most confident "
+                             f"crop) or agreement (the crop most other crops agree with within {TTA_AGREE_DEG:g} deg, "
+                             "ties by score; this project's option, not the official code's).")(f)

@@ -182,24 +182,44 @@ def translation_to_persp(t: np.ndarray, K_roi: np.ndarray, size: int = 256) -> t
 
 
 # ----------------------------------------------------------------------------------------- TTA
+#: how the rotation of a TTA group is chosen: "score" (the official rule: the crop with the largest
+#: rotation score) or "agreement" (this project's option: the crop whose turned-back rotation the most
+#: other crops agree with, within :data:`TTA_AGREE_DEG`; ties and no agreement: the largest score)
+TTA_SELECT_MODES = ("score", "agreement")
+#: two crops agree when their turned-back rotations are less than this apart (deg)
+TTA_AGREE_DEG = 30.0
+
+
 def tta_select(
-    R: np.ndarray, t: np.ndarray, rot_score: np.ndarray, depth_score: np.ndarray, Rz: np.ndarray
+    R: np.ndarray, t: np.ndarray, rot_score: np.ndarray, depth_score: np.ndarray, Rz: np.ndarray,
+    mode: str = "score",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Select and un-rotate the TTA group of each detection (docs/MODEL.md §3).
 
     R (G, T, 3, 3), t (G, T, 3) mm: per-crop poses in the rotated frames; rot_score, depth_score
     (G, T): max rotation / depth logit of each crop; Rz (T, 3, 3) or (G, T, 3, 3): the in-plane
-    rotations. Rotation from the crop with the largest rot_score, translation from the crop with
-    the largest depth_score, both mapped back by Rz^T.
+    rotations. Rotation from the crop with the largest rot_score (``mode="score"``, official) or from
+    the crop most others agree with (``mode="agreement"``, :data:`TTA_SELECT_MODES`), translation from
+    the crop with the largest depth_score, both mapped back by Rz^T.
     Returns R (G, 3, 3), t (G, 3), score (G,) (the chosen crop's rotation score).
     """
+    if mode not in TTA_SELECT_MODES:
+        raise ValueError(f"TTA selection {mode!r} is not one of {TTA_SELECT_MODES}")
     R = np.asarray(R, np.float64)
     t = np.asarray(t, np.float64)
     G, T = R.shape[:2]
     Rz = np.broadcast_to(np.asarray(Rz, np.float64), (G, T, 3, 3))
     g = np.arange(G)
-    kr = np.asarray(rot_score).argmax(1)
+    rs = np.asarray(rot_score, np.float64)
+    if mode == "score":
+        kr = rs.argmax(1)
+    else:
+        Ru = np.einsum("gkji,gkjl->gkil", Rz, R)  # every crop's rotation turned back: (G, T, 3, 3)
+        ang = rotation_angle_deg(Ru[:, :, None], Ru[:, None, :])  # (G, T, T)
+        votes = (ang < TTA_AGREE_DEG).sum(2) - 1  # agreeing other crops
+        # most votes first, then the larger score (scores rank within a vote count)
+        kr = np.lexsort((rs, votes), axis=-1)[:, -1] if G else np.zeros(0, int)
     kt = np.asarray(depth_score).argmax(1)
     R_out = np.einsum("gji,gjk->gik", Rz[g, kr], R[g, kr])
     t_out = np.einsum("gji,gj->gi", Rz[g, kt], t[g, kt])
-    return R_out, t_out, np.asarray(rot_score)[g, kr]
+    return R_out, t_out, rs[g, kr]

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import preprocess as P
 from .detections import Detection, as_detection
-from .geometry import tta_select
+from .geometry import TTA_SELECT_MODES, tta_select
 from .manifest import SCORE_OUTPUTS, Manifest
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,15 @@ class Pipeline:
       (``runtime.render.Renderer``). meshes: {obj_id: Mesh} to upload; None loads every object's
       model from the export directory; pass {} when the renderer already holds them.
     max_detections: most detections per backend call (default: the backend's capacity; never more).
+    tta_select: how each detection's rotation is picked from its TTA group
+      (``geometry.TTA_SELECT_MODES``: "score", the official rule, or "agreement").
     """
 
     def __init__(self, backend, manifest: Manifest, renderer, meshes: Optional[dict] = None,
-                 max_detections: Optional[int] = None):
+                 max_detections: Optional[int] = None, tta_select: str = "score"):
+        if tta_select not in TTA_SELECT_MODES:
+            raise ValueError(f"tta_select {tta_select!r} is not one of {TTA_SELECT_MODES}")
+        self.tta_mode = tta_select
         self.backend = backend
         self.chunk = chunk_size(backend, manifest.n_rot, max_detections)
         self.manifest = manifest
@@ -219,6 +224,7 @@ class Pipeline:
             np.asarray(scores["rot_score"], np.float64).reshape(D, T),
             np.asarray(scores["depth_score"], np.float64).reshape(D, T),
             cb.Rz.reshape(D, T, 3, 3),
+            mode=self.tta_mode,
         )
         tm["postprocess"] += _ms(t4)
         return res

@@ -41,6 +41,7 @@ class RunSummary:
     frames_dropped: int = 0
     realtime: bool = False
     pipelined: bool = False
+    tta_select: str = "score"
 
     @property
     def fps(self) -> float:
@@ -60,7 +61,7 @@ class RunSummary:
                 "aborted": self.aborted, "input_stopped": self.input_stopped,
                 "wall_s": round(self.wall_s, 3), "fps": round(self.fps, 2), "backend": self.backend,
                 "renderer": self.renderer, "realtime": self.realtime, "frames_dropped": self.frames_dropped,
-                "pipelined": self.pipelined,
+                "pipelined": self.pipelined, "tta_select": self.tta_select,
                 "latency_ms": {s: {"p50": round(a, 2), "p90": round(b, 2)} for s, (a, b) in self.percentiles().items()}}
 
     def format(self) -> str:

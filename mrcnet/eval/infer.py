@@ -353,7 +353,8 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 device: str = "cpu", threads: int = 0, precision: Optional[str] = None, resume: bool = True,
                 progress: bool = True, renderer=None, limit: Optional[int] = None,
                 report: Optional[Callable[[str], None]] = None, opened: Optional[tuple] = None,
-                models=None, all_detections: bool = False, method: Optional[str] = None) -> InferSummary:
+                models=None, all_detections: bool = False, method: Optional[str] = None,
+                tta_select: str = "score") -> InferSummary:
     """Run every target image of a BOP split and write the BOP'19 results CSV ``out``.
 
     data_dir: BOP dataset folder (``models/``, ``<split>[_<split_type>]/<scene>/``,
@@ -372,6 +373,7 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
     A split without ground truth (ITODD's test split: no ``scene_gt.json``) runs from its targets
     file and needs ``detections``. all_detections: see :func:`select_detections`. out: a ``.csv``
     file, or a folder (None: ``results``) for BOP's name with ``method`` (:func:`results_path`).
+    tta_select: the TTA selection (:data:`mrcnet.runtime.geometry.TTA_SELECT_MODES`; "score" is the official rule).
     Returns :class:`InferSummary`; raises :class:`InferError` / ``BopFormatError`` naming the input.
     """
     say = report or (lambda msg: log.warning("%s", msg))
@@ -418,12 +420,14 @@ def infer_split(data_dir, model, out, *, split: str = "test", split_type: Option
                 "model": str(Path(model).resolve()), "backend": be.name,
                 "detections": None if detections is None else str(Path(detections).resolve()),
                 "targets": None if targets is None else str(Path(targets).resolve()),
-                "all_detections": bool(all_detections)}
+                "all_detections": bool(all_detections),
+                # recorded when not the official rule (progress files of earlier runs stay resumable)
+                **({"tta_select": tta_select} if tta_select != "score" else {})}
     summary = InferSummary(out=str(out), backend=be.name, model=str(model), unknown_targets=unknown)
     if renderer is None:
         renderer = Renderer()
     try:
-        pipe = Pipeline(be, man, renderer)  # (re)uploads the model's meshes: a shared renderer may hold others
+        pipe = Pipeline(be, man, renderer, tta_select=tta_select)  # (re)uploads the model's meshes: a shared renderer may hold others
     except ManifestError as e:  # a model of another dataset (T-LESS weights on LM-O data...)
         if opened is None:
             be.close()

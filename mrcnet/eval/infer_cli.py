@@ -6,7 +6,7 @@ import json
 
 import click
 
-from mrcnet.runtime.cliopts import cli_message, deprecated_alias
+from mrcnet.runtime.cliopts import cli_message, deprecated_alias, tta_select_option
 from mrcnet.runtime.formats.bop import BopFormatError
 from mrcnet.runtime.formats.files import OutputError, atomic_open, check_out_file
 from mrcnet.runtime.render import MeshError, RenderContextError
@@ -47,10 +47,11 @@ from .infer import InferError, infer_split
               help="Continue an interrupted run with the same settings.")
 @click.option("--summary", "summary_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the run summary as JSON here.")
+@tta_select_option
 @click.option("-q", "--quiet", "no_progress", is_flag=True, help="No progress bar.")
 @deprecated_alias("--no-progress", "--quiet", "no_progress", is_flag=True)
 def main(data_dir, split, split_type, model, backend, precision, detections, targets, out, method, models,
-         all_detections, dataset, device, threads, resume, summary_path, no_progress):
+         all_detections, dataset, device, threads, resume, summary_path, tta_select, no_progress):
     """Estimate the poses of every target of a BOP split and write the BOP'19 results CSV."""
     try:
         if summary_path:
@@ -58,7 +59,7 @@ def main(data_dir, split, split_type, model, backend, precision, detections, tar
         s = infer_split(data_dir, model, out, split=split, split_type=split_type, backend=backend,
                         detections=detections, targets=targets, dataset=dataset, device=device,
                         threads=threads, precision=precision, resume=resume, progress=not no_progress,
-                        models=models, all_detections=all_detections, method=method,
+                        models=models, all_detections=all_detections, method=method, tta_select=tta_select,
                         report=lambda msg: click.echo(msg, err=True))
     except (InferError, BopFormatError, MeshError, RenderContextError, OutputError) as e:
         raise click.ClickException(cli_message(e, {"data_dir": "--data"})) from None
