@@ -68,6 +68,7 @@ class RunSummary:
         """The report ``mrcnet-run`` prints: counts, FPS, a p50/p90 table per stage, warnings."""
         lines = [f"{self.frames} frames ({self.frames_failed} unreadable or failed), {self.poses} poses, "
                  f"{self.skipped_detections} skipped detections, backend {self.backend}, renderer {self.renderer}"
+                 + (f", TTA selection {self.tta_select} (not the official rule)" if self.tta_select != "score" else "")
                  + (f", {self.resumed_frames} frames resumed" if self.resumed_frames else "")
                  + (f", real-time: {self.frames_dropped} frames dropped" if self.realtime else "")
                  + (f" - INTERRUPTED ({self.signal})" if self.interrupted else ""),

@@ -56,3 +56,54 @@ def test_unknown_selection_is_refused():
         tta_select(R, np.zeros((1, 4, 3)), np.zeros((1, 4)), np.zeros((1, 4)), RZ, mode="majority")
     with pytest.raises(ValueError, match="tta_select"):
         Pipeline(None, None, None, tta_select="majority")
+
+
+class _ScriptedBackend:
+    """A backend whose regressor returns, for every detection, the crops' rotations of
+    :func:`_group` (crop 0 turned end for end and the most confident)."""
+    name = "scripted"
+    classifier_outputs = ["R_init", "t_init", "rot_score", "depth_score"]
+    regressor_outputs = ["R", "t"]
+    max_crops = None
+    R_TRUE = quat_to_matrix(np.array([0.8, -0.2, 0.4, 0.1]))
+
+    def run_classifier(self, feeds, fetch=None):
+        n = len(feeds["crops"])
+        return {"R_init": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+                "t_init": np.tile(np.array([0, 0, 500], np.float32), (n, 1)),
+                "rot_score": np.tile(np.array([9.0, 1.0, 3.0, 2.0], np.float32), n // 4),
+                "depth_score": np.zeros(n, np.float32)}
+
+    def run_regressor(self, feeds, fetch=None):
+        n = len(feeds["render"])
+        R = _group(self.R_TRUE, [FLIP, np.eye(3), np.eye(3), np.eye(3)])
+        return {"R": np.tile(R, (n // 4, 1, 1)).astype(np.float32), "t": np.tile(np.array([0, 0, 500], np.float32), (n, 1))}
+
+    def close(self):
+        pass
+
+
+def test_pipeline_and_run_summary_use_the_chosen_selection(tmp_path):
+    from click.testing import CliRunner
+
+    import runtime_fakes as F
+    from mrcnet.runtime import cli
+    from mrcnet.runtime.detections import Detection
+    from mrcnet.runtime.manifest import load_manifest
+    from mrcnet.runtime.run_summary import RunSummary
+
+    man = load_manifest(F.make_export(tmp_path / "export", obj_ids=(1,)))
+    img = np.full((240, 320, 3), 90, np.uint8)
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+    det = [Detection(1, np.array([110.0, 70, 210, 170]))]
+    poses = {mode: Pipeline(_ScriptedBackend(), man, F.SilhouetteRenderer(), tta_select=mode).estimate(img, K, det)
+             for mode in TTA_SELECT_MODES}
+    R_true = _ScriptedBackend.R_TRUE
+    assert rotation_angle_deg(poses["score"][0].R, R_true) == pytest.approx(180.0, abs=1e-3)
+    assert rotation_angle_deg(poses["agreement"][0].R, R_true) < 1e-3
+    assert poses["agreement"][0].score == pytest.approx(3.0)
+    s = RunSummary(backend="scripted", renderer="r", tta_select="agreement")
+    assert s.to_dict()["tta_select"] == "agreement" and "TTA selection agreement" in s.format()
+    assert "TTA selection" not in RunSummary(backend="scripted", renderer="r").format()
+    r = CliRunner().invoke(cli.main, ["--demo", "--tta-select", "majority"])
+    assert r.exit_code == 2 and "--tta-select" in r.output
