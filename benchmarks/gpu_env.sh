@@ -11,7 +11,7 @@ fits() {  # the prepared wheels are for CPython 3.12 on x86-64
   "$PY" -c 'import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 12) and platform.machine() == "x86_64"))' 2>/dev/null
 }
 if [ -d "$PREP/wheels" ] && ! fits; then
-  echo "gpu_check.sh: $PREP holds wheels for CPython 3.12 x86-64, not for $("$PY" -V 2>&1): not installing them"
+  echo "gpu_env.sh: $PREP holds wheels for CPython 3.12 x86-64, not for $("$PY" -V 2>&1): not installing them"
 fi
 if [ -d "$PREP/wheels" ] && fits; then
   TARGET="${GPU_CHECK_TARGET:-$PREP/target}"
@@ -19,7 +19,7 @@ if [ -d "$PREP/wheels" ] && fits; then
   mkdir -p "$SITE"
   stamp="$SITE/.installed"
   if [ ! -f "$stamp" ] || [ -n "$(find "$PREP/wheels" -newer "$stamp" -name '*.whl' | head -1)" ]; then
-    echo "gpu_check.sh: installing $(ls "$PREP"/wheels/*.whl | wc -l) wheels into $SITE (offline)"
+    echo "gpu_env.sh: installing $(ls "$PREP"/wheels/*.whl | wc -l) wheels into $SITE (offline)"
     if "$PY" -m pip --version >/dev/null 2>&1; then
       "$PY" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$SITE" --upgrade \
         "$PREP"/wheels/*.whl
@@ -48,7 +48,7 @@ PYEOF
       fi
     done
     export LD_LIBRARY_PATH="$TARGET/debroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    echo "gpu_check.sh: EGL/GL dispatch libraries from $PREP/debs"
+    echo "gpu_env.sh: EGL/GL dispatch libraries from $PREP/debs"
   fi
   # NVIDIA's EGL vendor library present but unknown to glvnd (containers): use the driver's own vendor
   # file where the driver mount has one, else register the library privately
@@ -77,5 +77,5 @@ PYEOF
   export PYTHONSAFEPATH=1
 else
   PY="${PYTHON:-$ROOT/.venv/bin/python}"
-  echo "gpu_check.sh: no offline packages to install (bash scripts/prepare_gpu_check.sh prepares $PREP): using $PY as it is"
+  echo "gpu_env.sh: no offline packages to install (bash scripts/prepare_gpu_check.sh prepares $PREP): using $PY as it is"
 fi
