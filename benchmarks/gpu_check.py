@@ -178,10 +178,7 @@ def step_fps(ctx) -> dict:
         out = ctx["out"] / f"fps_{name}"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "fps.py"), *args, "--backends", "torch",
                "--device", ctx["device"], "--warmup", str(min(3, n)), "--models", str(DEMO_MODELS), "--out", str(out)]
-        # fps.py imports its sibling benchmarks/common.py: on the PYTHONPATH explicitly, as
-        # PYTHONSAFEPATH (benchmarks/gpu_env.sh) leaves the script's own folder off sys.path
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")) if p))
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"fps.py {name} failed: {(r.stderr or r.stdout)[-1500:]}")
         rep = json.loads((out / "fps.json").read_text())

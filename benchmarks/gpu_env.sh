@@ -70,10 +70,11 @@ PYEOF
   for p in "$ROOT"/mrcnet/*; do ln -s "$p" "$SRC/$(basename "$p")"; done
   ln -s "$ROOT/runtime" "$SRC/runtime"
   ln -s "$ROOT/export" "$SRC/export"
-  export PYTHONPATH="$TARGET/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
   # the repository's own mrcnet/ (without runtime/ and export/) must not shadow that package when a
   # command runs in the repository root (python -m ..., python -c ...): Python 3.11+ leaves the
-  # current folder off sys.path with this
+  # current folder off sys.path with PYTHONSAFEPATH, and with it a script's own folder, so the
+  # benchmarks' shared module (benchmarks/common.py) goes on the path explicitly (as tests/conftest.py does)
+  export PYTHONPATH="$TARGET/src:$SITE:$ROOT/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONSAFEPATH=1
 else
   PY="${PYTHON:-$ROOT/.venv/bin/python}"

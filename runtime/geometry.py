@@ -218,7 +218,7 @@ def tta_select(
         ang = rotation_angle_deg(Ru[:, :, None], Ru[:, None, :])  # (G, T, T)
         votes = (ang < TTA_AGREE_DEG).sum(2) - 1  # agreeing other crops
         # most votes first, then the larger score (scores rank within a vote count)
-        kr = np.lexsort((rs, votes), axis=-1)[:, -1] if G else np.zeros(0, int)
+        kr = np.lexsort((rs, votes), axis=-1)[:, -1]
     kt = np.asarray(depth_score).argmax(1)
     R_out = np.einsum("gji,gjk->gik", Rz[g, kr], R[g, kr])
     t_out = np.einsum("gji,gj->gi", Rz[g, kt], t[g, kt])

@@ -246,7 +246,7 @@ class _Run:
         self.undistorter = Undistorter(camera.fixed, dist) if dist is not None and camera.fixed is not None else None
         self.summary = RunSummary(backend=getattr(pipeline.backend, "name", "?"), resumed_frames=len(outputs.done),
                                   renderer=getattr(pipeline.renderer, "description", "?"), realtime=self.realtime,
-                                  pipelined=cfg.pipelined, tta_select=getattr(pipeline, "tta_mode", "score"))
+                                  pipelined=cfg.pipelined, tta_select=pipeline.tta_mode)
         self.stop = threading.Event()
         self.meter = RateMeter(1.0)
         self.failures_in_row = 0
